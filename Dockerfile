@@ -1,0 +1,35 @@
+# captioner: one container per GPU node.
+#   docker build -t captioner .
+#   docker run --gpus all -p 8000:8000 -v $PWD/weights:/app/weights captioner
+# Weights come from the mounted /app/weights volume (downloaded there on first start if empty), or are baked
+# into the image with:  docker build --build-arg DOWNLOAD_WEIGHTS=1 -t captioner .
+ARG BASE_IMAGE=pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime
+FROM ${BASE_IMAGE}
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    HF_HOME=/app/.cache/huggingface
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY captioner ./captioner
+# torch comes with the base image; this adds transformers, starlette, uvicorn[uvloop, httptools], ...
+RUN pip install ".[fast]"
+COPY config.yaml ./
+
+ARG DOWNLOAD_WEIGHTS=0
+RUN if [ "$DOWNLOAD_WEIGHTS" = "1" ]; then \
+      python -c "from captioner.config import load_settings; from captioner.weights import ensure_weights; ensure_weights(load_settings('config.yaml').model)"; \
+    fi
+
+RUN useradd --create-home --uid 10001 captioner && mkdir -p /app/weights /app/.cache && chown -R captioner /app
+USER captioner
+VOLUME ["/app/weights"]
+
+EXPOSE 8000
+# Ready only once the model is loaded and warmed up; a first start may download the weights, hence the grace.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=300s --retries=3 \
+  CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4)"
+STOPSIGNAL SIGTERM
+CMD ["captioner", "serve"]

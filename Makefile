@@ -1,0 +1,55 @@
+# Two set-up commands, both safe on a fresh clone:
+#   make serve   create the venv, install, fetch the weights if missing, serve on :8000
+#   make test    create the venv, install with the test extras and system packages, lint, run the tests
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH  := torch==2.14.1 torchvision==0.29.1
+CONFIG ?= config.yaml
+
+.PHONY: serve test install install-test lint pytest system-deps tiny-model clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# Stamps: re-install only when pyproject.toml changes.
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[fast]'
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[fast,test]'
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+serve: install
+	$(BIN)/captioner serve --config $(CONFIG)
+
+# System packages the integration tests drive for real; installed only when missing (CI runs as root).
+SYSTEM_PACKAGES :=
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+lint: install-test
+	$(BIN)/ruff check captioner tests bench
+	$(BIN)/ruff format --check captioner
+	$(BIN)/mypy captioner
+
+pytest: install-test system-deps
+	$(BIN)/python -m pytest -q
+
+test: lint pytest
+
+tiny-model: install
+	$(BIN)/captioner init-model --size tiny --out weights/tiny
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,72 @@
+"""The ``captioner`` command line: ``serve``, ``init-model`` and the offline tools."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from . import __version__
+from .config import ConfigError, Settings, load_settings
+
+
+def _add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config file (default: config.yaml if it exists)")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    import os
+
+    path = args.config
+    if path is None and os.path.exists("config.yaml"):
+        path = "config.yaml"
+    return load_settings(path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="captioner", description="Production image-captioning server (BLIP).")
+    parser.add_argument("--version", action="version", version=f"captioner {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the HTTP server")
+    _add_config_argument(serve)
+    serve.add_argument("--host", help="listen address (overrides server.host)")
+    serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    serve.set_defaults(run=_serve)
+
+    init = commands.add_parser("init-model", help="write an untrained BLIP (random weights) for tests and benchmarks")
+    init.add_argument("--size", choices=("tiny", "small", "base"), default="tiny")
+    init.add_argument("--out", required=True, help="folder to write the model into")
+    init.add_argument("--seed", type=int, default=0)
+    init.set_defaults(run=_init_model)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return run(args)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+
+
+def _init_model(args: argparse.Namespace) -> int:
+    from .init_model import write_untrained_model
+
+    out = write_untrained_model(args.out, size=args.size, seed=args.seed)
+    print(f"wrote an untrained BLIP ({args.size}, seed {args.seed}) to {out}")
+    print(f"serve it with: CAPTIONER_MODEL__PATH={out} captioner serve")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import serve
+
+    settings = _settings(args)
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    if overrides:
+        settings = settings.replace("server", **overrides)
+    return serve(settings)

@@ -1,0 +1,253 @@
+"""Settings: loaded and validated once at start-up, then passed down explicitly.
+
+``load_settings(path, environ)`` merges, in order: the dataclass defaults (the contract's config.yaml), the
+YAML file, then ``CAPTIONER_<SECTION>__<KEY>`` environment overrides. Any unknown key or bad value raises
+``ConfigError`` whose message names the key, e.g.
+``config: batching.max_batch_size must be an integer >= 1, got 'x'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ENV_PREFIX = "CAPTIONER_"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as one line that names the key."""
+
+
+def _rule(*, ge: float | None = None, gt: float | None = None, choices: tuple[str, ...] = ()) -> Any:
+    return {"ge": ge, "gt": gt, "choices": choices}
+
+
+def _field(default: Any, **rule: Any) -> Any:
+    return field(default=default, metadata=_rule(**rule))
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "0.0.0.0"
+    port: int = _field(8000, ge=1)
+    # Seconds a SIGTERM waits for accepted requests before the process exits anyway.
+    drain_timeout_s: float = _field(30.0, ge=0)
+    # Threads that decode and resize images; the model has its own dedicated thread.
+    preprocess_workers: int = _field(2, ge=1)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    name: str = "Salesforce/blip-image-captioning-base"
+    path: str = "weights/blip-image-captioning-base"
+    revision: str = "main"
+    device: str = "auto"
+    dtype: str = _field("auto", choices=("auto", "float32", "float16", "bfloat16"))
+    prompt: str = "a picture of "
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    num_beams: int = _field(3, ge=1)
+    max_length: int = _field(20, ge=1)
+    min_length: int = _field(5, ge=0)
+    num_captions: int = _field(1, ge=1)
+    max_num_captions: int = _field(3, ge=1)
+    length_penalty: float = 1.0
+    repetition_penalty: float = _field(1.0, gt=0)
+
+
+@dataclass(frozen=True)
+class BatchingSettings:
+    max_batch_size: int = _field(16, ge=1)
+    max_wait_ms: float = _field(100.0, ge=0)
+    max_queue: int = _field(256, ge=1)
+    request_timeout_s: float = _field(30.0, gt=0)
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    max_entries: int = _field(10000, ge=0)
+    ttl_s: float = _field(86400.0, gt=0)
+
+
+@dataclass(frozen=True)
+class LimitsSettings:
+    max_body_bytes: int = _field(10 * 1024 * 1024, ge=1)
+    max_pixels: int = _field(40_000_000, ge=1)
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    api_keys: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RateLimitSettings:
+    per_key_rps: float = _field(0.0, ge=0)
+    burst: int = _field(0, ge=0)
+
+
+@dataclass(frozen=True)
+class UrlInputSettings:
+    enabled: bool = True
+    timeout_s: float = _field(5.0, gt=0)
+    max_redirects: int = _field(3, ge=0)
+    allow_private_networks: bool = False
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    format: str = _field("json", choices=("json", "text"))
+    level: str = _field("info", choices=("debug", "info", "warning", "error"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    batching: BatchingSettings = field(default_factory=BatchingSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
+    url_input: UrlInputSettings = field(default_factory=UrlInputSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    # Where the settings came from, for the start-up log line; not a config key.
+    source: str = field(default="defaults", compare=False)
+
+    def replace(self, section: str, **changes: Any) -> Settings:
+        """A copy with some keys of one section changed (validated like a file would be)."""
+        raw = to_dict(self)
+        raw[section].update(changes)
+        return _build(raw, self.source)
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    f.name: typing.get_type_hints(Settings)[f.name] for f in dataclasses.fields(Settings) if f.name != "source"
+}
+
+
+def to_dict(settings: Settings) -> dict[str, dict[str, Any]]:
+    return {name: dataclasses.asdict(getattr(settings, name)) for name in _SECTIONS}
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Defaults, then the YAML file at ``path`` (if any), then environment overrides; validated."""
+    raw: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    source = "defaults"
+    if path is not None:
+        file_path = Path(path)
+        try:
+            loaded = yaml.safe_load(file_path.read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"config: cannot read {file_path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config: {file_path} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config: {file_path} must hold a mapping of sections")
+        for section, values in loaded.items():
+            if section not in _SECTIONS:
+                raise ConfigError(f"config: unknown section {section!r} (known: {', '.join(_SECTIONS)})")
+            if values is None:
+                continue
+            if not isinstance(values, dict):
+                raise ConfigError(f"config: {section} must be a mapping")
+            raw[section].update(values)
+        source = str(file_path)
+    overrides = _env_overrides(environ if environ is not None else os.environ)
+    for (section, key), value in overrides.items():
+        raw[section][key] = value
+    if overrides:
+        source += " + environment"
+    return _build(raw, source)
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[tuple[str, str], Any]:
+    found: dict[tuple[str, str], Any] = {}
+    for name, text in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        if section not in _SECTIONS:
+            raise ConfigError(f"config: {name} names unknown section {section!r}")
+        # YAML parsing gives "32" -> 32, "true" -> True, "[a, b]" -> list, like the file would.
+        try:
+            found[(section, key)] = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            found[(section, key)] = text
+    return found
+
+
+def _build(raw: Mapping[str, Mapping[str, Any]], source: str) -> Settings:
+    sections = {name: _build_section(name, cls, raw.get(name, {})) for name, cls in _SECTIONS.items()}
+    settings = Settings(**sections, source=source)
+    _check_cross_field(settings)
+    return settings
+
+
+def _build_section(section: str, cls: type[Any], values: Mapping[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in known:
+            raise ConfigError(f"config: unknown key {section}.{key} (known: {', '.join(known)})")
+    kwargs = {key: _coerce(f"{section}.{key}", hints[key], value, known[key].metadata) for key, value in values.items()}
+    return cls(**kwargs)
+
+
+def _coerce(name: str, hint: Any, value: Any, rule: Mapping[str, Any]) -> Any:
+    if typing.get_origin(hint) in (list, types.GenericAlias) or hint is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"config: {name} must be a list of strings, got {value!r}")
+        return list(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config: {name} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        result: Any = value
+        kind = "an integer"
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        result = float(value) if ok else value
+        kind = "a number"
+    else:
+        ok = isinstance(value, str)
+        result = value
+        kind = "a string"
+        if ok and rule.get("choices") and value not in rule["choices"]:
+            raise ConfigError(f"config: {name} must be one of {', '.join(rule['choices'])}, got {value!r}")
+    bound = ""
+    if rule.get("ge") is not None:
+        bound = f" >= {rule['ge']:g}"
+        ok = ok and result >= rule["ge"]
+    if rule.get("gt") is not None:
+        bound = f" > {rule['gt']:g}"
+        ok = ok and result > rule["gt"]
+    if not ok:
+        raise ConfigError(f"config: {name} must be {kind}{bound}, got {value!r}")
+    return result
+
+
+def _check_cross_field(settings: Settings) -> None:
+    gen = settings.generation
+    if gen.num_captions > gen.max_num_captions:
+        raise ConfigError(
+            f"config: generation.num_captions must be <= generation.max_num_captions "
+            f"({gen.max_num_captions}), got {gen.num_captions}"
+        )
+    if gen.min_length > gen.max_length:
+        raise ConfigError(
+            f"config: generation.min_length must be <= generation.max_length ({gen.max_length}), got {gen.min_length}"
+        )

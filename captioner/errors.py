@@ -1,0 +1,116 @@
+"""Every failure a client can see, as plain data.
+
+Each error carries its HTTP status and its stable ``code`` (the contract's error table); ``app.py`` turns
+them into responses in exactly one place. Code anywhere in the package raises these and never builds an
+HTTP response itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class CaptionerError(Exception):
+    """Base of every error that maps to an HTTP response."""
+
+    status_code: int = 500
+    code: str = "internal_error"
+    default_message: str = "internal error"
+
+    def __init__(self, message: str | None = None, *, headers: Mapping[str, str] | None = None) -> None:
+        self.message = message or self.default_message
+        self.headers: dict[str, str] = dict(headers or {})
+        super().__init__(self.message)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"status": "error", "error": {"code": self.code, "message": self.message}}
+
+
+class InternalError(CaptionerError):
+    """A bug: the message stays generic, the traceback goes to the log."""
+
+
+class InvalidImage(CaptionerError):
+    status_code = 400
+    code = "invalid_image"
+    default_message = "the body is not a readable image"
+
+
+class InvalidRequest(CaptionerError):
+    status_code = 422
+    code = "invalid_request"
+    default_message = "the request is malformed"
+
+
+class TooLarge(CaptionerError):
+    status_code = 413
+    code = "too_large"
+    default_message = "the image is too large"
+
+
+class UnsupportedMediaType(CaptionerError):
+    status_code = 415
+    code = "unsupported_media_type"
+    default_message = "unsupported media type"
+
+
+class UrlNotAllowed(CaptionerError):
+    status_code = 400
+    code = "url_not_allowed"
+    default_message = "that URL may not be fetched"
+
+
+class UrlFetchFailed(CaptionerError):
+    status_code = 400
+    code = "url_fetch_failed"
+    default_message = "the URL could not be fetched"
+
+
+class Unauthorized(CaptionerError):
+    status_code = 401
+    code = "unauthorized"
+    default_message = "a valid API key is required (Authorization: Bearer <key>)"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class NotFound(CaptionerError):
+    status_code = 404
+    code = "not_found"
+    default_message = "not found"
+
+
+class _RetryableError(CaptionerError):
+    """An error the client should retry after ``retry_after_s`` seconds (sent as Retry-After)."""
+
+    def __init__(self, message: str | None = None, *, retry_after_s: float = 1.0) -> None:
+        # Retry-After takes whole seconds; round up so a client never comes back too early.
+        self.retry_after_s = max(1, int(-(-retry_after_s // 1)))
+        super().__init__(message, headers={"Retry-After": str(self.retry_after_s)})
+
+
+class RateLimited(_RetryableError):
+    status_code = 429
+    code = "rate_limited"
+    default_message = "rate limit exceeded"
+
+
+class Overloaded(_RetryableError):
+    status_code = 503
+    code = "overloaded"
+    default_message = "the server is at capacity, retry later"
+
+
+class RequestTimeout(CaptionerError):
+    status_code = 504
+    code = "timeout"
+    default_message = "the request deadline passed before inference"
+
+
+class ModelError(CaptionerError):
+    """The model failed. The message stays generic; the traceback goes to the log."""
+
+    status_code = 500
+    code = "model_error"
+    default_message = "the model failed to caption this image"

@@ -1,0 +1,114 @@
+"""Shared fixtures: an untrained tiny BLIP (made once per session) and a live server on a free port."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from PIL import Image, ImageDraw
+
+from captioner.app import create_app
+from captioner.config import Settings, load_settings
+from captioner.metrics import Metrics
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from captioner.init_model import write_untrained_model
+
+    return write_untrained_model(tmp_path_factory.mktemp("models") / "tiny", size="tiny", seed=0)
+
+
+def photo(seed: int, size: tuple[int, int] = (160, 120), fmt: str = "PNG") -> bytes:
+    """A distinct synthetic 'photo' per seed: a gradient background with a few coloured shapes."""
+    import random
+
+    rng = random.Random(seed)
+    width, height = size
+    base = tuple(rng.randrange(256) for _ in range(3))
+    image = Image.new("RGB", size, base)  # type: ignore[arg-type]
+    draw = ImageDraw.Draw(image)
+    for y in range(0, height, 4):
+        shade = tuple((c + y * rng.randrange(1, 4)) % 256 for c in base)
+        draw.rectangle([0, y, width, y + 3], fill=shade)  # type: ignore[arg-type]
+    for _ in range(4):
+        x0, y0 = rng.randrange(width), rng.randrange(height)
+        box = [x0, y0, x0 + rng.randrange(10, width // 2), y0 + rng.randrange(10, height // 2)]
+        draw.ellipse(box, fill=tuple(rng.randrange(256) for _ in range(3)))  # type: ignore[arg-type]
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LiveServer:
+    """uvicorn serving a real app (real model, real sockets) on a background thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.app = create_app(settings, metrics=self.metrics)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()), daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self._thread.start()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("server did not become ready")
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout=60)
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """The value of one series in /metrics (0 when absent)."""
+        text = httpx.get(self.url + "/metrics").text
+        wanted = f"{name}{{{labels}}}" if labels else name
+        for line in text.splitlines():
+            if line.startswith(wanted + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+
+def tiny_settings(model_dir: Path, **sections: dict[str, Any]) -> Settings:
+    settings = load_settings(None, {})
+    settings = settings.replace("model", path=str(model_dir), name="test/tiny-blip")
+    settings = settings.replace("server", preprocess_workers=2)
+    for section, values in sections.items():
+        settings = settings.replace(section, **values)
+    return settings
+
+
+@pytest.fixture(scope="module")
+def live_server(tiny_model_dir: Path) -> Iterator[LiveServer]:
+    with LiveServer(tiny_settings(tiny_model_dir)) as server:
+        yield server
