@@ -16,7 +16,9 @@ DOCKERFILE = (ROOT / "Dockerfile").read_text()
 
 
 def instruction(name: str) -> str:
-    match = re.search(rf"^{name}\s+(.+)$", DOCKERFILE, re.MULTILINE)
+    """The instruction's arguments, with backslash-continued lines joined."""
+    joined = re.sub(r"\\\n\s*", " ", DOCKERFILE)
+    match = re.search(rf"^{name}\s+(.+)$", joined, re.MULTILINE)
     assert match, f"Dockerfile has no {name}"
     return match.group(1).strip()
 
@@ -50,7 +52,7 @@ def test_python_dash_m_behaves_like_the_console_script() -> None:
 def test_serve_without_weights_and_without_network_fails_with_one_clear_line(tmp_path: Path) -> None:
     env = {"CAPTIONER_MODEL__PATH": str(tmp_path / "empty"), "CAPTIONER_MODEL__NAME": "nobody/no-such-model",
            "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-m", "captioner", "serve", "--port", "0"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "captioner", "serve", "--port", "8799"], capture_output=True,
                          text=True, env=env, timeout=120)
     assert out.returncode == 1
     last = out.stderr.strip().splitlines()[-1]
