@@ -30,9 +30,11 @@ serve: install
 	$(BIN)/captioner serve --config $(CONFIG)
 
 # System packages the integration tests drive for real; installed only when missing (CI runs as root).
-SYSTEM_PACKAGES :=
+# An entry is a command that is also its package's name, or COMMAND=PACKAGE where they differ.
+# chromium: the web page tests; java: METEOR and the PTB tokenizer in `captioner eval`.
+SYSTEM_PACKAGES := chromium java=default-jre-headless
 system-deps:
-	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $${p%%=*} >/dev/null 2>&1 || missing="$$missing $${p#*=}"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \

@@ -5,37 +5,41 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect, Request
+from starlette.middleware import Middleware
+from starlette.responses import Response
 from starlette.routing import Route
 
+from .auth import ApiKeys
 from .config import Settings
-from .errors import CaptionerError, InternalError, InvalidRequest, Overloaded
+from .driftwatch import DriftWatch
+from .errors import CaptionerError, InternalError, Overloaded
+from .guard import ApiGuard
 from .inputs import parse_caption_request
+from .jobs import JobManager, build_job_store
+from .jobs_api import accept_job, job_route, wants_async
 from .metrics import Metrics
 from .model import Captioner
 from .openapi import openapi_schema
+from .ratelimit import RateLimiter
+from .requestlog import RequestObserver, request_id, request_record
+from .responses import FastJSONResponse, error_response
 from .service import CaptionOutcome, CaptionService
+from .urlfetch import UrlFetcher
+from .web import web_routes
 
 logger = logging.getLogger("captioner.app")
+T = TypeVar("T")
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
-
-
-class FastJSONResponse(JSONResponse):
-    """JSON via orjson: several times faster than the json module for our small bodies."""
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
 
 
 @dataclass
@@ -58,10 +62,6 @@ class AppState:
         self.set_ready(False)
 
 
-def error_response(error: CaptionerError) -> Response:
-    return FastJSONResponse(error.to_dict(), status_code=error.status_code, headers=error.headers)
-
-
 def create_app(
     settings: Settings,
     captioner: Captioner | None = None,
@@ -71,6 +71,10 @@ def create_app(
 ) -> Starlette:
     """The app. Without ``captioner`` the BLIP model named by ``settings.model`` is loaded at start-up."""
     state = AppState(settings=settings, metrics=metrics or Metrics())
+    keys = ApiKeys.from_settings(settings.auth)  # a bad entry stops start-up here, naming its position
+    url_fetcher = UrlFetcher(settings.url_input, max_bytes=settings.limits.max_body_bytes)
+    jobs = JobManager(build_job_store(settings, state.metrics), ttl_s=settings.jobs.ttl_s, metrics=state.metrics)
+    drift = DriftWatch.from_settings(settings.drift, state.metrics)  # a bad reference file stops start-up here
 
     async def load() -> None:
         try:
@@ -83,13 +87,17 @@ def create_app(
                     "serving an UNTRAINED model (random weights from captioner init-model): "
                     "its captions are meaningless"
                 )
-            service = CaptionService(settings, model, state.metrics)
+            service = CaptionService(settings, model, state.metrics, drift=drift)
             service.start()
             await service.warm_up()
             state.service = service
             if not state.draining:
                 state.set_ready(True)
-            logger.info("ready: model %s on %s (%s)", model.name, model.device, model.dtype)
+            logger.info(
+                "ready: model %s on %s (%s)", model.name, model.device, model.dtype,
+                extra={"model": model.name, "revision": model.revision, "device": model.device,
+                       "dtype": model.dtype, "untrained": model.untrained, "config_source": settings.source},
+            )  # fmt: skip
         except Exception as exc:
             state.load_error = f"{type(exc).__name__}: {exc}"
             logger.exception("model failed to load")
@@ -109,23 +117,27 @@ def create_app(
                 finished = await state.service.close(settings.server.drain_timeout_s)
                 if not finished:
                     logger.warning("drain timed out after %.0f s", settings.server.drain_timeout_s)
+            await jobs.close(settings.server.drain_timeout_s)  # accepted jobs were drained above; record them
+            await url_fetcher.aclose()
 
     async def caption(request: Request) -> Response:
+        # Counted (requests_total, request_seconds, errors_total) and logged by RequestObserver, which also
+        # sees the requests refused before this route runs.
         started = time.monotonic()
-        status = 500
-        try:
-            outcome = await _caption(request, started)
-            status = 200
-            return FastJSONResponse(_success_body(outcome, settings))
-        except CaptionerError as error:
-            status = error.status_code
-            state.metrics.errors.labels(error.code).inc()
-            raise
-        finally:
-            state.metrics.requests.labels(str(status)).inc()
-            state.metrics.request_seconds.observe(time.monotonic() - started)
+        if wants_async(request):
+            work = await _prepare(request, started)
+            batcher = state.service.batcher if state.service is not None else None
+            batches_ahead = batcher.queue_depth / batcher.max_batch_size if batcher is not None else 0.0
 
-    async def _caption(request: Request, started: float) -> CaptionOutcome:
+            async def run_job() -> dict[str, Any]:
+                return _success_body(await work(), settings)
+
+            return await accept_job(request, jobs, run_job, batches_ahead=batches_ahead, auth_enabled=keys.enabled)
+        outcome = await _cancel_on_disconnect(request, (await _prepare(request, started))())
+        return FastJSONResponse(_success_body(outcome, settings))
+
+    async def _prepare(request: Request, started: float) -> Callable[[], Coroutine[Any, Any, CaptionOutcome]]:
+        """Admission and parsing, done while the client waits; returns the work that produces the captions."""
         service = state.service
         if state.draining:
             raise Overloaded("the server is shutting down", retry_after_s=1)
@@ -141,10 +153,21 @@ def create_app(
             default_num_captions=settings.generation.num_captions,
             max_num_captions=settings.generation.max_num_captions,
         )
-        if parsed.image is None:
-            raise InvalidRequest("URL input is not enabled on this server")
         deadline = started + settings.batching.request_timeout_s
-        return await service.caption(parsed.image, parsed.num_captions, deadline=deadline)
+        record = request_record(request.scope)  # for the request's log line
+        record.num_captions = parsed.num_captions
+
+        async def fetch_and_caption() -> CaptionOutcome:
+            image = parsed.image
+            if image is None:
+                assert parsed.url is not None
+                image = await url_fetcher.fetch(parsed.url)
+            record.image_bytes = len(image)
+            outcome = await service.caption(image, parsed.num_captions, deadline=deadline)
+            record.note_outcome(outcome)
+            return outcome
+
+        return fetch_and_caption
 
     async def healthz(request: Request) -> Response:
         return FastJSONResponse({"status": "ok"})
@@ -171,27 +194,69 @@ def create_app(
         body = {"status": "error", "error": {"code": code, "message": str(exc.detail)}}
         return FastJSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
+    async def handle_client_gone(request: Request, exc: Exception) -> Response:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it; uvicorn drops it
+
     async def handle_unexpected(request: Request, exc: Exception) -> Response:
         # Starlette logs the traceback after this response is sent; the client gets no internals.
-        return error_response(InternalError())
+        response = error_response(InternalError())
+        response.headers["X-Request-ID"] = request_id(request.scope)  # sent outside RequestObserver
+        return response
 
     app = Starlette(
         routes=[
             Route("/api/v1/caption", caption, methods=["POST"]),
+            job_route(jobs, auth_enabled=keys.enabled),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
+            *web_routes(settings),
+            *drift.routes(),
         ],
         exception_handlers={
             CaptionerError: handle_error,
             HTTPException: handle_http_error,
+            ClientDisconnect: handle_client_gone,
             Exception: handle_unexpected,
         },
+        middleware=[
+            Middleware(RequestObserver, metrics=state.metrics),  # outermost: sees every answer, 401/429 too
+            Middleware(ApiGuard, keys=keys, limiter=RateLimiter.from_settings(settings.rate_limit)),
+        ],
         lifespan=lifespan,
     )
     app.state.captioner = state
     return app
+
+
+# nginx's code for "the client went away before the answer": counted, never sent.
+CLIENT_CLOSED_REQUEST = 499
+
+
+async def _cancel_on_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work``, cancelling it if the client disconnects first.
+
+    A cancelled request leaves the batcher's queue (its future is cancelled), so no generate work is spent on
+    it. Call this only once the body has been read: from then on the server's ``receive`` has nothing left to
+    give but ``http.disconnect``, which it delivers when the connection drops.
+    """
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled():
+            raise ClientDisconnect() from None  # the client left; we were not cancelled ourselves
+        raise
+    finally:
+        watcher.cancel()
 
 
 def _success_body(outcome: CaptionOutcome, settings: Settings) -> dict[str, Any]:

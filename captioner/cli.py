@@ -39,6 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--out", required=True, help="folder to write the model into")
     init.add_argument("--seed", type=int, default=0)
     init.set_defaults(run=_init_model)
+
+    from .drift_cli import add_drift_commands
+
+    add_drift_commands(commands, _add_config_argument, _settings)
+
+    from .batch import add_batch_commands
+
+    add_batch_commands(commands, _add_config_argument, _settings)
     return parser
 
 

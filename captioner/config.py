@@ -77,6 +77,20 @@ class BatchingSettings:
 class CacheSettings:
     max_entries: int = _field(10000, ge=0)
     ttl_s: float = _field(86400.0, gt=0)
+    # Empty: in-process only. redis://host:6379/0 adds Redis as a second level shared by every replica.
+    redis_url: str = ""
+    # Per Redis command; past it (or while Redis is down) the cache goes local-only instead of waiting.
+    redis_timeout_s: float = _field(0.25, gt=0)
+
+
+@dataclass(frozen=True)
+class JobsSettings:
+    # How long a finished async job's result can be fetched (and how long a job's record lives at all).
+    ttl_s: float = _field(3600.0, gt=0)
+    # Most jobs one replica keeps; when all are still running, new async requests get 503 overloaded.
+    max_jobs: int = _field(10000, ge=1)
+    # Empty: cache.redis_url if set (so any replica can answer), else in-process only.
+    redis_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -111,17 +125,35 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True)
+class DriftSettings:
+    enabled: bool = True
+    # The recent requests compared with the reference, per feature (a few bytes each).
+    window: int = _field(1000, ge=10)
+    # Without reference_path, the first this-many requests after start-up are the reference.
+    reference_size: int = _field(1000, ge=10)
+    # A reference saved by `captioner drift save-reference`; "" learns it from the first requests instead.
+    reference_path: str = ""
+    # PSI above this is logged as a warning (and alerted on); 0.1-0.2 is "some change", > 0.2 "a real shift".
+    psi_alert: float = _field(0.2, gt=0)
+    # No score until the window holds this many: with 12 bins, PSI's sampling noise alone is ~11/n.
+    min_window: int = _field(200, ge=1)
+    bins: int = _field(10, ge=2)
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     batching: BatchingSettings = field(default_factory=BatchingSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
+    jobs: JobsSettings = field(default_factory=JobsSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
     url_input: UrlInputSettings = field(default_factory=UrlInputSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    drift: DriftSettings = field(default_factory=DriftSettings)
     # Where the settings came from, for the start-up log line; not a config key.
     source: str = field(default="defaults", compare=False)
 
@@ -240,7 +272,14 @@ def _coerce(name: str, hint: Any, value: Any, rule: Mapping[str, Any]) -> Any:
     return result
 
 
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
 def _check_cross_field(settings: Settings) -> None:
+    for name, url in (("cache.redis_url", settings.cache.redis_url), ("jobs.redis_url", settings.jobs.redis_url)):
+        if url and not url.startswith(_REDIS_SCHEMES):
+            # The value is not echoed: it may hold a password.
+            raise ConfigError(f"config: {name} must start with {', '.join(_REDIS_SCHEMES)} or be empty")
     gen = settings.generation
     if gen.num_captions > gen.max_num_captions:
         raise ConfigError(

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+import numpy as np
 from PIL import Image, ImageStat
 
 log = logging.getLogger(__name__)
@@ -78,11 +79,10 @@ def input_features(image: Image.Image, *, fmt: str, n_bytes: int, width: int, he
     rgb = image if image.mode == "RGB" else image.convert("RGB")
     small = rgb.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.NEAREST)
     brightness = float(ImageStat.Stat(small.convert("L")).mean[0])
-    data = small.tobytes()
-    r, g, b = data[0::3], data[1::3], data[2::3]
-    rg_mean, rg_std = _mean_std([x - y for x, y in zip(r, g, strict=True)])
-    yb_mean, yb_std = _mean_std([(x + y) / 2 - z for x, y, z in zip(r, g, b, strict=True)])
-    colourfulness = math.hypot(rg_std, yb_std) + 0.3 * math.hypot(rg_mean, yb_mean)
+    pixels = np.asarray(small, dtype=np.float64).reshape(-1, 3)
+    rg = pixels[:, 0] - pixels[:, 1]
+    yb = (pixels[:, 0] + pixels[:, 1]) / 2 - pixels[:, 2]
+    colourfulness = math.hypot(float(rg.std()), float(yb.std())) + 0.3 * math.hypot(float(rg.mean()), float(yb.mean()))
     aspect = width / height if height > 0 else 0.0
     return InputFeatures(width, height, aspect, brightness, colourfulness, fmt.upper(), n_bytes)
 
@@ -102,11 +102,6 @@ def psi(expected: Sequence[float], actual: Sequence[float], eps: float = EPSILON
         e, a = max(e, eps), max(a, eps)
         total += (a - e) * math.log(a / e)
     return total
-
-
-def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
-    mean = math.fsum(xs) / len(xs)
-    return mean, math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / len(xs))
 
 
 def _quantile(ordered: Sequence[float], q: float) -> float:
@@ -264,6 +259,7 @@ class DriftMonitor:
             for name in FEATURES
         }
         self._source = "first N requests" if reference is None else "file"
+        self.window, self.reference_size = window, reference_size
         if reference is not None:
             if reference.get("version") != SNAPSHOT_VERSION:
                 raise ValueError(f"unsupported drift reference version {reference.get('version')!r}")
@@ -304,12 +300,20 @@ class DriftMonitor:
 
     def _fire(self, fired: list[tuple[str, float]]) -> None:
         for name, value in fired:
-            log.warning("drift: %s PSI %.3f is over %.3f", name, value, self._psi_alert)
+            log.warning(
+                "drift: %s PSI %.3f is over %.3f",
+                name, value, self._psi_alert,
+                extra={"event": "drift_alert", "feature": name, "psi": round(value, 4), "psi_alert": self._psi_alert},
+            )  # fmt: skip
             if self._on_alert is not None:
                 try:
                     self._on_alert(name, value)
                 except Exception:
                     log.exception("drift on_alert callback failed for %s", name)
+
+    @property
+    def psi_alert(self) -> float:
+        return self._psi_alert
 
     def scores(self) -> dict[str, float | None]:
         return self._evaluate()[0]

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
@@ -41,7 +42,7 @@ def body_limit(content_type: str, max_body_bytes: int) -> int:
     """The most bytes a body of this type may have, given the image limit (base64 grows data by 4/3)."""
     if content_type.startswith("application/json"):
         return max_body_bytes * 4 // 3 + _ENVELOPE_SLACK
-    if content_type.startswith("multipart/"):
+    if content_type.startswith(("multipart/", "application/x-www-form-urlencoded")):
         return max_body_bytes + _ENVELOPE_SLACK
     return max_body_bytes
 
@@ -103,12 +104,14 @@ async def parse_caption_request(
     fields: dict[str, Any]
     image: bytes | None = None
     url: Any = None
-    if content_type.startswith("multipart/form-data"):
+    if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         await read_capped_body(request, limit)
         try:
             form = await request.form(max_files=2, max_fields=20, max_part_size=max_body_bytes)
         except MultiPartException as exc:
             raise InvalidRequest(f"malformed multipart body: {exc.message}") from exc
+        except HTTPException as exc:  # Starlette turns MultiPartException into a 400 inside an app; ours is 422
+            raise InvalidRequest(f"malformed multipart body: {exc.detail}") from exc
         fields = dict(form)
         upload = form.get("image")
         if isinstance(upload, UploadFile):

@@ -1,4 +1,9 @@
-"""Logging set-up: one JSON object per line (for log shippers) or plain text (for people)."""
+"""Logging set-up: one JSON object per line (for log shippers) or plain text (for people).
+
+Fields passed with ``extra=`` (request ids, statuses, latencies, drift scores) are top-level keys of the JSON
+object, and ``key=value`` pairs after the message in text. Either way a record is exactly one line: JSON
+escapes newlines, and the text format escapes them in the message and the values.
+"""
 
 from __future__ import annotations
 
@@ -26,13 +31,41 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        pairs = [f"{k}={_text_value(v)}" for k, v in vars(record).items() if k not in _STANDARD and v is not None]
+        if pairs:
+            head, newline, trace = line.partition("\n")  # the traceback, if any, stays below the line
+            line = head + " " + " ".join(pairs) + newline + trace
+        return line
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return _one_line(super().formatMessage(record))
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _text_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return _one_line(text) if text and " " not in text else json.dumps(text)
+
+
+def formatter_for(fmt: str) -> logging.Formatter:
+    return JsonFormatter() if fmt == "json" else TextFormatter()
+
+
 def configure_logging(fmt: str = "json", level: str = "info") -> dict[str, Any]:
     """Configure the root logger and return a uvicorn ``log_config`` that uses the same handler."""
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(formatter_for(fmt))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

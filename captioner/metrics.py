@@ -1,8 +1,20 @@
-"""Prometheus series, as prometheus_client objects in a registry of their own (one per app, no globals)."""
+"""Prometheus series, as prometheus_client objects in a registry of their own (one per app, no globals).
+
+Most series are updated where things happen; GPU health and drift scores are computed when Prometheus scrapes
+(collectors), so they cost nothing between scrapes and are never stale.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .gpu import GpuCollector
+
+DriftScores = Callable[[], Mapping[str, "float | None"]]
 
 # Latency buckets span a cache hit (sub-millisecond) to a slow CPU batch (tens of seconds).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -10,7 +22,7 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256)
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, gpu: GpuCollector | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -40,7 +52,62 @@ class Metrics:
         )
         self.cache_hits = Counter("captioner_cache_hits", "Caption cache hits.", registry=r)
         self.cache_misses = Counter("captioner_cache_misses", "Caption cache misses.", registry=r)
+        # Kept apart from captioner_cache_hits_total so that series stays unlabelled, as the contract names it.
+        self.cache_level_hits = Counter(
+            "captioner_cache_level_hits", "Caption cache hits, by level (local, redis).", ["level"], registry=r
+        )
+        self.cache_backend_errors = Counter(
+            "captioner_cache_backend_errors",
+            "Shared (Redis) cache calls that failed or were skipped while it was down; the request went on.",
+            ["operation"],
+            registry=r,
+        )
+        self.cache_backend_up = Gauge(
+            "captioner_cache_backend_up", "1 while the shared (Redis) cache is in use, 0 while it is down.", registry=r
+        )
+        self.jobs = Counter("captioner_jobs", "Async jobs finished, by outcome.", ["status"], registry=r)
+        self.jobs_running = Gauge("captioner_jobs_running", "Async jobs accepted and not yet finished.", registry=r)
+        self.job_store_errors = Counter(
+            "captioner_job_store_errors", "Job store (Redis) calls that failed.", ["operation"], registry=r
+        )
         self.ready = Gauge(
             "captioner_ready", "1 once the model is loaded and warmed up, 0 before and while draining.", registry=r
         )
         self.model_info = Info("captioner_model", "The model being served.", registry=r)
+        self.drift_psi_threshold = Gauge(
+            "captioner_drift_psi_threshold", "drift.psi_alert: a PSI above it is drift worth a look.", registry=r
+        )
+        self._drift = _DriftCollector()
+        r.register(self._drift)
+        self.gpu = gpu if gpu is not None else GpuCollector()
+        r.register(self.gpu)
+
+    def watch_gpu(self, device: str) -> bool:
+        """Export GPU utilisation and memory for the torch ``device`` the model runs on (absent if no GPU)."""
+        return self.gpu.watch(device)
+
+    def watch_drift(self, scores: DriftScores, psi_alert: float) -> None:
+        """Export ``captioner_drift_psi{feature}`` from ``scores()`` at each scrape; a None score is left out."""
+        self._drift.scores = scores
+        self.drift_psi_threshold.set(psi_alert)
+
+
+class _DriftCollector(Collector):
+    def __init__(self) -> None:
+        self.scores: DriftScores | None = None
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        if self.scores is None:
+            return
+        family = GaugeMetricFamily(
+            "captioner_drift_psi",
+            "Population Stability Index of each input/output feature, current window vs the reference.",
+            labels=["feature"],
+        )
+        for feature, value in sorted(self.scores().items()):
+            if value is not None:  # not enough observations yet: absent rather than a misleading 0
+                family.add_metric([feature], value)
+        yield family

@@ -14,13 +14,18 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
+import orjson
+
 from .batcher import Batcher, BatchInfo
 from .cache import CaptionCache, cache_key
 from .config import Settings
+from .driftwatch import DriftWatch
 from .errors import RequestTimeout
-from .images import ImageInfo
+from .images import ImageInfo, PreparedImage
 from .metrics import Metrics
 from .model import Caption, Captioner, CaptionJob
+from .redis_cache import RedisCacheLevel
+from .redis_store import RedisStore
 
 logger = logging.getLogger("captioner.service")
 
@@ -34,19 +39,41 @@ class CaptionOutcome:
     cached: bool
     image_sha256: str
     info: ImageInfo | None  # None on a cache hit: the image was never decoded
+    batch_size: int | None = None  # images in the generate() call that captioned it; None on a cache hit
 
 
 @dataclass(frozen=True)
 class _Computed:
     captions: list[Caption]
-    info: ImageInfo
+    info: ImageInfo | None  # None when read back from the shared cache
+    batch_size: int | None = None
+
+
+@dataclass(frozen=True)
+class _Inferred:
+    captions: list[Caption]
+    batch_size: int  # for the request log: how many images shared this one's generate() call
+
+
+def _encode(value: _Computed) -> bytes:
+    return orjson.dumps({"captions": [[c.text, c.confidence] for c in value.captions]})
+
+
+def _decode(raw: bytes) -> _Computed:
+    captions = [Caption(str(text), float(confidence)) for text, confidence in orjson.loads(raw)["captions"]]
+    if not captions:
+        raise ValueError("no captions")
+    return _Computed(captions, info=None)
 
 
 class CaptionService:
-    def __init__(self, settings: Settings, captioner: Captioner, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Settings, captioner: Captioner, metrics: Metrics, *, drift: DriftWatch | None = None
+    ) -> None:
         self.settings = settings
         self.captioner = captioner
         self.metrics = metrics
+        self.drift = drift if drift is not None else DriftWatch(None)
         gen = settings.generation
         self._model_id = {"name": captioner.name, "revision": captioner.revision, "prompt": settings.model.prompt}
         self._generation = {k: v for k, v in asdict(gen).items() if k not in ("num_captions", "max_num_captions")}
@@ -55,7 +82,7 @@ class CaptionService:
             max_workers=settings.server.preprocess_workers, thread_name_prefix="captioner-preprocess"
         )
         batching = settings.batching
-        self.batcher: Batcher[CaptionJob, list[Caption]] = Batcher(
+        self.batcher: Batcher[CaptionJob, _Inferred] = Batcher(
             self._run_batch,
             max_batch_size=batching.max_batch_size,
             max_wait_s=batching.max_wait_ms / 1000,
@@ -63,11 +90,13 @@ class CaptionService:
             request_timeout_s=batching.request_timeout_s,
             on_batch=self._observe_batch,
         )
+        self._shared_cache = _shared_cache(settings, metrics)
         self.cache: CaptionCache[_Computed] = CaptionCache(
-            max_entries=settings.cache.max_entries, ttl_s=settings.cache.ttl_s
+            max_entries=settings.cache.max_entries, ttl_s=settings.cache.ttl_s, second_level=self._shared_cache
         )
         metrics.queue_depth.set_function(lambda: self.batcher.queue_depth)
         metrics.queue_capacity.set(batching.max_queue)
+        metrics.watch_gpu(captioner.device)
 
     def start(self) -> None:
         self.batcher.start()
@@ -80,6 +109,8 @@ class CaptionService:
         finished = await self.batcher.drain(timeout_s)
         self._preprocess_pool.shutdown(wait=False, cancel_futures=True)
         self._model_pool.shutdown(wait=False, cancel_futures=True)
+        if self._shared_cache is not None:
+            await self._shared_cache.aclose()
         return finished
 
     async def sha256(self, data: bytes) -> str:
@@ -99,32 +130,61 @@ class CaptionService:
         key = self.key_for(digest, num_captions)
         lookup = await self.cache.get_or_compute(key, lambda: self._compute(data, num_captions, deadline))
         (self.metrics.cache_hits if lookup.cached else self.metrics.cache_misses).inc()
+        if lookup.level is not None:
+            self.metrics.cache_level_hits.labels(lookup.level).inc()
         return CaptionOutcome(
             captions=lookup.value.captions,
             cached=lookup.cached,
             image_sha256=digest,
             info=None if lookup.cached else lookup.value.info,
+            batch_size=None if lookup.cached else lookup.value.batch_size,
         )
 
     async def _compute(self, data: bytes, num_captions: int, deadline: float | None) -> _Computed:
         loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(self._preprocess_pool, self.captioner.preprocess, data)
+        prepared = await loop.run_in_executor(self._preprocess_pool, self._preprocess, data)
         timeout_s = None
         if deadline is not None:
             timeout_s = deadline - time.monotonic()
             if timeout_s <= 0:
                 raise RequestTimeout()
-        captions = await self.batcher(CaptionJob(prepared.pixel_values, num_captions), timeout_s=timeout_s)
-        return _Computed(captions, prepared.info)
+        inferred = await self.batcher(CaptionJob(prepared.pixel_values, num_captions), timeout_s=timeout_s)
+        self.drift.observe_output(inferred.captions)
+        return _Computed(inferred.captions, prepared.info, inferred.batch_size)
 
-    async def _run_batch(self, jobs: Sequence[CaptionJob]) -> list[list[Caption]]:
+    def _preprocess(self, data: bytes) -> PreparedImage:
+        """On a preprocessing thread: decode, then the drift monitor's input features (about 1 ms more)."""
+        prepared = self.captioner.preprocess(data)
+        self.drift.observe_input(prepared, len(data))
+        return prepared
+
+    async def _run_batch(self, jobs: Sequence[CaptionJob]) -> list[_Inferred]:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         results = await loop.run_in_executor(self._model_pool, self.captioner.caption_batch, jobs)
         self.metrics.inference_seconds.observe(time.perf_counter() - started)
         self.metrics.images.inc(len(jobs))
-        return results
+        return [_Inferred(captions, len(jobs)) for captions in results]
 
     def _observe_batch(self, info: BatchInfo) -> None:
         self.metrics.batch_size.observe(info.size)
         self.metrics.batch_wait_seconds.observe(info.waited_s)
+
+
+def _shared_cache(settings: Settings, metrics: Metrics) -> RedisCacheLevel[_Computed] | None:
+    """Redis behind the local cache when ``cache.redis_url`` is set; every failure there reads as a miss."""
+    if not settings.cache.redis_url:
+        return None
+
+    def count_error(operation: str) -> None:
+        metrics.cache_backend_errors.labels(operation).inc()
+
+    metrics.cache_backend_up.set(1)
+    store = RedisStore(
+        settings.cache.redis_url,
+        name="cache",
+        timeout_s=settings.cache.redis_timeout_s,
+        on_error=count_error,
+        on_state=lambda up: metrics.cache_backend_up.set(1 if up else 0),
+    )
+    return RedisCacheLevel(store, ttl_s=settings.cache.ttl_s, encode=_encode, decode=_decode, on_error=count_error)

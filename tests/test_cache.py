@@ -139,3 +139,94 @@ async def test_joiner_takes_over_when_the_leader_is_cancelled() -> None:
     result = await joiner
     assert result.value == "caption"
     assert calls == 2
+
+
+class DictLevel:
+    """A second level in a dict, counting calls; ``gate`` holds every get until set."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, str] = {}
+        self.gets = 0
+        self.puts = 0
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def get(self, key: str) -> str | None:
+        self.gets += 1
+        await self.gate.wait()
+        return self.data.get(key)
+
+    async def put(self, key: str, value: str) -> None:
+        self.puts += 1
+        self.data[key] = value
+
+
+async def test_second_level_hit_fills_the_local_level_without_computing() -> None:
+    shared = DictLevel()
+    shared.data["k"] = "from another replica"
+    cache: CaptionCache[str] = CaptionCache(max_entries=10, ttl_s=60, second_level=shared)
+
+    async def compute() -> str:
+        raise AssertionError("must not compute on a shared hit")
+
+    first = await cache.get_or_compute("k", compute)
+    assert (first.value, first.cached, first.level) == ("from another replica", True, "redis")
+    second = await cache.get_or_compute("k", compute)
+    assert (second.cached, second.level) == (True, "local")
+    assert shared.gets == 1 and shared.puts == 0
+
+
+async def test_a_computed_value_is_stored_in_both_levels() -> None:
+    shared = DictLevel()
+    cache: CaptionCache[str] = CaptionCache(max_entries=10, ttl_s=60, second_level=shared)
+
+    async def compute() -> str:
+        return "fresh"
+
+    lookup = await cache.get_or_compute("k", compute)
+    assert (lookup.value, lookup.cached, lookup.level) == ("fresh", False, None)
+    assert shared.data == {"k": "fresh"} and cache.get("k") == "fresh"
+
+
+async def test_concurrent_misses_share_one_second_level_lookup() -> None:
+    shared = DictLevel()
+    shared.data["k"] = "shared"
+    shared.gate.clear()
+    cache: CaptionCache[str] = CaptionCache(max_entries=10, ttl_s=60, second_level=shared)
+
+    async def compute() -> str:
+        raise AssertionError("must not compute")
+
+    waiters = [asyncio.ensure_future(cache.get_or_compute("k", compute)) for _ in range(5)]
+    await asyncio.sleep(0)
+    shared.gate.set()
+    results = await asyncio.gather(*waiters)
+    assert shared.gets == 1
+    assert all(r.value == "shared" and r.cached and r.level == "redis" for r in results)
+
+
+async def test_a_failed_computation_is_stored_in_neither_level() -> None:
+    shared = DictLevel()
+    cache: CaptionCache[str] = CaptionCache(max_entries=10, ttl_s=60, second_level=shared)
+
+    async def broken() -> str:
+        raise ValueError("bad image")
+
+    with pytest.raises(ValueError):
+        await cache.get_or_compute("k", broken)
+    assert shared.data == {} and cache.get("k") is None and shared.puts == 0
+
+
+async def test_local_storage_off_still_uses_the_second_level() -> None:
+    shared = DictLevel()
+    cache: CaptionCache[str] = CaptionCache(max_entries=0, ttl_s=60, second_level=shared)
+    calls = 0
+
+    async def compute() -> str:
+        nonlocal calls
+        calls += 1
+        return "v"
+
+    await cache.get_or_compute("k", compute)
+    again = await cache.get_or_compute("k", compute)
+    assert calls == 1 and again.cached and again.level == "redis"
