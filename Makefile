@@ -31,8 +31,10 @@ serve: install
 
 # System packages the integration tests drive for real; installed only when missing (CI runs as root).
 # An entry is a command that is also its package's name, or COMMAND=PACKAGE where they differ.
-# chromium: the web page tests; java: METEOR and the PTB tokenizer in `captioner eval`.
-SYSTEM_PACKAGES := chromium java=default-jre-headless
+# chromium: the web page tests; java: METEOR and the PTB tokenizer in `captioner eval`;
+# promtool (Debian's prometheus package): checks and unit-tests deploy/prometheus/alerts.yaml;
+# redis-server: the shared cache and job store tests; nginx: deploy/nginx.conf checks and the failover test.
+SYSTEM_PACKAGES := chromium java=default-jre-headless promtool=prometheus redis-server nginx
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $${p%%=*} >/dev/null 2>&1 || missing="$$missing $${p#*=}"; done; \
 	if [ -n "$$missing" ]; then \

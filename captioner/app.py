@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -13,13 +14,13 @@ from typing import Any, TypeVar
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
 from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from .auth import ApiKeys
-from .config import Settings
+from .config import ConfigError, Settings, to_dict
 from .driftwatch import DriftWatch
 from .errors import CaptionerError, InternalError, Overloaded
 from .guard import ApiGuard
@@ -34,6 +35,7 @@ from .requestlog import RequestObserver, request_id, request_record
 from .responses import FastJSONResponse, error_response
 from .service import CaptionOutcome, CaptionService
 from .urlfetch import UrlFetcher
+from .variants import VariantPool
 from .web import web_routes
 
 logger = logging.getLogger("captioner.app")
@@ -46,11 +48,30 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 class AppState:
     settings: Settings
     metrics: Metrics
-    service: CaptionService | None = None
+    pool: VariantPool | None = None
     ready: bool = False
     draining: bool = False
     load_error: str | None = None
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    @property
+    def service(self) -> CaptionService | None:
+        """A live variant's service, for what every variant does alike (admission, queue estimates)."""
+        return self.pool.router.any_service() if self.pool is not None else None
+
+    async def reload(self, new: Settings) -> None:
+        """SIGHUP: apply the new `models:` list (weights, added or removed variants) without dropping requests.
+
+        Other sections are read at start-up only (they size thread pools, queues and sockets); a change to
+        them is logged, not applied.
+        """
+        if self.pool is None:
+            logger.warning("reload ignored: the model is still loading")
+            return
+        ignored = [k for k, v in to_dict(new).items() if k != "models" and v != to_dict(self.settings)[k]]
+        if ignored:
+            logger.warning("reload applies `models` only; restart to change: %s", ", ".join(ignored))
+        await self.pool.reload(new)
 
     def set_ready(self, ready: bool) -> None:
         self.ready = ready
@@ -68,6 +89,7 @@ def create_app(
     *,
     metrics: Metrics | None = None,
     on_fatal: Callable[[], None] | None = None,
+    reload_settings: Callable[[], Settings] | None = None,
 ) -> Starlette:
     """The app. Without ``captioner`` the BLIP model named by ``settings.model`` is loaded at start-up."""
     state = AppState(settings=settings, metrics=metrics or Metrics())
@@ -76,25 +98,22 @@ def create_app(
     jobs = JobManager(build_job_store(settings, state.metrics), ttl_s=settings.jobs.ttl_s, metrics=state.metrics)
     drift = DriftWatch.from_settings(settings.drift, state.metrics)  # a bad reference file stops start-up here
 
+    def load_model(variant_settings: Settings) -> Captioner:
+        return captioner if captioner is not None else _load_blip(variant_settings)
+
     async def load() -> None:
         try:
-            model = captioner if captioner is not None else await asyncio.to_thread(_load_blip, settings)
-            state.metrics.model_info.info(
-                {"name": model.name, "revision": model.revision, "device": model.device, "dtype": model.dtype}
-            )
-            if model.untrained:
-                logger.warning(
-                    "serving an UNTRAINED model (random weights from captioner init-model): "
-                    "its captions are meaningless"
-                )
-            service = CaptionService(settings, model, state.metrics, drift=drift)
-            service.start()
-            await service.warm_up()
-            state.service = service
+            pool = VariantPool(settings, state.metrics, load_model=load_model, drift=drift)
+            state.pool = pool
+            await pool.start()
             if not state.draining:
                 state.set_ready(True)
+            service = pool.router.any_service()
+            assert service is not None
+            model = service.captioner
             logger.info(
-                "ready: model %s on %s (%s)", model.name, model.device, model.dtype,
+                "ready: model %s on %s (%s), variants %s", model.name, model.device, model.dtype,
+                ", ".join(f"{name}={weight:g}" for name, weight in pool.router.weights),
                 extra={"model": model.name, "revision": model.revision, "device": model.device,
                        "dtype": model.dtype, "untrained": model.untrained, "config_source": settings.source},
             )  # fmt: skip
@@ -107,14 +126,16 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         loader = asyncio.create_task(load(), name="captioner-load")
+        if reload_settings is not None:
+            _on_sighup(state, reload_settings)
         try:
             yield
         finally:
             state.start_draining()
             if not loader.done():
                 loader.cancel()
-            if state.service is not None:
-                finished = await state.service.close(settings.server.drain_timeout_s)
+            if state.pool is not None:
+                finished = await state.pool.close(settings.server.drain_timeout_s)
                 if not finished:
                     logger.warning("drain timed out after %.0f s", settings.server.drain_timeout_s)
             await jobs.close(settings.server.drain_timeout_s)  # accepted jobs were drained above; record them
@@ -138,10 +159,10 @@ def create_app(
 
     async def _prepare(request: Request, started: float) -> Callable[[], Coroutine[Any, Any, CaptionOutcome]]:
         """Admission and parsing, done while the client waits; returns the work that produces the captions."""
-        service = state.service
+        service, pool = state.service, state.pool
         if state.draining:
             raise Overloaded("the server is shutting down", retry_after_s=1)
-        if service is None or not state.ready:
+        if service is None or pool is None or not state.ready:
             raise Overloaded("the model is still loading", retry_after_s=5)
         batcher = service.batcher
         if batcher.queue_depth >= batcher.max_queue:
@@ -163,7 +184,9 @@ def create_app(
                 assert parsed.url is not None
                 image = await url_fetcher.fetch(parsed.url)
             record.image_bytes = len(image)
-            outcome = await service.caption(image, parsed.num_captions, deadline=deadline)
+            digest = await service.sha256(image)
+            variant = pool.choose(sticky_key(request, digest))
+            outcome = await variant.service.caption(image, parsed.num_captions, deadline=deadline, image_sha256=digest)
             record.note_outcome(outcome)
             return outcome
 
@@ -259,11 +282,39 @@ async def _cancel_on_disconnect(request: Request, work: Coroutine[Any, Any, T]) 
         watcher.cancel()
 
 
+def _on_sighup(state: AppState, reload_settings: Callable[[], Settings]) -> None:
+    async def reload() -> None:
+        try:
+            new = await asyncio.to_thread(reload_settings)
+            await state.reload(new)
+        except ConfigError as exc:
+            logger.error("reload refused, the running config stays: %s", exc)
+        except Exception:
+            logger.exception("reload failed; the running variants stay")
+
+    def on_signal() -> None:
+        task = asyncio.create_task(reload(), name="captioner-reload")
+        state._tasks.add(task)
+        task.add_done_callback(state._tasks.discard)
+
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_signal)
+    except (RuntimeError, ValueError, NotImplementedError):  # not the main thread, or no SIGHUP here
+        logger.warning("SIGHUP reload unavailable in this process")
+
+
+def sticky_key(request: Request, image_sha256: str) -> str:
+    """A/B assignment sticks to the API key when there is one, else to the image."""
+    principal = request.scope.get("state", {}).get("principal", "")
+    return principal if principal.startswith("key:") else "image:" + image_sha256
+
+
 def _success_body(outcome: CaptionOutcome, settings: Settings) -> dict[str, Any]:
     return {
         "status": "success",
         "captions": [{"text": c.text, "confidence": c.confidence} for c in outcome.captions],
-        "model": settings.model.name,
+        "model": outcome.model or settings.model.name,
+        "variant": outcome.variant,
         "cached": outcome.cached,
         "image_sha256": outcome.image_sha256,
     }

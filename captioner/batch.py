@@ -116,6 +116,8 @@ async def open_backend(
     from .inputs import parse_num_captions
 
     if server is not None:
+        if batch_size is not None:
+            print("note: --batch-size is for local captioning; the server batches by its own config", file=sys.stderr)
         remote = ServerBackend(
             server,
             num_captions=num_captions,
@@ -190,7 +192,11 @@ def add_batch_commands(
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    return asyncio.run(_run(args, settings))
+    try:
+        return asyncio.run(_run(args, settings))
+    except KeyboardInterrupt:
+        print("interrupted: every image done so far is in --out; run the same command to resume", file=sys.stderr)
+        return 130
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
@@ -241,10 +247,10 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
                 progress.close()
                 await backend.aclose()
     elapsed = time.monotonic() - started
-    where = f" already in {args.out}" if args.out not in (None, "-") else ""
+    where = f" (in {args.out})" if skipped else ""
     rate = f", {captioned / elapsed:.1f} images/s" if captioned and elapsed > 0 else ""
     print(
-        f"{len(paths)} images found: {captioned} captioned, {skipped} skipped{where}, "
+        f"{len(paths)} images found: {captioned} captioned, {skipped} already done{where}, "
         f"{len(failures)} failed ({elapsed:.1f} s{rate})",
         file=sys.stderr,
     )

@@ -112,35 +112,33 @@ def open_output(path: str | None) -> CaptionOutput:
         return CaptionOutput(sys.stdout, fmt, set(), owned=False)
     target = Path(path)
     done: set[str] = set()
-    fresh = not target.exists() or target.stat().st_size == 0
-    if not fresh:
-        _cut_partial_last_line(target)
-        done = _read_done(target, fmt)
+    if target.exists():
+        try:
+            data = target.read_bytes()
+        except OSError as exc:
+            raise OutputError(f"--out {path}: cannot read it to resume ({exc.strerror})") from exc
+        # Everything up to the last newline is complete; anything after it is a write cut short.
+        complete = len(data) if data.endswith(b"\n") else data.rfind(b"\n") + 1
+        if complete:
+            done = _read_done(target, data[:complete], fmt)  # refuses a file that isn't ours before touching it
+        if complete < len(data):
+            print(f"{path}: dropping an incomplete last line left by an interrupted run", file=sys.stderr)
+            with target.open("rb+") as handle:
+                handle.truncate(complete)
     target.parent.mkdir(parents=True, exist_ok=True)
     stream = target.open("a", encoding="utf-8", newline="")
-    output = CaptionOutput(stream, fmt, done, owned=True)
-    if fmt == "csv" and (fresh or target.stat().st_size == 0):
+    if fmt == "csv" and target.stat().st_size == 0:
         stream.write(",".join(CSV_COLUMNS) + "\n")
         stream.flush()
-    return output
+    return CaptionOutput(stream, fmt, done, owned=True)
 
 
-def _cut_partial_last_line(path: Path) -> None:
-    with path.open("rb+") as handle:
-        data = handle.read()
-        if data.endswith(b"\n"):
-            return
-        keep = data.rfind(b"\n") + 1  # 0 when the only line is partial
-        print(f"{path}: dropping an incomplete last line left by an interrupted run", file=sys.stderr)
-        handle.truncate(keep)
-
-
-def _read_done(path: Path, fmt: str) -> set[str]:
+def _read_done(path: Path, data: bytes, fmt: str) -> set[str]:
     done: set[str] = set()
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise OutputError(f"--out {path}: cannot read it to resume ({exc})") from exc
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise OutputError(f"--out {path}: not a captions file (not UTF-8 text); choose another file") from exc
     if fmt == "csv":
         reader = csv.DictReader(io.StringIO(text))
         if reader.fieldnames is None or "path" not in reader.fieldnames:

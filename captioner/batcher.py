@@ -182,36 +182,53 @@ class Batcher(Generic[T, R]):
 
     async def _schedule(self) -> None:
         try:
-            while True:
-                self._wakeup.clear()
-                self._drop_dead()
-                if not self._queue:
-                    if self._closing and self._model_free:
-                        return
-                    await self._wakeup.wait()
-                    continue
-                if not self._model_free:
-                    await self._wakeup.wait()  # set when the running batch ends or a request arrives
-                    continue
-                now = self._clock.now()
-                first = self._queue[0].arrived
-                flush = self._closing or should_flush(
-                    queued=len(self._queue),
-                    first_arrival=first,
-                    now=now,
-                    max_batch_size=self.max_batch_size,
-                    max_wait_s=self.max_wait_s,
-                )
-                if flush:
-                    self._dispatch(now)
-                else:
-                    await self._clock.wait_for_event(self._wakeup, first + self.max_wait_s - now)
+            while not await self._step_guarded():
+                pass
         except asyncio.CancelledError:
             raise
-        except BaseException:  # pragma: no cover - a bug here must not leave callers hanging
-            logger.exception("batcher scheduler crashed")
+        except BaseException:  # pragma: no cover - KeyboardInterrupt and such: callers must not hang anyway
+            logger.exception("batcher scheduler stopped")
             self._fail_all_queued(ModelError())
             raise
+
+    async def _step_guarded(self) -> bool:
+        try:
+            return await self._step()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A bug in scheduling must neither leave the queued callers hanging nor stop the scheduler: the
+            # requests of later batches would then queue forever.
+            logger.exception("batcher scheduling step failed; failing the queued requests")
+            self._fail_all_queued(ModelError())
+            return False
+
+    async def _step(self) -> bool:
+        """Make one scheduling decision, or wait for a reason to; True once closed and idle."""
+        self._wakeup.clear()
+        self._drop_dead()
+        if not self._queue:
+            if self._closing and self._model_free:
+                return True
+            await self._wakeup.wait()
+            return False
+        if not self._model_free:
+            await self._wakeup.wait()  # set when the running batch ends or a request arrives
+            return False
+        now = self._clock.now()
+        first = self._queue[0].arrived
+        flush = self._closing or should_flush(
+            queued=len(self._queue),
+            first_arrival=first,
+            now=now,
+            max_batch_size=self.max_batch_size,
+            max_wait_s=self.max_wait_s,
+        )
+        if flush:
+            self._dispatch(now)
+        else:
+            await self._clock.wait_for_event(self._wakeup, first + self.max_wait_s - now)
+        return False
 
     def _drop_dead(self) -> None:
         """Remove requests nobody waits for any more, or whose deadline passed, before inference."""

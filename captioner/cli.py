@@ -73,8 +73,10 @@ def _init_model(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from .server import serve
 
-    settings = _settings(args)
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    if overrides:
-        settings = settings.replace("server", **overrides)
-    return serve(settings)
+    def load() -> Settings:
+        settings = _settings(args)
+        overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+        return settings.replace("server", **overrides) if overrides else settings
+
+    # SIGHUP re-reads the same file, environment and flags (A/B weights; see captioner/variants.py).
+    return serve(load(), reload_settings=load)

@@ -52,6 +52,11 @@ class ModelSettings:
     device: str = "auto"
     dtype: str = _field("auto", choices=("auto", "float32", "float16", "bfloat16"))
     prompt: str = "a picture of "
+    # Speed options, each measured in docs/benchmarks.md (see captioner/acceleration.py).
+    attention: str = _field("sdpa", choices=("sdpa", "eager"))
+    compile: bool = False
+    quantize: str = _field("none", choices=("none", "int8"))
+    num_threads: int = _field(0, ge=0)  # torch intra-op threads; 0: PyTorch's default (one per core)
 
 
 @dataclass(frozen=True)
@@ -141,6 +146,15 @@ class DriftSettings:
 
 
 @dataclass(frozen=True)
+class VariantSettings:
+    """One A/B variant: a name, a traffic weight and the `model` section with this variant's overrides."""
+
+    variant: str
+    weight: float
+    model: ModelSettings
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
@@ -154,28 +168,48 @@ class Settings:
     url_input: UrlInputSettings = field(default_factory=UrlInputSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     drift: DriftSettings = field(default_factory=DriftSettings)
+    # A/B variants (top-level `models:` list); empty means one variant, "default", made of `model`.
+    models: tuple[VariantSettings, ...] = ()
     # Where the settings came from, for the start-up log line; not a config key.
     source: str = field(default="defaults", compare=False)
 
     def replace(self, section: str, **changes: Any) -> Settings:
         """A copy with some keys of one section changed (validated like a file would be)."""
         raw = to_dict(self)
-        raw[section].update(changes)
+        if section == "models":
+            raw["models"] = changes["variants"]
+        else:
+            raw[section].update(changes)
         return _build(raw, self.source)
+
+    def variants(self) -> list[tuple[str, float, Settings]]:
+        """(name, weight, settings) per variant, where each variant's settings carry its own `model`."""
+        if not self.models:
+            return [(DEFAULT_VARIANT, 1.0, self)]
+        return [(v.variant, v.weight, dataclasses.replace(self, model=v.model)) for v in self.models]
+
+
+DEFAULT_VARIANT = "default"
+_TOP_LEVEL_LISTS = ("models",)
 
 
 _SECTIONS: dict[str, type[Any]] = {
-    f.name: typing.get_type_hints(Settings)[f.name] for f in dataclasses.fields(Settings) if f.name != "source"
+    f.name: typing.get_type_hints(Settings)[f.name]
+    for f in dataclasses.fields(Settings)
+    if f.name not in ("source", *_TOP_LEVEL_LISTS)
 }
 
 
-def to_dict(settings: Settings) -> dict[str, dict[str, Any]]:
-    return {name: dataclasses.asdict(getattr(settings, name)) for name in _SECTIONS}
+def to_dict(settings: Settings) -> dict[str, Any]:
+    raw: dict[str, Any] = {name: dataclasses.asdict(getattr(settings, name)) for name in _SECTIONS}
+    raw["models"] = [{"variant": v.variant, "weight": v.weight, **dataclasses.asdict(v.model)} for v in settings.models]
+    return raw
 
 
 def load_settings(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Defaults, then the YAML file at ``path`` (if any), then environment overrides; validated."""
-    raw: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    raw: dict[str, Any] = {name: {} for name in _SECTIONS}
+    raw["models"] = []
     source = "defaults"
     if path is not None:
         file_path = Path(path)
@@ -188,6 +222,9 @@ def load_settings(path: str | os.PathLike[str] | None = None, environ: Mapping[s
         if not isinstance(loaded, dict):
             raise ConfigError(f"config: {file_path} must hold a mapping of sections")
         for section, values in loaded.items():
+            if section in _TOP_LEVEL_LISTS:
+                raw[section] = values if values is not None else []
+                continue
             if section not in _SECTIONS:
                 raise ConfigError(f"config: unknown section {section!r} (known: {', '.join(_SECTIONS)})")
             if values is None:
@@ -220,11 +257,35 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[tuple[str, str], Any]:
     return found
 
 
-def _build(raw: Mapping[str, Mapping[str, Any]], source: str) -> Settings:
+def _build(raw: Mapping[str, Any], source: str) -> Settings:
     sections = {name: _build_section(name, cls, raw.get(name, {})) for name, cls in _SECTIONS.items()}
-    settings = Settings(**sections, source=source)
+    models = _build_variants(raw.get("models", []), sections["model"])
+    settings = Settings(**sections, models=models, source=source)
     _check_cross_field(settings)
     return settings
+
+
+def _build_variants(entries: Any, base: ModelSettings) -> tuple[VariantSettings, ...]:
+    """`models:` entries are `{variant: NAME, weight: W, <any model key>: ...}`; unset model keys are `model`'s."""
+    if not isinstance(entries, list):
+        raise ConfigError("config: models must be a list of {variant, weight, ...model keys}")
+    variants: list[VariantSettings] = []
+    for index, entry in enumerate(entries):
+        where = f"models[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"config: {where} must be a mapping such as {{variant: b, weight: 10, path: ...}}")
+        entry = dict(entry)
+        name = entry.pop("variant", None)
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"config: {where}.variant must be a non-empty string, got {name!r}")
+        if any(v.variant == name for v in variants):
+            raise ConfigError(f"config: {where}.variant {name!r} is used twice")
+        weight = _coerce(f"{where}.weight", float, entry.pop("weight", 1.0), _rule(ge=0))
+        model = _build_section(where, ModelSettings, {**dataclasses.asdict(base), **entry})
+        variants.append(VariantSettings(variant=name, weight=weight, model=model))
+    if variants and not sum(v.weight for v in variants) > 0:
+        raise ConfigError("config: models needs at least one variant with weight > 0")
+    return tuple(variants)
 
 
 def _build_section(section: str, cls: type[Any], values: Mapping[str, Any]) -> Any:

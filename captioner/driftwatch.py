@@ -1,7 +1,7 @@
 """The drift monitor (``drift.py``) wired into the server: what is observed, when, and how it is read out.
 
 - Inputs are observed after a successful decode, on the preprocessing thread that decoded them (the features
-  come from ``PreparedImage.sample``, a 64 px pixel sample, in about a millisecond), never on the event loop.
+  come from ``PreparedImage.sample``, a 64 px pixel sample, in under a millisecond), never on the event loop.
 - Outputs are observed when the model's captions come back: the top caption's confidence, length and words.
 - Only images the model actually captions count. Cache hits and requests that joined an identical in-flight
   one would count one image many times; images that fail to decode are errors, counted in
@@ -83,7 +83,7 @@ class DriftWatch:
         return self.monitor is not None
 
     def observe_input(self, prepared: PreparedImage, n_bytes: int) -> None:
-        """Call on the thread that decoded the image: the feature extraction costs about a millisecond."""
+        """Call on the thread that decoded the image: the feature extraction costs ~0.5 ms."""
         if self.monitor is None or prepared.sample is None:
             return
         try:

@@ -120,6 +120,8 @@ async def parse_caption_request(
             raise InvalidRequest("the form field 'image' must be a file upload")
         url = fields.get("url")
         await form.close()
+        if image is not None and "url" in fields:
+            raise InvalidRequest("send either the file field 'image' or the field 'url', not both")
         if image is None and not url:
             raise InvalidRequest("multipart requests need a file field 'image' (or a field 'url')")
     elif content_type.startswith("application/json"):
@@ -131,6 +133,12 @@ async def parse_caption_request(
         if not isinstance(payload, dict):
             raise InvalidRequest('the JSON body must be an object such as {"image": "<base64>"}')
         fields = payload
+        if "image" in payload and "url" in payload:
+            raise InvalidRequest('send either "image" or "url", not both')
+        count = payload.get("num_captions", 1)
+        if not isinstance(count, int) or isinstance(count, bool):
+            # JSON has numbers: "2" is a client bug worth reporting, unlike in a query string or form.
+            raise InvalidRequest(f"num_captions must be a JSON integer, got {count!r}")
         if "image" in payload:
             image = _decode_base64(payload["image"])
         else:
@@ -152,6 +160,9 @@ async def parse_caption_request(
         raise InvalidImage("the image is empty")
     if url is not None and not isinstance(url, str):
         raise InvalidRequest("'url' must be a string")
+    if "num_captions" in fields:
+        # Checked even when the query parameter wins: a malformed field is an error, not something to ignore.
+        parse_num_captions(fields["num_captions"], default_num_captions, max_num_captions)
     raw_count = request.query_params.get("num_captions", fields.get("num_captions"))
     num_captions = parse_num_captions(raw_count, default_num_captions, max_num_captions)
     return CaptionRequest(image=image, url=url or None, num_captions=num_captions)

@@ -111,7 +111,7 @@ class MemoryJobStore:
         self._jobs.pop(job_id, None)
 
     async def aclose(self) -> None:
-        self._jobs.clear()
+        pass  # nothing to release: the records go with the process
 
     def _expire(self) -> None:
         now = self._clock()

@@ -7,14 +7,19 @@ escapes newlines, and the text format escapes them in the message and the values
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is logged as a field.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+# uvicorn passes its message again with ANSI colour codes: noise in a log file.
+_STANDARD.add("color_message")
 
 
 class JsonFormatter(logging.Formatter):
@@ -69,6 +74,9 @@ def configure_logging(fmt: str = "json", level: str = "info") -> dict[str, Any]:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.captureWarnings(True)  # Python warnings become records too, not raw text on stderr
+    if fmt == "json":
+        _disable_progress_bars()
     # uvicorn's access log would duplicate our per-request log line; its error log goes to our handler.
     return {
         "version": 1,
@@ -78,3 +86,14 @@ def configure_logging(fmt: str = "json", level: str = "info") -> dict[str, Any]:
             "uvicorn.access": {"level": "WARNING", "propagate": True},
         },
     }
+
+
+def _disable_progress_bars() -> None:
+    """Model loading and downloads draw tqdm bars on stderr: noise that breaks one-JSON-object-per-line."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # for huggingface_hub if it is imported later
+    for module, function in (
+        ("huggingface_hub.utils", "disable_progress_bars"),
+        ("transformers.utils.logging", "disable_progress_bar"),
+    ):
+        with contextlib.suppress(ImportError, AttributeError):  # not installed, or another version's name
+            getattr(importlib.import_module(module), function)()

@@ -35,20 +35,46 @@ class Metrics:
             registry=r,
         )
         self.errors = Counter("captioner_errors", "Caption requests failed, by error code.", ["code"], registry=r)
-        self.images = Counter("captioner_images", "Images captioned by the model (cache hits excluded).", registry=r)
+        # The model-side series are labelled by A/B variant (each variant has its own model and batcher);
+        # with no `models:` list the one variant is "default".
+        variant = ["variant"]
+        self.images = Counter(
+            "captioner_images", "Images captioned by the model (cache hits excluded).", variant, registry=r
+        )
         self.batch_size = Histogram(
-            "captioner_batch_size", "Images per generate() call.", buckets=BATCH_SIZE_BUCKETS, registry=r
+            "captioner_batch_size", "Images per generate() call.", variant, buckets=BATCH_SIZE_BUCKETS, registry=r
         )
         self.batch_wait_seconds = Histogram(
             "captioner_batch_wait_seconds",
             "How long the first request of a batch waited for the batch to start.",
+            variant,
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.queue_depth = Gauge("captioner_queue_depth", "Requests waiting for a batch.", registry=r)
-        self.queue_capacity = Gauge("captioner_queue_capacity", "batching.max_queue.", registry=r)
+        self.queue_depth = Gauge("captioner_queue_depth", "Requests waiting for a batch.", variant, registry=r)
+        self.queue_capacity = Gauge("captioner_queue_capacity", "batching.max_queue.", variant, registry=r)
         self.inference_seconds = Histogram(
-            "captioner_inference_seconds", "Time of one batched generate() call.", buckets=LATENCY_BUCKETS, registry=r
+            "captioner_inference_seconds",
+            "Time of one batched generate() call.",
+            variant,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.variant_requests = Counter(
+            "captioner_variant_requests",
+            "Successful caption requests, by the A/B variant that answered and whether it was a cache hit.",
+            ["variant", "cached"],
+            registry=r,
+        )
+        self.variant_weight = Gauge(
+            "captioner_variant_weight", "Traffic weight of each A/B variant (0: rolled back).", variant, registry=r
+        )
+        self.caption_confidence = Histogram(
+            "captioner_caption_confidence",
+            "Confidence of the top caption, by variant: compare models on live traffic.",
+            variant,
+            buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+            registry=r,
         )
         self.cache_hits = Counter("captioner_cache_hits", "Caption cache hits.", registry=r)
         self.cache_misses = Counter("captioner_cache_misses", "Caption cache misses.", registry=r)
@@ -73,7 +99,7 @@ class Metrics:
         self.ready = Gauge(
             "captioner_ready", "1 once the model is loaded and warmed up, 0 before and while draining.", registry=r
         )
-        self.model_info = Info("captioner_model", "The model being served.", registry=r)
+        self.model_info = Info("captioner_model", "The model each variant serves.", variant, registry=r)
         self.drift_psi_threshold = Gauge(
             "captioner_drift_psi_threshold", "drift.psi_alert: a PSI above it is drift worth a look.", registry=r
         )

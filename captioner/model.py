@@ -12,6 +12,7 @@ a number in (0, 1]. With greedy search (``num_beams = 1``) the same mean is comp
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -21,6 +22,7 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 
+from . import acceleration
 from .config import GenerationSettings, ModelSettings
 from .images import ImagePreprocessor, PreparedImage
 from .init_model import is_untrained
@@ -85,11 +87,14 @@ def split_on_oom(run: Callable[[Sequence[J]], list[Out]], jobs: Sequence[J]) -> 
     except torch.cuda.OutOfMemoryError:
         if len(jobs) <= 1:
             raise
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        half = len(jobs) // 2
-        logger.warning("CUDA out of memory at batch size %d; retrying as %d + %d", len(jobs), half, len(jobs) - half)
-        return split_on_oom(run, jobs[:half]) + split_on_oom(run, jobs[half:])
+    # Retry only out here: inside the except block the error's traceback keeps the failed attempt's frames, and
+    # every tensor they hold, alive, and the smaller batch would run out of memory on top of them.
+    if torch.cuda.is_available():
+        gc.collect()  # tensors caught in reference cycles too
+        torch.cuda.empty_cache()
+    half = len(jobs) // 2
+    logger.warning("CUDA out of memory at batch size %d; retrying as %d + %d", len(jobs), half, len(jobs) - half)
+    return split_on_oom(run, jobs[:half]) + split_on_oom(run, jobs[half:])
 
 
 class BlipCaptioner:
@@ -108,14 +113,30 @@ class BlipCaptioner:
         self._generation = generation
         # transformers' own annotations are looser than mypy --strict; hold both as Any.
         self._processor: Any = BlipProcessor.from_pretrained(model_dir)
+        acceleration.set_threads(model.num_threads)
         loaded: Any = BlipForConditionalGeneration.from_pretrained(model_dir, dtype=self._dtype)
         self._model: Any = loaded.to(self._device).eval()
+        self._apply_speedups(model)
         self._preprocessor = ImagePreprocessor.from_pretrained(model_dir, max_pixels=max_pixels)
         prompt = self._processor.tokenizer(model.prompt, return_tensors="pt")
         # BLIP's generate() drops the prompt's final [SEP], so generated text starts after len - 1 tokens.
         self._prompt_ids: torch.Tensor = prompt["input_ids"].to(self._device)
         self._prompt_mask: torch.Tensor = prompt["attention_mask"].to(self._device)
         self._prompt_len = int(self._prompt_ids.shape[1]) - 1
+
+    def _apply_speedups(self, model: ModelSettings) -> None:
+        if model.attention == "sdpa":
+            acceleration.use_sdpa_attention(self._model)
+        if model.quantize == "int8":
+            if self._device.type != "cpu" or self._dtype != torch.float32:
+                raise ValueError(
+                    f"model.quantize: int8 runs on the CPU in float32 only; this model is on {self._device} "
+                    f"in {self.dtype} (set model.device: cpu and model.dtype: float32, or quantize: none)"
+                )
+            acceleration.quantize_int8(self._model)
+            self.dtype = "int8"
+        if model.compile:
+            acceleration.compile_model(self._model)
 
     @property
     def image_size(self) -> tuple[int, int]:

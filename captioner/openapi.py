@@ -28,6 +28,33 @@ def _error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
     return response
 
 
+def _caption_request_body(settings: Settings, num_captions: dict[str, Any]) -> dict[str, Any]:
+    """The ways to send an image. Exactly one of ``image`` and ``url`` (``url`` only when URL input is on)."""
+
+    def image_or_url(image: dict[str, Any], url: dict[str, Any]) -> dict[str, Any]:
+        schema: dict[str, Any] = {"type": "object", "properties": {"image": image, "num_captions": num_captions}}
+        if settings.url_input.enabled:
+            schema["properties"]["url"] = url
+            schema["oneOf"] = [{"required": ["image"]}, {"required": ["url"]}]
+        else:
+            schema["required"] = ["image"]
+        return {"schema": schema}
+
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    return {
+        "required": True,
+        "content": {
+            "multipart/form-data": image_or_url({"type": "string", "format": "binary"}, {"type": "string"}),
+            "application/json": image_or_url(
+                {"type": "string", "description": "base64 image bytes, or a data: URL"},
+                {"type": "string", "format": "uri"},
+            ),
+            "image/*": binary,
+            "application/octet-stream": binary,
+        },
+    }
+
+
 def openapi_schema(settings: Settings) -> dict[str, Any]:
     max_captions = settings.generation.max_num_captions
     num_captions = {
@@ -36,6 +63,7 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
         "maximum": max_captions,
         "default": settings.generation.num_captions,
     }
+    job_id_required = {"type": "object", "properties": {"job_id": {"type": "string"}}, "required": ["job_id"]}
     status_only = {"type": "object", "properties": {"status": {"type": "string"}}, "required": ["status"]}
     errors = {
         "400": _error("invalid_image, url_not_allowed or url_fetch_failed"),
@@ -60,33 +88,18 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                 "post": {
                     "summary": "Caption one image",
                     "operationId": "caption",
-                    "parameters": [{"name": "num_captions", "in": "query", "required": False, "schema": num_captions}],
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "multipart/form-data": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {
-                                        "image": {"type": "string", "format": "binary"},
-                                        "url": {"type": "string"},
-                                        "num_captions": num_captions,
-                                    },
-                                }
-                            },
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {
-                                        "image": {"type": "string", "description": "base64 image bytes"},
-                                        "url": {"type": "string", "format": "uri"},
-                                        "num_captions": num_captions,
-                                    },
-                                }
-                            },
-                            "image/*": {"schema": {"type": "string", "format": "binary"}},
+                    "parameters": [
+                        {"name": "num_captions", "in": "query", "required": False, "schema": num_captions},
+                        {
+                            "name": "mode",
+                            "in": "query",
+                            "required": False,
+                            "description": "async: answer 202 with a job id at once; fetch the result from "
+                            "GET /api/v1/caption/{job_id}",
+                            "schema": {"enum": ["sync", "async"], "default": "sync"},
                         },
-                    },
+                    ],
+                    "requestBody": _caption_request_body(settings, num_captions),
                     "responses": {
                         "200": {
                             "description": "Captions, best first",
@@ -94,7 +107,30 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                                 "application/json": {"schema": {"$ref": "#/components/schemas/CaptionResponse"}}
                             },
                         },
+                        "202": {
+                            "description": "mode=async: the job was accepted",
+                            "headers": {"Location": {"schema": {"type": "string"}, "description": "the job's URL"}},
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobAccepted"}}},
+                        },
                         **errors,
+                    },
+                }
+            },
+            "/api/v1/caption/{job_id}": {
+                "get": {
+                    "summary": "An async job's result",
+                    "operationId": "get_caption_job",
+                    "parameters": [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {
+                        "200": {
+                            "description": "processing (with Retry-After), or the finished job: status success with "
+                            "the synchronous body, or status error with the error body",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobResult"}}},
+                        },
+                        "401": errors["401"],
+                        "404": _error("not_found: unknown or expired job id, or another API key's job"),
+                        "429": errors["429"],
+                        "503": _error("overloaded: the shared job store (Redis) is unavailable", retry_after=True),
                     },
                 }
             },
@@ -132,6 +168,36 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                     },
                 }
             },
+            "/api/v1/drift": {
+                "get": {
+                    "summary": "Drift scores: PSI of each input and caption feature, recent requests vs the reference",
+                    "operationId": "get_drift",
+                    "responses": {
+                        "200": {
+                            "description": "enabled, reference (source, size, complete), window, psi_alert, and per "
+                            "feature: psi (null until min_window observations), alert, reference_n, window_n",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DriftReport"}}},
+                        },
+                        "401": errors["401"],
+                        "429": errors["429"],
+                    },
+                }
+            },
+            "/api/v1/drift/reference": {
+                "get": {
+                    "summary": "The drift reference learnt so far (what `captioner drift save-reference` saves)",
+                    "operationId": "get_drift_reference",
+                    "responses": {
+                        "200": {
+                            "description": "version, bins, the fixed features' bins and shares, complete, pending",
+                            "content": {"application/json": {"schema": {"type": "object", "required": ["features"]}}},
+                        },
+                        "401": errors["401"],
+                        "404": _error("not_found: drift monitoring is off (drift.enabled: false)"),
+                        "429": errors["429"],
+                    },
+                }
+            },
         },
         "components": {
             "schemas": {
@@ -153,6 +219,45 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                         "image_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
                     },
                     "required": ["status", "captions", "model", "cached", "image_sha256"],
+                },
+                "JobAccepted": {
+                    "type": "object",
+                    "properties": {
+                        "status": {"const": "processing"},
+                        "job_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+                        "estimated_time_seconds": {"type": "number", "minimum": 0},
+                    },
+                    "required": ["status", "job_id", "estimated_time_seconds"],
+                },
+                "JobResult": {
+                    "oneOf": [
+                        {
+                            "type": "object",
+                            "properties": {"status": {"const": "processing"}, "job_id": {"type": "string"}},
+                            "required": ["status", "job_id"],
+                        },
+                        {"allOf": [{"$ref": "#/components/schemas/CaptionResponse"}, job_id_required]},
+                        {"allOf": [{"$ref": "#/components/schemas/Error"}, job_id_required]},
+                    ]
+                },
+                "DriftReport": {
+                    "type": "object",
+                    "properties": {
+                        "enabled": {"type": "boolean"},
+                        "features": {
+                            "type": "object",
+                            "additionalProperties": {
+                                "type": "object",
+                                "properties": {
+                                    "psi": {"type": ["number", "null"]},
+                                    "alert": {"type": "boolean"},
+                                    "reference_n": {"type": "integer"},
+                                    "window_n": {"type": "integer"},
+                                },
+                            },
+                        },
+                    },
+                    "required": ["enabled", "features"],
                 },
                 "Error": {
                     "type": "object",

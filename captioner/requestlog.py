@@ -43,6 +43,8 @@ CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away first": 
 _RECORD = "captioner.request"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._~:;=+/@-]{1,128}$")
 _MAX_ERROR_BODY = 4096
+# RequestRecord fields logged when a route set them (caption requests set most of them).
+_OPTIONAL_FIELDS = ("cached", "batch_size", "image_bytes", "width", "height", "image_format", "num_captions", "variant")
 
 
 @dataclass
@@ -58,10 +60,12 @@ class RequestRecord:
     height: int | None = None
     image_format: str | None = None
     num_captions: int | None = None
+    variant: str | None = None
 
     def note_outcome(self, outcome: CaptionOutcome) -> None:
         self.cached = outcome.cached
         self.batch_size = outcome.batch_size
+        self.variant = outcome.variant
         if outcome.info is not None:
             self.width, self.height, self.image_format = outcome.info.width, outcome.info.height, outcome.info.format
 
@@ -134,10 +138,7 @@ class RequestObserver:
             self.metrics.request_seconds.observe(seconds)
             if status >= 400 and status != CLIENT_CLOSED_REQUEST:
                 self.metrics.errors.labels(record.code or "unknown").inc()
-        if path in QUIET_PATHS:  # a 503 from /readyz while loading or draining is its job, not a problem
-            level = logging.DEBUG
-        else:
-            level = logging.WARNING if status >= 500 else logging.INFO
+        level = _level(path, status)
         if not log.isEnabledFor(level):
             return
         fields: dict[str, Any] = {
@@ -151,13 +152,19 @@ class RequestObserver:
         principal = scope.get("state", {}).get("principal")
         if principal is not None:
             fields["principal"] = principal
-        for name in ("cached", "batch_size", "image_bytes", "width", "height", "image_format", "num_captions"):
+        for name in _OPTIONAL_FIELDS:
             value = getattr(record, name)
             if value is not None:
                 fields[name] = value
         # The path is the client's: escaped, so a "%0a" in it cannot forge a second line in text logs.
         shown = path.encode("unicode_escape").decode("ascii")
         log.log(level, "%s %s %d %.1f ms", method, shown, status, seconds * 1000, extra=fields)
+
+
+def _level(path: str, status: int) -> int:
+    if path in QUIET_PATHS:  # a 503 from /readyz while loading or draining is its job, not a problem
+        return logging.DEBUG
+    return logging.WARNING if status >= 500 else logging.INFO
 
 
 def _error_code(body: bytes) -> str | None:

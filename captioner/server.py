@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import ipaddress
 import logging
 import math
 import signal
+import socket
 import sys
+import time
 from collections.abc import Callable
 from types import FrameType
 
@@ -15,6 +19,7 @@ import uvicorn
 from . import __version__
 from .app import create_app
 from .config import Settings
+from .httplimits import MAX_HEAD_BYTES, http_protocol
 from .logs import configure_logging
 from .weights import WeightsUnavailable, ensure_weights
 
@@ -22,18 +27,64 @@ logger = logging.getLogger("captioner.server")
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn's Server, but SIGTERM/SIGINT first mark the app as draining: /readyz and new requests get 503
-    at once, while uvicorn stops accepting, finishes the requests it has, then runs the lifespan shutdown
-    (which drains the batcher)."""
+    """uvicorn's Server with a drain phase in front of its shutdown.
 
-    def __init__(self, config: uvicorn.Config, on_exit_signal: Callable[[], None]) -> None:
+    On the first SIGTERM/SIGINT the app is marked draining, so /readyz and new requests get 503 at once, but the
+    server keeps listening: a load balancer must be able to see those 503s (a closed port looks like a crash and
+    the requests in flight would be cut). Once no request is in flight, or ``drain_timeout_s`` has passed,
+    uvicorn's own shutdown runs: stop listening, close idle connections, then the lifespan shutdown (which stops
+    the batcher). A second signal cuts the drain short.
+
+    Unlike uvicorn, the signal is not re-raised after a clean shutdown: a finished drain exits with status 0.
+    """
+
+    def __init__(self, config: uvicorn.Config, on_exit_signal: Callable[[], None], drain_timeout_s: float) -> None:
         super().__init__(config)
         self._on_exit_signal = on_exit_signal
+        self._drain_timeout_s = drain_timeout_s
+        self._drain_deadline: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def draining(self) -> bool:
+        return self._drain_deadline is not None
+
+    @property
+    def in_flight(self) -> int:
+        """HTTP requests whose response is not finished (uvicorn keeps one task per request)."""
+        return len(self.server_state.tasks)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if sig in (signal.SIGTERM, signal.SIGINT):
-            self._on_exit_signal()
-        super().handle_exit(sig, frame)
+        if sig not in (signal.SIGTERM, signal.SIGINT):
+            super().handle_exit(sig, frame)
+            return
+        if self._drain_deadline is None and not self.should_exit:
+            self._drain_deadline = time.monotonic() + self._drain_timeout_s
+            if self._loop is not None:
+                # We are in a signal handler: hand the work to the event loop rather than do it here.
+                self._loop.call_soon_threadsafe(self._on_exit_signal)
+            else:  # not serving yet: nothing was accepted, nothing to drain
+                self.should_exit = True
+            return
+        self.should_exit = True
+        self.force_exit = True  # a second signal: stop waiting
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._drain_deadline is not None and not self.should_exit:
+            if self.in_flight == 0:
+                logger.info("drained: no request in flight; shutting down")
+                self.should_exit = True
+            elif time.monotonic() >= self._drain_deadline:
+                logger.warning(
+                    "drain timed out after %.0f s with %d requests in flight", self._drain_timeout_s, self.in_flight
+                )
+                self.should_exit = True
+                self.force_exit = True
+        return await super().on_tick(counter)
 
 
 def is_loopback(host: str) -> bool:
@@ -45,20 +96,25 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve(settings: Settings) -> int:
+def serve(settings: Settings, reload_settings: Callable[[], Settings] | None = None) -> int:
     """Run until SIGTERM; the exit status is 0 after a clean drain, 1 if the model could not be loaded."""
     log_config = configure_logging(settings.logging.format, settings.logging.level)
     logger.info(
         "starting captioner %s: model %s from %s, config from %s",
         __version__, settings.model.name, settings.model.path, settings.source,
+        extra={"version": __version__, "model": settings.model.name, "model_path": settings.model.path,
+               "device": settings.model.device, "dtype": settings.model.dtype, "config_source": settings.source,
+               "host": settings.server.host, "port": settings.server.port},
     )  # fmt: skip
     if not settings.auth.api_keys and not is_loopback(settings.server.host):
         logger.warning(
             "listening on %s with no API keys: anyone who can reach this port can use it (set auth.api_keys)",
             settings.server.host,
+            extra={"event": "no_auth", "host": settings.server.host},
         )
     try:
-        ensure_weights(settings.model)
+        for _, _, variant in settings.variants():  # every A/B variant's weights, before binding the port
+            ensure_weights(variant.model)
     except WeightsUnavailable as exc:
         print(str(exc), file=sys.stderr)
         return 1
@@ -72,7 +128,7 @@ def serve(settings: Settings) -> int:
         if server is not None:
             server.should_exit = True
 
-    app = create_app(settings, on_fatal=fatal)
+    app = create_app(settings, on_fatal=fatal, reload_settings=reload_settings)
     config = uvicorn.Config(
         app,
         host=settings.server.host,
@@ -80,10 +136,17 @@ def serve(settings: Settings) -> int:
         log_config=log_config,
         access_log=False,
         timeout_graceful_shutdown=math.ceil(settings.server.drain_timeout_s),
-        # "auto" picks uvloop and httptools when they are installed (the [fast] extra).
+        # "auto" picks uvloop when it is installed (the [fast] extra).
         loop="auto",
-        http="auto",
+        # httptools (from [fast]) with a cap on header bytes, which plain httptools lacks; else h11 with the same cap.
+        http=http_protocol(),
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
     )
-    server = DrainingServer(config, on_exit_signal=app.state.captioner.start_draining)
+    server = DrainingServer(
+        config, on_exit_signal=app.state.captioner.start_draining, drain_timeout_s=settings.server.drain_timeout_s
+    )
     server.run()
+    # The interpreter's last garbage collection walks every object torch and transformers made: seconds of an
+    # exit that has nothing left to do. Freezing them skips that walk; the OS reclaims the memory anyway.
+    gc.freeze()
     return 1 if failed else 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import socket
 import threading
 import time
@@ -90,13 +91,25 @@ class LiveServer:
         self._thread.join(timeout=60)
 
     def metric(self, name: str, labels: str = "") -> float:
-        """The value of one series in /metrics (0 when absent)."""
-        text = httpx.get(self.url + "/metrics").text
-        wanted = f"{name}{{{labels}}}" if labels else name
-        for line in text.splitlines():
-            if line.startswith(wanted + " "):
-                return float(line.split()[-1])
-        return 0.0
+        """The sum of the series called ``name`` in /metrics whose labels include ``labels`` (0 when none).
+
+        ``labels`` is Prometheus syntax, e.g. ``'status="200"'``; series with further labels (such as
+        ``variant``) are summed, so a test names only the labels it cares about.
+        """
+        return metric_value(httpx.get(self.url + "/metrics").text, name, labels)
+
+
+def metric_value(text: str, name: str, labels: str = "") -> float:
+    wanted = {pair for pair in re.findall(r'(\w+="[^"]*")', labels)}
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(r"^(\w+)(?:\{(.*)\})? (\S+)$", line)
+        if match is None or match.group(1) != name:
+            continue
+        have = set(re.findall(r'(\w+="[^"]*")', match.group(2) or ""))
+        if wanted <= have:
+            total += float(match.group(3))
+    return total
 
 
 def tiny_settings(model_dir: Path, **sections: dict[str, Any]) -> Settings:

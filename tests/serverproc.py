@@ -99,8 +99,9 @@ class ServerProcess:
             return ""
 
     def metric(self, name: str) -> float:
-        """The value of one unlabelled series in /metrics (0 when absent)."""
+        """The sum of a metric's series in /metrics, whatever their labels (0 when absent)."""
+        total = 0.0
         for line in httpx.get(self.url + "/metrics", timeout=5).text.splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[-1])
-        return 0.0
+            if line.startswith((name + " ", name + "{")):
+                total += float(line.split()[-1])
+        return total

@@ -105,4 +105,3 @@ def test_a_redis_outage_degrades_to_local_only_never_a_failed_request(
     assert a.metric("captioner_cache_backend_up") == 1
     assert post(a, data).json()["cached"] is False
     assert post(b, data).json()["cached"] is True
-

@@ -298,3 +298,18 @@ def test_screenshot(web: PageOnServer, tmp_path: Path) -> None:
     target = Path(os.environ.get("CAPTIONER_WEB_SCREENSHOT", str(tmp_path / "web.png")))
     page.screenshot(path=str(target), full_page=True)
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_static_files_ship_in_the_package() -> None:
+    import fnmatch
+    import tomllib
+
+    import captioner
+
+    root = Path(__file__).resolve().parent.parent
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["captioner"]
+    static = Path(captioner.__file__).parent / "static"
+    files = sorted(p.relative_to(static.parent).as_posix() for p in static.rglob("*") if p.is_file())
+    assert {"static/index.html", "static/app.js", "static/app.css"} <= set(files)
+    unshipped = [f for f in files if not any(fnmatch.fnmatchcase(f, pattern) for pattern in patterns)]
+    assert unshipped == []  # a wheel without them would serve 404s for its own page

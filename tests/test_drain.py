@@ -1,0 +1,81 @@
+"""SIGTERM drain, on the real ``python -m captioner serve`` process: nothing accepted is lost.
+
+The batcher is made to hold requests (a long ``max_wait_ms`` and a batch size they can't fill), so that when
+SIGTERM arrives several requests are accepted and still unanswered. Then: /readyz says 503 at once while the
+port stays open, new requests get 503 ``overloaded``, every accepted request still gets its 200, and the
+process exits 0 before ``server.drain_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+from .conftest import photo
+from .serverproc import ServerProcess
+
+CAPTION = "/api/v1/caption"
+IN_FLIGHT = 4
+MAX_WAIT_S = 4.0
+DRAIN_TIMEOUT_S = 20.0
+
+
+def post(url: str, data: bytes) -> httpx.Response:
+    return httpx.post(url + CAPTION, content=data, headers={"Content-Type": "image/png"}, timeout=60)
+
+
+def wait_for(condition: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_sigterm_answers_everything_accepted_then_exits_0(tiny_model_dir: Path) -> None:
+    env = {
+        "CAPTIONER_BATCHING__MAX_WAIT_MS": str(int(MAX_WAIT_S * 1000)),
+        "CAPTIONER_BATCHING__MAX_BATCH_SIZE": "16",
+        "CAPTIONER_SERVER__DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S),
+    }
+    with ServerProcess(tiny_model_dir, env=env) as server, ThreadPoolExecutor(IN_FLIGHT) as pool:
+        accepted: list[Future[httpx.Response]] = [
+            pool.submit(post, server.url, photo(500 + i)) for i in range(IN_FLIGHT)
+        ]
+        # Accepted = decoded and waiting in the batcher's queue for a batch that won't fill.
+        wait_for(lambda: server.metric("captioner_queue_depth") == IN_FLIGHT, 15, "requests to be queued")
+        assert not any(f.done() for f in accepted)
+
+        signalled = time.monotonic()
+        os.kill(server.pid, signal.SIGTERM)
+
+        # The port stays open; readiness flips at once.
+        wait_for(lambda: httpx.get(server.url + "/readyz", timeout=2).status_code == 503, 1.0, "/readyz 503")
+        ready = httpx.get(server.url + "/readyz", timeout=2)
+        assert ready.status_code == 503 and ready.json()["status"] == "draining"
+        assert httpx.get(server.url + "/healthz", timeout=2).status_code == 200
+        refused = post(server.url, photo(600))
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "overloaded"
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert time.monotonic() - signalled < MAX_WAIT_S / 2  # all of that happened while the batch still waited
+        assert not any(f.done() for f in accepted)
+
+        responses = [f.result(timeout=DRAIN_TIMEOUT_S) for f in accepted]
+        answered = time.monotonic()
+        assert [r.status_code for r in responses] == [200] * IN_FLIGHT, [r.text for r in responses]
+        assert all(r.json()["captions"] for r in responses)
+
+        assert server.process is not None
+        returncode = server.process.wait(timeout=DRAIN_TIMEOUT_S)
+        exited_after = time.monotonic() - signalled
+        assert returncode == 0, server.log()
+        assert exited_after < DRAIN_TIMEOUT_S
+        assert time.monotonic() - answered < 5  # once the last answer is out, the process does not linger
+        print(f"answered {answered - signalled:.1f} s and exited {exited_after:.1f} s after SIGTERM")
