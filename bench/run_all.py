@@ -22,7 +22,7 @@ from typing import Any
 
 from bench import harness, profile
 from bench.images import photo
-from bench.loadgen import BodySource, LoadResult
+from bench.loadgen import BodySource
 
 ROOT = harness.ROOT
 
@@ -53,12 +53,18 @@ class Runner:
         self._serial = 0
         self.results: dict[str, Any] = {}
 
-    def source(self, *, repeat: bool = False, body_format: str = "json", photos: list[bytes] | None = None) -> BodySource:
+    def source(
+        self, *, repeat: bool = False, body_format: str = "json", photos: list[bytes] | None = None
+    ) -> BodySource:
         # Fresh serial numbers for every measurement: a server never sees the same bytes twice unless asked.
         self._serial += 10_000_000
-        return BodySource(body_format=body_format, photos=photos or self.photos, repeat=repeat, first_serial=self._serial)
+        return BodySource(
+            body_format=body_format, photos=photos or self.photos, repeat=repeat, first_serial=self._serial
+        )
 
-    def load(self, url: str, concurrency: int | None = None, rate: float | None = None, **kwargs: Any) -> dict[str, Any]:
+    def load(
+        self, url: str, concurrency: int | None = None, rate: float | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
         kwargs.setdefault("duration_s", self.plan.window_s)
         kwargs.setdefault("warmup_s", self.plan.warmup_s)
         source = kwargs.pop("source", None) or self.source()
@@ -114,7 +120,7 @@ class Runner:
                 server, concurrency=32, source=self.source(repeat=True, body_format="raw")
             )
             if not self.plan.small:
-                out["large_photo"] = self.large_photo(server.url)
+                self.results["large_photo"] = self.large_photo(server.url, "tiny")
 
         print("tiny model: our server, batching.max_wait_ms = 0 (dispatch as soon as the model is free)", flush=True)
         wait0 = harness.write_config(self.workdir, "tiny-wait0", model, batching={"max_wait_ms": 0})
@@ -184,32 +190,31 @@ class Runner:
         result = self.load(url, concurrency=32, duration_s=self.plan.cache_s, warmup_s=1.0, source=source)
         return result, len(answer)
 
-    def large_photo(self, url: str) -> dict[str, Any]:
+    def large_photo(self, url: str, model: str) -> dict[str, Any]:
         """End-to-end latency, one request at a time, of a 12 MP JPEG and of the same photo at 384 px."""
         from io import BytesIO
 
         from PIL import Image
 
+        from bench.images import unique
+
         big = photo(7, 4000, 3000)
-        small_buffer = BytesIO()
-        Image.open(BytesIO(big)).resize((512, 384), Image.Resampling.LANCZOS).save(small_buffer, "JPEG", quality=90)
-        sizes = {"12mp": big, "384px": small_buffer.getvalue()}
+        buffer = BytesIO()
+        Image.open(BytesIO(big)).resize((512, 384), Image.Resampling.LANCZOS).save(buffer, "JPEG", quality=90)
+        sizes = {"12mp": big, "384px": buffer.getvalue()}
         latencies: dict[str, list[float]] = {name: [] for name in sizes}
         for index in range(self.plan.large_requests + 1):
             for name, jpeg in sizes.items():  # interleaved, so drift in machine load hits both alike
-                body = self.source(repeat=True, body_format="raw", photos=[jpeg]).next()
-                from bench.images import unique
-
+                self._serial += 1
                 started = time.perf_counter()
-                status, _ = harness.request(url, "POST", "/api/v1/caption", unique(body[0], self._serial + index), body[1])
+                status, _ = harness.request(url, "POST", "/api/v1/caption", unique(jpeg, self._serial), "image/jpeg")
                 if status != 200:
                     raise RuntimeError(f"large-photo request answered {status}")
                 if index:  # the first pair warms both paths up
                     latencies[name].append((time.perf_counter() - started) * 1000)
-        result: dict[str, Any] = {
-            name: {"p50_ms": sorted(values)[len(values) // 2], "bytes": len(sizes[name])}
-            for name, values in latencies.items()
-        }
+        result: dict[str, Any] = {"model": model, "requests": self.plan.large_requests}
+        for name, values in latencies.items():
+            result[name] = {"p50_ms": sorted(values)[len(values) // 2], "bytes": len(sizes[name])}
         result["ratio"] = result["12mp"]["p50_ms"] / result["384px"]["p50_ms"]
         print(
             f"    12 MP: p50 {result['12mp']['p50_ms']:.0f} ms, 384 px: p50 {result['384px']['p50_ms']:.0f} ms "
@@ -227,7 +232,7 @@ class Runner:
         print("small model: our server at saturation, and the 12 MP yardstick", flush=True)
         with harness.serve("ours", config, self.workdir) as server:
             out["ours"] = {"saturation": self.load(server.url, concurrency=32, duration_s=45, warmup_s=15)}
-            self.results["large_photo"] = self.large_photo(server.url)
+            self.results["large_photo"] = self.large_photo(server.url, "small")
         print("small model: optimisation variants (limit)", flush=True)
         out["limit_variants"] = {
             name: result
@@ -293,6 +298,3 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     sys.exit(main())
-
-
-__all__ = ["LoadResult", "main"]

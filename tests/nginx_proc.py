@@ -114,4 +114,8 @@ class Nginx:
 
     def access_log(self) -> list[dict[str, Any]]:
         path = self.workdir / "access.log"
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if not path.exists():
+            return []
+        # nginx writes whole lines; a read may still catch the last one half written, so only complete lines.
+        complete = path.read_text().split("\n")[:-1]
+        return [json.loads(line) for line in complete if line.strip()]

@@ -207,7 +207,9 @@ def test_bad_reference_path_stops_start_up_naming_the_key(tiny_model_dir: Path, 
             create_app(settings)
 
 
-def test_drift_off_and_behind_auth(tiny_model_dir: Path) -> None:
+def test_drift_off_and_behind_auth(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     key = "drift-test-key"
     settings = tiny_settings(tiny_model_dir, drift={"enabled": False}, auth={"api_keys": [key]})
     with LiveServer(settings) as server:
@@ -222,6 +224,15 @@ def test_drift_off_and_behind_auth(tiny_model_dir: Path) -> None:
         assert response.status_code == 200
         metrics = httpx.get(server.url + "/metrics").text
         assert "captioner_drift_psi{" not in metrics
+
+        out = tmp_path / "ref.json"
+        save = ["drift", "save-reference", "--server", server.url, "--out", str(out)]
+        monkeypatch.delenv("CAPTIONER_API_KEY", raising=False)
+        assert main(save) == 1
+        assert "wants an API key: set CAPTIONER_API_KEY" in capsys.readouterr().err
+        monkeypatch.setenv("CAPTIONER_API_KEY", key)
+        assert main(save) == 1
+        assert "answered 404" in capsys.readouterr().err and not out.exists()
 
 
 def test_reference_from_images_matches_observing_the_same_images(tmp_path: Path) -> None:

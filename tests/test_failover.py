@@ -109,7 +109,12 @@ def test_sigkill_of_one_replica_under_load_fails_no_client_request(
         survivor_before = _requests_total(survivor)
         os.kill(victim.pid, signal.SIGKILL)
         killed_at = time.monotonic()
-        _wait_until(lambda: sum(s.started >= killed_at for s in sent) >= ANSWERED_AFTER_KILL, "load after the kill")
+
+        def answered_after_kill() -> int:
+            with lock:
+                return sum(s.started >= killed_at for s in sent)
+
+        _wait_until(lambda: answered_after_kill() >= ANSWERED_AFTER_KILL, "load after the kill")
         stop.set()
         for thread in threads:
             thread.join(timeout=30)

@@ -184,3 +184,11 @@ def test_dashboard_queries_name_only_exported_series_and_cover_the_questions(exp
         "captioner_cache_misses_total", "captioner_gpu_utilization_ratio", "captioner_gpu_memory_bytes",
         "captioner_drift_psi", "captioner_drift_psi_threshold", "captioner_ready", "captioner_model_info",
     } <= used  # fmt: skip
+
+
+def test_grafana_provisioning_points_at_the_dashboard_folder_and_prometheus() -> None:
+    provisioning = DASHBOARD.parent / "provisioning"
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "captioner.yaml").read_text())["providers"]
+    assert provider["type"] == "file" and provider["options"]["path"] == "/var/lib/grafana/dashboards"
+    (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yaml").read_text())["datasources"]
+    assert source["type"] == "prometheus" and source["isDefault"] is True
