@@ -9,12 +9,14 @@ docs/benchmarks.md before it was kept.
   on the fly). CPU only.
 - ``compile_model``: ``torch.compile`` on the vision tower and the text decoder, the two modules ``generate``
   calls; compilation happens lazily on the first batch of each shape (the server's warm-up pays for one).
-- ``set_threads``: ``torch.set_num_threads``; PyTorch's intra-op thread count is process-wide.
+- ``set_threads``: ``torch.set_num_threads``; PyTorch's intra-op thread count is process-wide. Auto (0) is
+  one thread per core but one on the CPU (see ``threads_for``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import torch
@@ -59,7 +61,31 @@ def compile_model(model: Any) -> None:
     model.text_decoder = torch.compile(model.text_decoder, dynamic=True)
 
 
-def set_threads(num_threads: int) -> None:
-    """0 keeps PyTorch's default (one thread per core)."""
-    if num_threads > 0 and torch.get_num_threads() != num_threads:
-        torch.set_num_threads(num_threads)
+def cpu_count() -> int:
+    """Cores this process may run on (a container's CPU set, not the host's core count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def threads_for(num_threads: int, device: torch.device) -> int | None:
+    """The intra-op thread count to set, or None to leave PyTorch's default.
+
+    ``0`` (auto) on the CPU leaves one core to the event loop and the image decoders: the model's OpenMP team
+    waits at a barrier after every operator, so when any other thread takes one of its cores the whole team
+    stalls. On 2 cores that made a batch 10-30x slower (docs/benchmarks.md); one thread fewer costs far less.
+    On a GPU the CPU threads only launch kernels, so PyTorch's default stays.
+    """
+    if num_threads > 0:
+        return num_threads
+    if device.type != "cpu":
+        return None
+    return max(1, cpu_count() - 1)
+
+
+def set_threads(num_threads: int, device: torch.device) -> None:
+    """``model.num_threads`` applied: process-wide, so the decoding threads' torch calls follow it too."""
+    wanted = threads_for(num_threads, device)
+    if wanted is not None and torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)

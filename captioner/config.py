@@ -56,7 +56,7 @@ class ModelSettings:
     attention: str = _field("sdpa", choices=("sdpa", "eager"))
     compile: bool = False
     quantize: str = _field("none", choices=("none", "int8"))
-    num_threads: int = _field(0, ge=0)  # torch intra-op threads; 0: PyTorch's default (one per core)
+    num_threads: int = _field(0, ge=0)  # torch intra-op threads; 0: auto (cores - 1 on the CPU)
 
 
 @dataclass(frozen=True)

@@ -48,15 +48,26 @@ def _capped_httptools() -> Any:
             super().__init__(*args, **kwargs)
             self._in_head = True  # reading a request line and headers (also between keep-alive requests)
             self._head_bytes = 0
+            self._tail = b""  # the last bytes seen, for a blank line split across two reads
 
         def data_received(self, data: bytes) -> None:
             if self._in_head:
-                self._head_bytes += len(data)
+                # Measured before the parser sees the bytes: the head's size up to its blank line, if it is in
+                # this read, else all of the read.
+                seen = self._tail + data
+                end = seen.find(b"\r\n\r\n")
+                self._head_bytes += len(data) if end < 0 else end + 4 - len(self._tail)
+                self._tail = seen[-3:]
+                if self._head_bytes > MAX_HEAD_BYTES:
+                    self._refuse()
+                    return
             super().data_received(data)
-            # Checked after parsing: a chunk that completes the head (plus some body) has cleared _in_head.
-            if self._in_head and self._head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
+
+        def _refuse(self) -> None:
+            busy = self.cycle is not None and not self.cycle.response_complete
+            if not busy:  # a pipelined request behind an unfinished response: just close
                 self.transport.write(_RESPONSE)
-                self.transport.close()
+            self.transport.close()
 
         def on_headers_complete(self) -> None:
             self._in_head = False
@@ -66,6 +77,7 @@ def _capped_httptools() -> Any:
             super().on_message_complete()
             self._in_head = True
             self._head_bytes = 0
+            self._tail = b""
 
     return CappedHttpToolsProtocol
 

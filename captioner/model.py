@@ -87,11 +87,14 @@ def split_on_oom(run: Callable[[Sequence[J]], list[Out]], jobs: Sequence[J]) -> 
     except torch.cuda.OutOfMemoryError:
         if len(jobs) <= 1:
             raise
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        half = len(jobs) // 2
-        logger.warning("CUDA out of memory at batch size %d; retrying as %d + %d", len(jobs), half, len(jobs) - half)
-        return split_on_oom(run, jobs[:half]) + split_on_oom(run, jobs[half:])
+    # Retry only out here: inside the except block the error's traceback keeps the failed attempt's frames, and
+    # every tensor they hold, alive, and the smaller batch would run out of memory on top of them.
+    if torch.cuda.is_available():
+        gc.collect()  # tensors caught in reference cycles too
+        torch.cuda.empty_cache()
+    half = len(jobs) // 2
+    logger.warning("CUDA out of memory at batch size %d; retrying as %d + %d", len(jobs), half, len(jobs) - half)
+    return split_on_oom(run, jobs[:half]) + split_on_oom(run, jobs[half:])
 
 
 class BlipCaptioner:
@@ -110,7 +113,7 @@ class BlipCaptioner:
         self._generation = generation
         # transformers' own annotations are looser than mypy --strict; hold both as Any.
         self._processor: Any = BlipProcessor.from_pretrained(model_dir)
-        acceleration.set_threads(model.num_threads)
+        acceleration.set_threads(model.num_threads, self._device)
         loaded: Any = BlipForConditionalGeneration.from_pretrained(model_dir, dtype=self._dtype)
         self._model: Any = loaded.to(self._device).eval()
         self._apply_speedups(model)
