@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.14.1 torchvision==0.29.1
 CONFIG ?= config.yaml
 
-.PHONY: serve test install install-test lint pytest system-deps tiny-model clean
+.PHONY: serve test install install-test lint pytest system-deps tiny-model clean bench bench-quick
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install -q -e '.[fast,test]'
+	touch $@
+
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[fast,bench]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -57,3 +61,10 @@ tiny-model: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Benchmarks (docs/benchmarks.md): not part of `make test`. Full ~12 min on 2 cores; quick < 2 min.
+bench: $(VENV)/.installed-bench
+	PYTHON=$(BIN)/python bench/run_all
+
+bench-quick: $(VENV)/.installed-bench
+	PYTHON=$(BIN)/python bench/run_all --quick

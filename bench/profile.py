@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # First match wins, checked from the innermost frame outwards: a frame name (function, or file path) -> stage.
+_MODEL = ("BlipCaptioner.caption_batch", "ProcessCaptioner.caption_batch", "GenerationMixin", "_sdpa_forward")
 _STAGES = (
-    ("_sdpa_forward", "model"),
-    ("generate", "model"),
-    ("BlipCaptioner", "model"),
+    *((needle, "model") for needle in _MODEL),
     ("ImagePreprocessor", "decode+resize"),
+    ("DriftWatch", "drift features"),
     ("captioner/images.py", "decode+resize"),
     ("sha256", "hashing"),
     ("parse_caption_request", "HTTP parsing"),
@@ -84,8 +84,10 @@ def summarise(raw: str) -> Profile:
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        total += count
         frames = stack.split(";")
+        if frames[-1].startswith("_worker (") or frames[-1].startswith("select ("):
+            continue  # an idle pool thread or selector that py-spy still counted as running
+        total += count
         leaves[frames[-1].split(" (")[0]] += count
         stages[_stage(frames)] += count
     if total == 0:
@@ -98,10 +100,9 @@ def summarise(raw: str) -> Profile:
 
 
 def _stage(frames: list[str]) -> str:
-    for frame in frames:  # outermost first: the model thread's frames all sit under BlipCaptioner
-        for needle, stage in _STAGES[:3]:
-            if needle in frame:
-                return stage
+    for frame in frames:  # outermost first: everything under caption_batch is the model's
+        if any(needle in frame for needle in _MODEL):
+            return "model"
     for frame in reversed(frames):
         for needle, stage in _STAGES:
             if needle in frame:

@@ -36,11 +36,11 @@ class Plan:
     cache_s: float
     large_requests: int  # per size, for the 12 MP yardstick
     small: bool  # the 384 px model (slow on CPU)
-    variants: bool  # optimisation before/after runs
+    variants: bool  # optimisation before/after runs, and the max_wait_ms = 0 server
     profile_s: float
 
 
-QUICK = Plan(3.0, 1.0, (1, 16, 64), 4.0, 3.0, 4, False, False, 0.0)
+QUICK = Plan(2.5, 1.0, (1, 16, 64), 3.0, 2.0, 3, False, False, 0.0)
 FULL = Plan(12.0, 3.0, (1, 4, 16, 32, 64), 15.0, 8.0, 8, True, True, 6.0)
 
 
@@ -122,10 +122,11 @@ class Runner:
             if not self.plan.small:
                 self.results["large_photo"] = self.large_photo(server.url, "tiny")
 
-        print("tiny model: our server, batching.max_wait_ms = 0 (dispatch as soon as the model is free)", flush=True)
-        wait0 = harness.write_config(self.workdir, "tiny-wait0", model, batching={"max_wait_ms": 0})
-        with harness.serve("ours", wait0, self.workdir) as server:
-            out["ours_wait0"] = {"sweep": self.sweep(server.url), "open": self.load(server.url, rate=offered)}
+        if self.plan.variants:
+            print("tiny model: our server, batching.max_wait_ms = 0 (dispatch when the model is free)", flush=True)
+            wait0 = harness.write_config(self.workdir, "tiny-wait0", model, batching={"max_wait_ms": 0})
+            with harness.serve("ours", wait0, self.workdir) as server:
+                out["ours_wait0"] = {"sweep": self.sweep(server.url), "open": self.load(server.url, rate=offered)}
 
         print("tiny model: naive Starlette, generate() per request", flush=True)
         with harness.serve("naive", base, self.workdir) as server:
@@ -145,17 +146,24 @@ class Runner:
             args = ("--loop", "asyncio", "--http", "h11")
             with harness.serve("ours-variant", base, self.workdir, args=args) as server:
                 out["ours_asyncio_h11"] = {"cache_hit": self.cache_hits(server.url)[0]}
-            self.thread_variants(model, out)
+            self.server_variants(model, out)
             out["limit_variants"] = self.limit_variants(base)
         self.results["tiny"] = out
 
-    def thread_variants(self, model: Path, out: dict[str, Any]) -> None:
-        out["threads"] = {}
-        for threads in (1, 2):
-            print(f"tiny model: our server, model.num_threads = {threads}", flush=True)
-            config = harness.write_config(self.workdir, f"tiny-threads{threads}", model, model={"num_threads": threads})
+    def server_variants(self, model: Path, out: dict[str, Any]) -> None:
+        """Our server at saturation and at one client, with one model setting changed at a time."""
+        variants = {
+            "model.num_threads=1": {"model": {"num_threads": 1}},
+            "model.num_threads=2": {"model": {"num_threads": 2}},
+            "model.worker=process": {"model": {"worker": "process"}},
+            "server.preprocess_workers=1": {"server": {"preprocess_workers": 1}},
+        }
+        out["server_variants"] = {}
+        for index, (name, sections) in enumerate(variants.items()):
+            print(f"tiny model: our server with {name}", flush=True)
+            config = harness.write_config(self.workdir, f"tiny-variant{index}", model, **sections)
             with harness.serve("ours", config, self.workdir) as server:
-                out["threads"][str(threads)] = {
+                out["server_variants"][name] = {
                     "saturation": self.load(server.url, concurrency=max(self.plan.sweep)),
                     "c1": self.load(server.url, concurrency=1),
                 }

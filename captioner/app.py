@@ -325,4 +325,8 @@ def _load_blip(settings: Settings) -> Captioner:
     from .weights import ensure_weights
 
     path = ensure_weights(settings.model)
+    if settings.model.worker == "process":
+        from .model_process import ProcessCaptioner
+
+        return ProcessCaptioner(path, settings.model, settings.generation, settings.limits.max_pixels)
     return BlipCaptioner(path, settings.model, settings.generation, settings.limits.max_pixels)

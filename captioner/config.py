@@ -57,6 +57,8 @@ class ModelSettings:
     compile: bool = False
     quantize: str = _field("none", choices=("none", "int8"))
     num_threads: int = _field(0, ge=0)  # torch intra-op threads; 0: auto (cores - 1 on the CPU)
+    # thread: generate() on a thread of the server process; process: in a child process with its own GIL.
+    worker: str = _field("thread", choices=("thread", "process"))
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,10 @@ async def parse_caption_request(
             raise InvalidRequest(f"malformed multipart body: {exc.message}") from exc
         except HTTPException as exc:  # Starlette turns MultiPartException into a 400 inside an app; ours is 422
             raise InvalidRequest(f"malformed multipart body: {exc.detail}") from exc
+        repeated = [name for name in ("image", "url", "num_captions") if len(form.getlist(name)) > 1]
+        if repeated:  # which one would count is a guess; say so instead
+            await form.close()
+            raise InvalidRequest(f"the form field {repeated[0]!r} is given more than once")
         fields = dict(form)
         upload = form.get("image")
         if isinstance(upload, UploadFile):
@@ -163,6 +167,8 @@ async def parse_caption_request(
     if "num_captions" in fields:
         # Checked even when the query parameter wins: a malformed field is an error, not something to ignore.
         parse_num_captions(fields["num_captions"], default_num_captions, max_num_captions)
+    if len(request.query_params.getlist("num_captions")) > 1:
+        raise InvalidRequest("the query parameter 'num_captions' is given more than once")
     raw_count = request.query_params.get("num_captions", fields.get("num_captions"))
     num_captions = parse_num_captions(raw_count, default_num_captions, max_num_captions)
     return CaptionRequest(image=image, url=url or None, num_captions=num_captions)

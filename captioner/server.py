@@ -7,6 +7,7 @@ import gc
 import ipaddress
 import logging
 import math
+import os
 import signal
 import socket
 import sys
@@ -33,7 +34,8 @@ class DrainingServer(uvicorn.Server):
     server keeps listening: a load balancer must be able to see those 503s (a closed port looks like a crash and
     the requests in flight would be cut). Once no request is in flight, or ``drain_timeout_s`` has passed,
     uvicorn's own shutdown runs: stop listening, close idle connections, then the lifespan shutdown (which stops
-    the batcher). A second signal cuts the drain short.
+    the batcher). A second signal cuts the drain short. If requests are still in flight at the deadline, the
+    process exits at once with status 1.
 
     Unlike uvicorn, the signal is not re-raised after a clean shutdown: a finished drain exits with status 0.
     """
@@ -44,10 +46,6 @@ class DrainingServer(uvicorn.Server):
         self._drain_timeout_s = drain_timeout_s
         self._drain_deadline: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-
-    @property
-    def draining(self) -> bool:
-        return self._drain_deadline is not None
 
     @property
     def in_flight(self) -> int:
@@ -82,8 +80,10 @@ class DrainingServer(uvicorn.Server):
                 logger.warning(
                     "drain timed out after %.0f s with %d requests in flight", self._drain_timeout_s, self.in_flight
                 )
-                self.should_exit = True
-                self.force_exit = True
+                # Leave now. A graceful shutdown would cancel those requests (a traceback each, in the log) and
+                # then wait at interpreter exit for the model thread, which a stuck generate() holds for ever.
+                logging.shutdown()
+                os._exit(1)
         return await super().on_tick(counter)
 
 
@@ -97,7 +97,7 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(settings: Settings, reload_settings: Callable[[], Settings] | None = None) -> int:
-    """Run until SIGTERM; the exit status is 0 after a clean drain, 1 if the model could not be loaded."""
+    """Run until SIGTERM. Exit status: 0 after a clean drain, 1 if the model failed to load or the drain timed out."""
     log_config = configure_logging(settings.logging.format, settings.logging.level)
     logger.info(
         "starting captioner %s: model %s from %s, config from %s",

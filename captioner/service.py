@@ -127,6 +127,9 @@ class CaptionService:
         self._model_pool.shutdown(wait=False, cancel_futures=True)
         if self._shared_cache is not None:
             await self._shared_cache.aclose()
+        close_model = getattr(self.captioner, "close", None)  # model.worker: process holds a child process
+        if callable(close_model):
+            await asyncio.to_thread(close_model)
         return finished
 
     async def sha256(self, data: bytes) -> str:

@@ -51,7 +51,7 @@ def run_one(data: bytes) -> str:
     return "ok"
 
 
-def TestOneInput(data: bytes) -> None:  # noqa: N802 - the name libFuzzer and atheris expect
+def TestOneInput(data: bytes) -> None:  # the name atheris and libFuzzer look for
     run_one(data)
 
 

@@ -92,9 +92,9 @@ class ServerProcess:
     def rss(self) -> int:
         return rss_bytes(self.pid)
 
-    def log(self) -> str:
+    def log(self, tail: int = 5000) -> str:
         try:
-            return self.log_path.read_text(errors="replace")[-5000:]
+            return self.log_path.read_text(errors="replace")[-tail:]
         except OSError:
             return ""
 

@@ -1,9 +1,10 @@
 """SIGTERM drain, on the real ``python -m captioner serve`` process: nothing accepted is lost.
 
 The batcher is made to hold requests (a long ``max_wait_ms`` and a batch size they can't fill), so that when
-SIGTERM arrives several requests are accepted and still unanswered. Then: /readyz says 503 at once while the
-port stays open, new requests get 503 ``overloaded``, every accepted request still gets its 200, and the
-process exits 0 before ``server.drain_timeout_s``.
+SIGTERM arrives several requests are accepted and still unanswered (and, the queue being full, one more is
+refused with 503 ``overloaded``). Then: /readyz says 503 at once while the port stays open, new requests get
+503 ``overloaded``, every accepted request still gets its 200, and the process exits 0 before
+``server.drain_timeout_s``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .serverproc import ServerProcess
 
 CAPTION = "/api/v1/caption"
 IN_FLIGHT = 4
-MAX_WAIT_S = 4.0
+MAX_WAIT_S = 6.0
 DRAIN_TIMEOUT_S = 20.0
 
 
@@ -42,6 +43,7 @@ def test_sigterm_answers_everything_accepted_then_exits_0(tiny_model_dir: Path) 
     env = {
         "CAPTIONER_BATCHING__MAX_WAIT_MS": str(int(MAX_WAIT_S * 1000)),
         "CAPTIONER_BATCHING__MAX_BATCH_SIZE": "16",
+        "CAPTIONER_BATCHING__MAX_QUEUE": str(IN_FLIGHT),
         "CAPTIONER_SERVER__DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S),
     }
     with ServerProcess(tiny_model_dir, env=env) as server, ThreadPoolExecutor(IN_FLIGHT) as pool:
@@ -51,6 +53,12 @@ def test_sigterm_answers_everything_accepted_then_exits_0(tiny_model_dir: Path) 
         # Accepted = decoded and waiting in the batcher's queue for a batch that won't fill.
         wait_for(lambda: server.metric("captioner_queue_depth") == IN_FLIGHT, 15, "requests to be queued")
         assert not any(f.done() for f in accepted)
+
+        # Backpressure first: the queue is full, so one more request is refused at once, with a Retry-After.
+        overflow = post(server.url, photo(550))
+        assert overflow.status_code == 503, overflow.text
+        assert overflow.json()["error"]["code"] == "overloaded"
+        assert int(overflow.headers["Retry-After"]) >= 1
 
         signalled = time.monotonic()
         os.kill(server.pid, signal.SIGTERM)
@@ -79,3 +87,29 @@ def test_sigterm_answers_everything_accepted_then_exits_0(tiny_model_dir: Path) 
         assert exited_after < DRAIN_TIMEOUT_S
         assert time.monotonic() - answered < 5  # once the last answer is out, the process does not linger
         print(f"answered {answered - signalled:.1f} s and exited {exited_after:.1f} s after SIGTERM")
+
+
+def test_a_drain_that_cannot_finish_still_exits_at_the_deadline(tiny_model_dir: Path) -> None:
+    """Accepted work that outlives ``drain_timeout_s`` (here: a batch that won't flush for a minute) does not hold
+    the process: it exits, with status 1, once the deadline passes."""
+    drain_timeout_s = 2.0
+    env = {
+        "CAPTIONER_BATCHING__MAX_WAIT_MS": "60000",
+        "CAPTIONER_SERVER__DRAIN_TIMEOUT_S": str(drain_timeout_s),
+    }
+    with ServerProcess(tiny_model_dir, env=env) as server, ThreadPoolExecutor(2) as pool:
+        stuck = [pool.submit(post, server.url, photo(650 + i)) for i in range(2)]
+        wait_for(lambda: server.metric("captioner_queue_depth") == 2, 15, "requests to be queued")
+        signalled = time.monotonic()
+        os.kill(server.pid, signal.SIGTERM)
+        wait_for(lambda: httpx.get(server.url + "/readyz", timeout=2).status_code == 503, 1.0, "/readyz 503")
+        assert server.process is not None
+        returncode = server.process.wait(timeout=drain_timeout_s + 10)
+        exited_after = time.monotonic() - signalled
+        assert returncode == 1, server.log()
+        assert drain_timeout_s <= exited_after < drain_timeout_s + 2
+        log = server.log(tail=1_000_000)
+        assert "drain timed out after 2 s with 2 requests in flight" in log
+        assert "Traceback" not in log
+        for future in stuck:  # cut off, not left hanging
+            assert isinstance(future.exception(timeout=5), httpx.TransportError)

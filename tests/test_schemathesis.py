@@ -34,14 +34,16 @@ from captioner.openapi import openapi_schema
 
 from .conftest import LiveServer, tiny_settings
 
-CHECKS = [
+CONFORMANCE = [
     not_a_server_error,
     status_code_conformance,
     content_type_conformance,
     response_headers_conformance,
     response_schema_conformance,
-    negative_data_rejection,
 ]
+# Schema-violating requests must be refused. Not checked for multipart bodies: there a violation can vanish on the
+# wire (an "invalid" empty array of num_captions is sent as no field at all), and the request is then valid.
+CHECKS = [*CONFORMANCE, negative_data_rejection]
 
 
 @st.composite
@@ -86,7 +88,7 @@ OPERATIONS = _operations()
 CAPTION = ("POST", "/api/v1/caption")
 # Negative data only exists where there are inputs. The caption operation, where the bugs would be, gets most.
 RUNS = [
-    (method, path, mode, 60 if (method, path) == CAPTION else 10 if has_inputs else 3)
+    (method, path, mode, 150 if (method, path) == CAPTION else 25 if has_inputs else 3)
     for method, path, has_inputs in OPERATIONS
     for mode in (MODES if has_inputs else MODES[:1])
 ]
@@ -129,7 +131,8 @@ def test_api_conforms_to_its_schema(
         phases=[Phase.explicit, Phase.generate],
     )
     def run(case: Any) -> None:
-        response = case.call_and_validate(base_url=server.url, checks=CHECKS, timeout=60)
+        checks = CONFORMANCE if case.media_type == "multipart/form-data" else CHECKS
+        response = case.call_and_validate(base_url=server.url, checks=checks, timeout=60)
         statuses[response.status_code] += 1
 
     run()
