@@ -196,11 +196,44 @@ def main(argv: list[str] | None = None) -> int:
         "model": [],
         "server": [],
     }
-    plan = [(dtype, False) for dtype in dtypes] + [(dtype, True) for dtype in dtypes]
-    for index, (dtype, compiled) in enumerate(plan):
-        # Keep enough time for the phases still to come: compiled runs need a compile's worth each.
-        runs_left = len(plan) - index
-        min_left = (20 if dry else 45) * runs_left
+    results_path = ROOT / "bench" / "results" / ("gpu-dry-run.json" if dry else "gpu.json")
+
+    def save() -> None:
+        """After every phase, so that a run cut short by the time limit still leaves its figures."""
+        results["meta"]["wall_s"] = round(time.monotonic() - started)
+        target = args.docs / "benchmarks.md"
+        text = target.read_text() if target.exists() else "# Benchmarks\n"
+        args.docs.mkdir(parents=True, exist_ok=True)
+        target.write_text(report.replace_block(text, "gpu", render(results)))
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        results_path.write_text(json.dumps(results, indent=1))
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / results_path.name).write_text(results_path.read_text())
+            (args.out / "benchmarks.md").write_text(target.read_text())
+
+    # The model runs the issue asks for first (eager, then compiled), then our server end to end if time is left.
+    phases: list[tuple[str, Any]] = [("model", (dtype, compiled)) for compiled in (False, True) for dtype in dtypes]
+    phases += [("server", worker) for worker in ("thread", "process")]
+    server_s = 8.0 if dry else 20.0
+    for index, (kind, what) in enumerate(phases):
+        # Keep enough time for the model runs still to come: about 45 s each on the GPU.
+        model_runs_left = sum(1 for later, _ in phases[index:] if later == "model")
+        min_left = (15 if dry else 45) * model_runs_left
+        if kind == "server":
+            if deadline.left() < server_s + (30 if dry else 60):
+                results["server"].append({"worker": what, "skipped": "time budget"})
+                continue
+            print(f"  our server, model.worker = {what}", flush=True)
+            try:
+                run = measure_server(model_dir, device=device, dtype=dtypes[0], worker=what,
+                                     batch=4 if dry else 64, seconds=server_s)  # fmt: skip
+            except Exception as exc:
+                run = {"worker": what, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            results["server"].append(run)
+            save()
+            continue
+        dtype, compiled = what
         label = f"{dtype}, {'torch.compile' if compiled else 'eager'}"
         if deadline.left() < min_left:
             print(f"  {label}: skipped (time budget)", flush=True)
@@ -212,38 +245,15 @@ def main(argv: list[str] | None = None) -> int:
         try:
             run = measure_model(
                 model_dir, device=device, dtype=dtype, compile_backend=backend if compiled else None,
-                batches=batches, point_s=point_s, deadline=deadline, min_left_s=min_left - 20,
+                batches=batches, point_s=point_s, deadline=deadline, min_left_s=max(10, min_left - 45),
             )  # fmt: skip
         except Exception as exc:  # one failed configuration must not lose the others' figures
             print(f"    failed: {type(exc).__name__}: {exc}", flush=True)
             run = {"points": {"all": {"skipped": f"failed: {type(exc).__name__}: {str(exc)[:200]}"}}}
         results["model"].append({"dtype": dtype, "compile": compiled, **run})
-
-    server_s = 8.0 if dry else 30.0
-    for worker in ("thread", "process"):
-        if deadline.left() < server_s + 60:
-            results["server"].append({"worker": worker, "skipped": "time budget"})
-            continue
-        print(f"  our server, model.worker = {worker}", flush=True)
-        try:
-            run = measure_server(model_dir, device=device, dtype=dtypes[0], worker=worker,
-                                 batch=4 if dry else 64, seconds=server_s)  # fmt: skip
-        except Exception as exc:
-            run = {"worker": worker, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
-        results["server"].append(run)
-
-    results["meta"]["wall_s"] = round(time.monotonic() - started)
+        save()
+    save()
     target = args.docs / "benchmarks.md"
-    text = target.read_text() if target.exists() else "# Benchmarks\n"
-    args.docs.mkdir(parents=True, exist_ok=True)
-    target.write_text(report.replace_block(text, "gpu", render(results)))
-    results_path = ROOT / "bench" / "results" / ("gpu-dry-run.json" if dry else "gpu.json")
-    results_path.parent.mkdir(parents=True, exist_ok=True)
-    results_path.write_text(json.dumps(results, indent=1))
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / results_path.name).write_text(results_path.read_text())
-        (args.out / "benchmarks.md").write_text(target.read_text())
     print(f"wrote {target} and {results_path} in {results['meta']['wall_s']} s")
     return 0
 

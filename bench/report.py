@@ -83,6 +83,20 @@ def _best(sweep: list[dict[str, Any]]) -> dict[str, Any]:
     return max(sweep, key=lambda r: r["throughput_rps"])
 
 
+def limits(section: dict[str, Any]) -> tuple[float, tuple[str, float]]:
+    """The raw model's speed with the server's config (best of its measurements, as noise only slows things down)
+    and the fastest variant of all, as (name, images/s)."""
+    variants = section.get("limit_variants", {})
+    default = max(section["limit"]["images_per_s"], variants.get("defaults", {}).get("images_per_s", 0.0))
+    best = ("defaults", default)
+    for name, result in variants.items():
+        if "int8" in name:
+            continue  # a different (quantised) model, whose captions differ: not the same model's limit
+        if result.get("images_per_s", 0.0) > best[1]:
+            best = (name, result["images_per_s"])
+    return default, best
+
+
 def ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The five yardsticks as rows: name, ours, theirs, ratio, goal, met."""
     tiny = results["tiny"]
@@ -92,15 +106,18 @@ def ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
     def row(name: str, ours_text: str, ref_text: str, ratio: float | None, goal: str, met: bool | None) -> None:
         rows.append({"name": name, "ours": ours_text, "ref": ref_text, "ratio": ratio, "goal": goal, "met": met})
 
-    limit = tiny["limit"]["images_per_s"]
-    r = ours["throughput_rps"] / limit
-    row("1. limit (tiny): saturation vs raw model", f"{_f(ours['throughput_rps'])} req/s", f"{_f(limit)} img/s",
-        r, ">= 0.95", r >= 0.95)  # fmt: skip
-    if "small" in results:
-        small = results["small"]
-        sat, lim = small["ours"]["saturation"]["throughput_rps"], small["limit"]["images_per_s"]
-        row("1. limit (small): saturation vs raw model", f"{_f(sat, 2)} req/s", f"{_f(lim, 2)} img/s",
-            sat / lim, ">= 0.95", sat / lim >= 0.95)  # fmt: skip
+    for model in ("tiny", "small"):
+        if model not in results:
+            continue
+        sat = results[model]["ours"]["saturation"] if model == "small" else ours
+        lim, best = limits(results[model])
+        r = sat["throughput_rps"] / lim
+        row(f"1. limit ({model}): saturation vs raw model, same config", f"{_f(sat['throughput_rps'], 2)} req/s",
+            f"{_f(lim, 2)} img/s", r, ">= 0.95", r >= 0.95)  # fmt: skip
+        if best[1] > lim * 1.02:
+            r = sat["throughput_rps"] / best[1]
+            name = f"1. limit ({model}): vs the fastest raw-model setting ({best[0]})"
+            row(name, f"{_f(sat['throughput_rps'], 2)} req/s", f"{_f(best[1], 2)} img/s", r, ">= 0.95", r >= 0.95)
     naive = _best(tiny["naive"]["sweep"])
     r = ours["throughput_rps"] / naive["throughput_rps"]
     row("2. naive Starlette, generate() per request", f"{_f(ours['throughput_rps'])} req/s",
@@ -195,10 +212,14 @@ def _optimisation_tables(results: dict[str, Any]) -> list[str]:
         variants = results.get(model, {}).get("limit_variants")
         if not variants:
             continue
-        base = results[model]["limit"]["images_per_s"]
-        lines += [f"Raw model ({model}, batch {results[model]['limit']['batch_size']}), images/s; the default "
-                  f"config (`attention: sdpa`, `num_threads: 0`, no quantisation, no compile) does {_f(base, 2)}:", "",
-                  "| variant | images/s | vs default | first batch s |", "|---|---|---|---|"]  # fmt: skip
+        base = (
+            variants.get("defaults", results[model]["limit"]).get("images_per_s")
+            or results[model]["limit"]["images_per_s"]
+        )
+        lines += [f"Raw model ({model}, batch {results[model]['limit']['batch_size']}), one option changed at a time "
+                  "against the defaults (`attention: sdpa`, `num_threads: 0` = auto, no quantisation, no compile) "
+                  "measured in the same stretch:", "",
+                  "| variant | images/s | vs defaults | first batch s |", "|---|---|---|---|"]  # fmt: skip
         for name, r in variants.items():
             if "error" in r:
                 lines.append(f"| {name} | failed | | |")
@@ -208,17 +229,14 @@ def _optimisation_tables(results: dict[str, Any]) -> list[str]:
         lines.append("")
     variants = tiny.get("server_variants")
     if variants:
-        sat = _best(tiny["ours"]["sweep"])
-        c1 = tiny["ours"]["sweep"][0]
-        lines += [f"Our server (tiny), one setting changed at a time, at {sat['concurrency']} clients and at 1:", "",
-                  "| config | req/s at saturation | p99 ms | p50 ms at 1 client |", "|---|---|---|---|",
-                  f"| defaults (the sweep above) | {_f(sat['throughput_rps'])} | {_f(sat['p99_ms'])} "
-                  f"| {_f(c1['p50_ms'])} |"]  # fmt: skip
+        top = tiny["ours"]["sweep"][-1]
+        lines += [f"Our server (tiny), one setting changed at a time, {top['concurrency']} clients:", "",
+                  "| config | req/s | p99 ms | mean batch |", "|---|---|---|---|",
+                  f"| defaults (the sweep above) | {_f(top['throughput_rps'])} | {_f(top['p99_ms'])} "
+                  f"| {_f(top['mean_batch_size'])} |"]  # fmt: skip
         for name, r in variants.items():
-            lines.append(
-                f"| {name} | {_f(r['saturation']['throughput_rps'])} | {_f(r['saturation']['p99_ms'])} "
-                f"| {_f(r['c1']['p50_ms'])} |"
-            )
+            r = r["saturation"]
+            lines.append(f"| {name} | {_f(r['throughput_rps'])} | {_f(r['p99_ms'])} | {_f(r['mean_batch_size'])} |")
         lines.append("")
     h11 = tiny.get("ours_asyncio_h11")
     if h11:

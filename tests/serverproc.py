@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from .conftest import free_port
+from .conftest import free_port, metric_value
 
 
 def rss_bytes(pid: int) -> int:
@@ -31,7 +31,15 @@ def rss_bytes(pid: int) -> int:
 class ServerProcess:
     """A captioner server in a subprocess, configured only through ``CAPTIONER_*`` environment overrides."""
 
-    def __init__(self, model_dir: Path, *, env: dict[str, str] | None = None, ready_timeout_s: float = 120) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        ready_timeout_s: float = 120,
+    ) -> None:
+        self.args = args or []
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ready_timeout_s = ready_timeout_s
@@ -57,7 +65,17 @@ class ServerProcess:
         with self.log_path.open("wb") as log:
             # cwd is an empty folder, so no config.yaml is picked up: only the defaults and our overrides apply.
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "captioner", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+                [
+                    sys.executable,
+                    "-m",
+                    "captioner",
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    *self.args,
+                ],
                 cwd=self._workdir.name,
                 env=self.env,
                 stdout=log,
@@ -98,10 +116,6 @@ class ServerProcess:
         except OSError:
             return ""
 
-    def metric(self, name: str) -> float:
-        """The sum of a metric's series in /metrics, whatever their labels (0 when absent)."""
-        total = 0.0
-        for line in httpx.get(self.url + "/metrics", timeout=5).text.splitlines():
-            if line.startswith((name + " ", name + "{")):
-                total += float(line.split()[-1])
-        return total
+    def metric(self, name: str, labels: str = "") -> float:
+        """The sum of the series called ``name`` whose labels include ``labels`` (0 when absent)."""
+        return metric_value(httpx.get(self.url + "/metrics", timeout=5).text, name, labels)

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import collections
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +16,8 @@ import yaml
 from captioner.config import ConfigError, load_settings
 from captioner.variants import pick
 
-from .conftest import free_port, metric_value, photo
+from .conftest import photo
+from .serverproc import ServerProcess
 
 CAPTION = "/api/v1/caption"
 
@@ -83,35 +81,6 @@ def two_models(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -
     return tiny_model_dir, other
 
 
-class ServerProcess:
-    def __init__(self, config: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "CAPTIONER_LOGGING__LEVEL": "warning"}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "captioner", "serve", "--config", str(config), "--host", "127.0.0.1",
-             "--port", str(self.port)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.process.stderr.read() if self.process.stderr else ""
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("server did not become ready")
-
-    def metric(self, name: str, labels: str = "") -> float:
-        return metric_value(httpx.get(self.url + "/metrics").text, name, labels)
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=60)
-
-
 @pytest.fixture
 def ab_server(tmp_path: Path, two_models: tuple[Path, Path]) -> Iterator[tuple[ServerProcess, Path]]:
     config = tmp_path / "config.yaml"
@@ -121,12 +90,9 @@ def ab_server(tmp_path: Path, two_models: tuple[Path, Path]) -> Iterator[tuple[S
         {"variant": "b", "weight": 50, "path": str(b), "name": "test/tiny-b"},
     ]
     write_config(config, variants)
-    server = ServerProcess(config)
-    try:
+    # A/B variants come from the config file; the model path override of ServerProcess is then unused.
+    with ServerProcess(a, args=["--config", str(config)]) as server:
         yield server, config
-    finally:
-        if server.process.poll() is None:
-            server.stop()
 
 
 def test_traffic_splits_sticks_to_the_image_and_rolls_back_on_sighup_without_failures(
@@ -168,6 +134,7 @@ def test_traffic_splits_sticks_to_the_image_and_rolls_back_on_sighup_without_fai
     variants = yaml.safe_load(config.read_text())["models"]
     variants[1]["weight"] = 0
     write_config(config, variants)
+    assert server.process is not None
     server.process.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 30
     while server.metric("captioner_variant_weight", 'variant="b"') != 0:
@@ -183,8 +150,7 @@ def test_traffic_splits_sticks_to_the_image_and_rolls_back_on_sighup_without_fai
         for seed in range(200, 216)
     ]
     assert set(after) == {"a"}
-    assert server.process.poll() is None  # SIGHUP reloads; it does not stop the server
-    assert server.stop() == 0
+    assert server.alive()  # SIGHUP reloads; it does not stop the server
 
 
 def test_a_reload_plans_reweights_loads_and_removals(tmp_path: Path) -> None:
