@@ -5,8 +5,9 @@
 
 The client is raw asyncio HTTP/1.1 with keep-alive (uvloop when installed), not httpx: on a 2-core box the load
 generator shares the CPU with the server, so every microsecond it spends per request is taken from the server
-(most visibly on the cache-hit benchmark, at thousands of requests per second). Every request carries a distinct image (``bench.images.unique``) unless
-``--repeat`` asks for one image over and over (the cache-hit path).
+(most visibly on the cache-hit benchmark, at thousands of requests per second). Every request carries a
+distinct image (``bench.images.unique``) unless ``--repeat`` asks for one image over and over (the cache-hit
+path).
 
 Closed loop: each of N clients sends its next request when the last one is answered. Open loop: arrivals at
 exponential intervals at a mean rate R whatever the server does, latency counted from the scheduled send time

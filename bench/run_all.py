@@ -164,6 +164,8 @@ class Runner:
             config = harness.write_config(self.workdir, f"tiny-variant{index}", model, **sections)
             with harness.serve("ours", config, self.workdir) as server:
                 out["server_variants"][name] = {"saturation": self.load(server.url, concurrency=max(self.plan.sweep))}
+                if name == "model.worker=process":  # also at the offered load of the LitServe p99 comparison
+                    out["server_variants"][name]["open"] = self.load(server.url, rate=out["offered_rps"])
 
     def limit_variants(self, config: Path, include_compile: bool = True) -> dict[str, Any]:
         """The raw model with one option changed at a time; "defaults" again first, measured alongside them."""
