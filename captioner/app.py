@@ -154,10 +154,11 @@ def create_app(
                 return _success_body(await work(), settings)
 
             return await accept_job(request, jobs, run_job, batches_ahead=batches_ahead, auth_enabled=keys.enabled)
-        outcome = await _cancel_on_disconnect(request, (await _prepare(request, started))())
+        work = await _prepare(request, started)
+        outcome = work.hit if work.hit is not None else await _cancel_on_disconnect(request, work())
         return FastJSONResponse(_success_body(outcome, settings))
 
-    async def _prepare(request: Request, started: float) -> Callable[[], Coroutine[Any, Any, CaptionOutcome]]:
+    async def _prepare(request: Request, started: float) -> _Work:
         """Admission and parsing, done while the client waits; returns the work that produces the captions."""
         service, pool = state.service, state.pool
         if state.draining:
@@ -178,19 +179,29 @@ def create_app(
         record = request_record(request.scope)  # for the request's log line
         record.num_captions = parsed.num_captions
 
+        async def route(image: bytes) -> tuple[str, CaptionService]:
+            digest = await service.sha256(image)
+            return digest, pool.choose(sticky_key(request, digest)).service
+
         async def fetch_and_caption() -> CaptionOutcome:
             image = parsed.image
             if image is None:
                 assert parsed.url is not None
                 image = await url_fetcher.fetch(parsed.url)
             record.image_bytes = len(image)
-            digest = await service.sha256(image)
-            variant = pool.choose(sticky_key(request, digest))
-            outcome = await variant.service.caption(image, parsed.num_captions, deadline=deadline, image_sha256=digest)
+            digest, chosen = routed if routed is not None else await route(image)
+            outcome = await chosen.caption(image, parsed.num_captions, deadline=deadline, image_sha256=digest)
             record.note_outcome(outcome)
             return outcome
 
-        return fetch_and_caption
+        routed, hit = None, None
+        if parsed.image is not None:
+            record.image_bytes = len(parsed.image)
+            routed = await route(parsed.image)
+            hit = routed[1].cached(routed[0], parsed.num_captions)
+            if hit is not None:
+                record.note_outcome(hit)
+        return _Work(fetch_and_caption, hit)
 
     async def healthz(request: Request) -> Response:
         return FastJSONResponse({"status": "ok"})
@@ -251,6 +262,17 @@ def create_app(
     )
     app.state.captioner = state
     return app
+
+
+class _Work:
+    """What a caption request needs done: the coroutine function, or, on a cache hit, the answer already."""
+
+    def __init__(self, run: Callable[[], Coroutine[Any, Any, CaptionOutcome]], hit: CaptionOutcome | None) -> None:
+        self.run = run
+        self.hit = hit
+
+    def __call__(self) -> Coroutine[Any, Any, CaptionOutcome]:
+        return self.run()
 
 
 # nginx's code for "the client went away before the answer": counted, never sent.

@@ -13,11 +13,12 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import orjson
 
 from .batcher import Batcher, BatchInfo
-from .cache import CaptionCache, cache_key
+from .cache import CaptionCache, Lookup, cache_key
 from .config import DEFAULT_VARIANT, Settings
 from .driftwatch import DriftWatch
 from .errors import RequestTimeout
@@ -68,6 +69,29 @@ def _decode(raw: bytes) -> _Computed:
     return _Computed(captions, info=None)
 
 
+class _VariantSeries:
+    """This variant's labelled children, looked up once: ``.labels()`` costs more than the update itself."""
+
+    def __init__(self, metrics: Metrics, variant: str) -> None:
+        self.cache_hits = metrics.cache_hits
+        self.cache_misses = metrics.cache_misses
+        self.served_cached = metrics.variant_requests.labels(variant, "true")
+        self.served_computed = metrics.variant_requests.labels(variant, "false")
+        self.confidence = metrics.caption_confidence.labels(variant)
+        self.inference_seconds = metrics.inference_seconds.labels(variant)
+        self.images = metrics.images.labels(variant)
+        self.batch_size = metrics.batch_size.labels(variant)
+        self.batch_wait_seconds = metrics.batch_wait_seconds.labels(variant)
+        self._level_hits = metrics.cache_level_hits
+        self._level_children: dict[str, Any] = {}
+
+    def level_hits(self, level: str) -> Any:
+        child = self._level_children.get(level)
+        if child is None:
+            child = self._level_children[level] = self._level_hits.labels(level)
+        return child
+
+
 class CaptionService:
     def __init__(
         self,
@@ -80,6 +104,8 @@ class CaptionService:
     ) -> None:
         self.settings = settings
         self.variant = variant
+        self._series = _VariantSeries(metrics, variant)
+        self._settings_keys: dict[int, str] = {}
         self.captioner = captioner
         self.metrics = metrics
         self.drift = drift if drift is not None else DriftWatch(None)
@@ -139,9 +165,26 @@ class CaptionService:
         return await loop.run_in_executor(self._preprocess_pool, lambda: hashlib.sha256(data).hexdigest())
 
     def key_for(self, image_sha256: str, num_captions: int) -> str:
-        return cache_key(
-            image_sha256, model_id=self._model_id, generation={**self._generation, "num_captions": num_captions}
-        )
+        # The settings part of the key is the same for every request: build it once per num_captions, so the
+        # cache-hit path hashes nothing but the image.
+        settings_key = self._settings_keys.get(num_captions)
+        if settings_key is None:
+            generation = {**self._generation, "num_captions": num_captions}
+            settings_key = cache_key("", model_id=self._model_id, generation=generation)
+            self._settings_keys[num_captions] = settings_key
+        return f"{settings_key}:{image_sha256}"
+
+    def cached(self, image_sha256: str, num_captions: int) -> CaptionOutcome | None:
+        """The answer from the in-process cache, without waiting for anything; None on a miss.
+
+        The cache-hit fast path: it costs a dict lookup, so the caller can skip the machinery (disconnect
+        watcher, single-flight, shared cache) that only a miss needs.
+        """
+        value = self.cache.get(self.key_for(image_sha256, num_captions))
+        if value is None:
+            return None
+        self.cache.hits += 1
+        return self._outcome(Lookup(value, cached=True, level="local"), image_sha256)
 
     async def caption(
         self, data: bytes, num_captions: int, *, deadline: float | None = None, image_sha256: str | None = None
@@ -153,12 +196,20 @@ class CaptionService:
         digest = image_sha256 or await self.sha256(data)
         key = self.key_for(digest, num_captions)
         lookup = await self.cache.get_or_compute(key, lambda: self._compute(data, num_captions, deadline))
-        (self.metrics.cache_hits if lookup.cached else self.metrics.cache_misses).inc()
-        self.metrics.variant_requests.labels(self.variant, "true" if lookup.cached else "false").inc()
+        return self._outcome(lookup, digest)
+
+    def _outcome(self, lookup: Lookup[_Computed], digest: str) -> CaptionOutcome:
+        series = self._series
+        if lookup.cached:
+            series.cache_hits.inc()
+            series.served_cached.inc()
+        else:
+            series.cache_misses.inc()
+            series.served_computed.inc()
         if lookup.value.captions:
-            self.metrics.caption_confidence.labels(self.variant).observe(lookup.value.captions[0].confidence)
+            series.confidence.observe(lookup.value.captions[0].confidence)
         if lookup.level is not None:
-            self.metrics.cache_level_hits.labels(lookup.level).inc()
+            series.level_hits(lookup.level).inc()
         return CaptionOutcome(
             captions=lookup.value.captions,
             cached=lookup.cached,
@@ -191,13 +242,13 @@ class CaptionService:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         results = await loop.run_in_executor(self._model_pool, self.captioner.caption_batch, jobs)
-        self.metrics.inference_seconds.labels(self.variant).observe(time.perf_counter() - started)
-        self.metrics.images.labels(self.variant).inc(len(jobs))
+        self._series.inference_seconds.observe(time.perf_counter() - started)
+        self._series.images.inc(len(jobs))
         return [_Inferred(captions, len(jobs)) for captions in results]
 
     def _observe_batch(self, info: BatchInfo) -> None:
-        self.metrics.batch_size.labels(self.variant).observe(info.size)
-        self.metrics.batch_wait_seconds.labels(self.variant).observe(info.waited_s)
+        self._series.batch_size.observe(info.size)
+        self._series.batch_wait_seconds.observe(info.waited_s)
 
 
 def _shared_cache(settings: Settings, metrics: Metrics) -> RedisCacheLevel[_Computed] | None:
