@@ -97,7 +97,20 @@ def split_on_oom(run: Callable[[Sequence[J]], list[Out]], jobs: Sequence[J]) -> 
     return split_on_oom(run, jobs[:half]) + split_on_oom(run, jobs[half:])
 
 
-class BlipCaptioner:
+class Preprocessing:
+    """Decoding and resizing, done in the server process whichever worker runs the model."""
+
+    _preprocessor: ImagePreprocessor
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self._preprocessor.height, self._preprocessor.width
+
+    def preprocess(self, data: bytes) -> PreparedImage:
+        return self._preprocessor(data)
+
+
+class BlipCaptioner(Preprocessing):
     """``BlipForConditionalGeneration`` plus its processor, on one device, ready to caption batches."""
 
     def __init__(self, model_dir: Path, model: ModelSettings, generation: GenerationSettings, max_pixels: int) -> None:
@@ -137,13 +150,6 @@ class BlipCaptioner:
             self.dtype = "int8"
         if model.compile:
             acceleration.compile_model(self._model)
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return self._preprocessor.height, self._preprocessor.width
-
-    def preprocess(self, data: bytes) -> PreparedImage:
-        return self._preprocessor(data)
 
     def warm_up(self) -> None:
         """One real generate on a blank image, so the first request doesn't pay for lazy initialisation."""

@@ -34,8 +34,8 @@ import torch.multiprocessing
 
 from . import acceleration
 from .config import GenerationSettings, ModelSettings
-from .images import ImagePreprocessor, PreparedImage
-from .model import Caption, CaptionJob
+from .images import ImagePreprocessor
+from .model import Caption, CaptionJob, Preprocessing
 
 logger = logging.getLogger("captioner.model_process")
 
@@ -44,7 +44,7 @@ class ModelProcessError(RuntimeError):
     """The model process failed a batch, or is gone."""
 
 
-class ProcessCaptioner:
+class ProcessCaptioner(Preprocessing):
     """The ``Captioner`` protocol over a child process that holds a ``BlipCaptioner``."""
 
     def __init__(
@@ -88,13 +88,6 @@ class ProcessCaptioner:
     @property
     def pid(self) -> int | None:
         return self._process.pid
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return self._preprocessor.height, self._preprocessor.width
-
-    def preprocess(self, data: bytes) -> PreparedImage:
-        return self._preprocessor(data)
 
     def warm_up(self) -> None:
         self._call(("warm_up",))
