@@ -286,7 +286,15 @@ def test_ctrl_c_then_resume(workdir: Path, tiny_model_dir: Path) -> None:
     # Long, wide generation so the run takes seconds: there is time to interrupt it in the middle.
     slow = {"CAPTIONER_GENERATION__NUM_BEAMS": "4", "CAPTIONER_GENERATION__MIN_LENGTH": "30",
             "CAPTIONER_GENERATION__MAX_LENGTH": "30"}  # fmt: skip
-    process = subprocess.Popen(command, env={**os.environ, **slow}, stderr=subprocess.PIPE, text=True)
+    # SIGINT back to its default in the child: a shell that runs the suite in the background (`make test &`)
+    # ignores SIGINT, the child would inherit that, and Python would then never raise KeyboardInterrupt.
+    process = subprocess.Popen(
+        command,
+        env={**os.environ, **slow},
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         if out.exists() and out.read_text().count("\n") >= 2:
