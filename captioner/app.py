@@ -49,6 +49,7 @@ class AppState:
     settings: Settings
     metrics: Metrics
     pool: VariantPool | None = None
+    loop: asyncio.AbstractEventLoop | None = None
     ready: bool = False
     draining: bool = False
     load_error: str | None = None
@@ -78,9 +79,13 @@ class AppState:
         self.metrics.ready.set(1 if ready else 0)
 
     def start_draining(self) -> None:
-        """Called on SIGTERM, before anything else: stop looking ready, refuse new work."""
+        """Called on SIGTERM, before anything else: stop looking ready, refuse new work, and stop holding
+        queued requests back for their batch deadline (no new request will join them)."""
         self.draining = True
         self.set_ready(False)
+        if self.loop is not None and self.pool is not None:
+            # A signal handler may run between any two bytecodes of the loop: hand the loop the work.
+            self.loop.call_soon_threadsafe(self.pool.expedite)
 
 
 def create_app(
@@ -125,6 +130,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        state.loop = asyncio.get_running_loop()
         loader = asyncio.create_task(load(), name="captioner-load")
         if reload_settings is not None:
             _on_sighup(state, reload_settings)

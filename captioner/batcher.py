@@ -115,6 +115,7 @@ class Batcher(Generic[T, R]):
         self._wakeup = asyncio.Event()
         self._model_free = True
         self._closing = False
+        self._expedite = False  # draining: dispatch what is queued without waiting for the batch deadline
         self._task: asyncio.Task[None] | None = None
         self._running: asyncio.Task[None] | None = None
         self.stats = BatcherStats()
@@ -160,6 +161,13 @@ class Batcher(Generic[T, R]):
         """A fair guess at when a full queue will have room: the batches ahead, at the wait deadline each."""
         batches_ahead = len(self._queue) / self.max_batch_size
         return max(1.0, batches_ahead * max(self.max_wait_s, 0.1))
+
+    def expedite(self) -> None:
+        """From now on, dispatch queued requests as soon as the model is free (the server is draining: nothing
+        new will join the batch, so waiting for the deadline would only delay the answers). New requests are
+        still accepted; ``drain`` is what refuses them."""
+        self._expedite = True
+        self._wakeup.set()
 
     async def drain(self, timeout_s: float | None = None) -> bool:
         """Refuse new requests, finish every queued and running one; True if all finished in time."""
@@ -217,12 +225,16 @@ class Batcher(Generic[T, R]):
             return False
         now = self._clock.now()
         first = self._queue[0].arrived
-        flush = self._closing or should_flush(
-            queued=len(self._queue),
-            first_arrival=first,
-            now=now,
-            max_batch_size=self.max_batch_size,
-            max_wait_s=self.max_wait_s,
+        flush = (
+            self._closing
+            or self._expedite
+            or should_flush(
+                queued=len(self._queue),
+                first_arrival=first,
+                now=now,
+                max_batch_size=self.max_batch_size,
+                max_wait_s=self.max_wait_s,
+            )
         )
         if flush:
             self._dispatch(now)

@@ -208,6 +208,11 @@ class VariantPool:
     def choose(self, sticky_key: str) -> Variant:
         return self.router.choose(sticky_key)
 
+    def expedite(self) -> None:
+        """Draining: every variant dispatches what it has queued without waiting for its batch deadline."""
+        for variant in self.router:
+            variant.service.batcher.expedite()
+
     async def close(self, timeout_s: float) -> bool:
         """Drain every variant (in parallel) and any still retiring; True if all finished in time."""
         closing = [v.service.close(timeout_s) for v in self.router]

@@ -164,9 +164,7 @@ async def test_result_count_mismatch_is_an_error_for_the_whole_batch(
             future.result()
 
 
-async def test_drain_finishes_accepted_work_and_refuses_new(
-    batcher: Batcher[str, str], model: GatedModel
-) -> None:
+async def test_drain_finishes_accepted_work_and_refuses_new(batcher: Batcher[str, str], model: GatedModel) -> None:
     accepted = batcher.submit("accepted")
     drain = asyncio.ensure_future(batcher.drain(5))
     await settle()  # draining flushes at once: no need to wait for the deadline
@@ -187,4 +185,25 @@ async def test_observer_sees_each_batch(model: GatedModel, clock: FakeClock) -> 
     batcher.submit("a")
     await clock.advance(0.25)
     assert [(b.size, b.waited_s) for b in seen] == [(1, 0.25)]
+    await batcher.drain(1)
+
+
+async def test_expedite_dispatches_the_queue_without_waiting_for_the_deadline(
+    model: GatedModel, clock: FakeClock
+) -> None:
+    batcher = make_batcher(model, clock, max_wait_s=10.0)
+    first = batcher.submit("first")
+    await settle()
+    assert model.batches == []  # waiting for 3 more, or 10 s
+    batcher.expedite()
+    await settle()
+    assert model.batches == [["first"]]  # at once: the clock has not moved
+    model.gate.set()
+    await settle()
+    assert first.result() == "caption of first"
+    late = batcher.submit("late")  # still accepted while expedited, and dispatched at once
+    await settle()
+    assert model.batches[-1] == ["late"]
+    await settle()
+    assert late.result() == "caption of late"
     await batcher.drain(1)
