@@ -23,7 +23,7 @@ from .auth import ApiKeys
 from .config import ConfigError, Settings, to_dict
 from .driftwatch import DriftWatch
 from .errors import CaptionerError, InternalError, Overloaded
-from .guard import ApiGuard
+from .guard import ApiGuard, key_principal
 from .inputs import parse_caption_request
 from .jobs import JobManager, build_job_store
 from .jobs_api import accept_job, job_route, wants_async
@@ -69,7 +69,8 @@ class AppState:
         if self.pool is None:
             logger.warning("reload ignored: the model is still loading")
             return
-        ignored = [k for k, v in to_dict(new).items() if k != "models" and v != to_dict(self.settings)[k]]
+        running = to_dict(self.settings)
+        ignored = [k for k, v in to_dict(new).items() if k != "models" and v != running[k]]
         if ignored:
             logger.warning("reload applies `models` only; restart to change: %s", ", ".join(ignored))
         await self.pool.reload(new)
@@ -333,8 +334,7 @@ def _on_sighup(state: AppState, reload_settings: Callable[[], Settings]) -> None
 
 def sticky_key(request: Request, image_sha256: str) -> str:
     """A/B assignment sticks to the API key when there is one, else to the image."""
-    principal = request.scope.get("state", {}).get("principal", "")
-    return principal if principal.startswith("key:") else "image:" + image_sha256
+    return key_principal(request.scope) or "image:" + image_sha256
 
 
 def _success_body(outcome: CaptionOutcome, settings: Settings) -> dict[str, Any]:

@@ -27,9 +27,12 @@ def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
 
 
+KEY_PRINCIPAL_PREFIX = "key:"
+
+
 def principal_id(digest: bytes) -> str:
     """The loggable name of the key whose SHA-256 is ``digest``."""
-    return "key:" + digest.hex()[:_PRINCIPAL_HEX_CHARS]
+    return KEY_PRINCIPAL_PREFIX + digest.hex()[:_PRINCIPAL_HEX_CHARS]
 
 
 class ApiKeys:

@@ -84,12 +84,19 @@ class CaptionCache(Generic[V]):
         if self._store is not None:
             self._store[key] = value
 
+    def peek(self, key: str) -> Lookup[V] | None:
+        """A hit in this process's cache, counted; None on a miss (not counted: the caller will go on)."""
+        value = self.get(key)
+        if value is None:
+            return None
+        self.hits += 1
+        return Lookup(value, cached=True, level="local")
+
     async def get_or_compute(self, key: str, compute: Callable[[], Awaitable[V]]) -> Lookup[V]:
         """The cached value, or the result of one ``compute()`` shared by every concurrent caller."""
-        value = self.get(key)
-        if value is not None:
-            self.hits += 1
-            return Lookup(value, cached=True, level="local")
+        hit = self.peek(key)
+        if hit is not None:
+            return hit
         self.misses += 1
         while (in_flight := self._in_flight.get(key)) is not None:
             try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .auth import ApiKeys
+from .auth import KEY_PRINCIPAL_PREFIX, ApiKeys
 from .errors import CaptionerError
 from .ratelimit import RateLimiter
 from .responses import error_response
@@ -23,6 +23,12 @@ def client_address(scope: Scope) -> str:
     # (--forwarded-allow-ips), so behind nginx each end client gets its own bucket.
     client = scope.get("client")
     return client[0] if client else "unknown"
+
+
+def key_principal(scope: Scope) -> str | None:
+    """The API key's principal ("key:<id>") that ``ApiGuard`` admitted, or None (auth off: an "ip:" one)."""
+    value = scope.get("state", {}).get("principal")
+    return value if isinstance(value, str) and value.startswith(KEY_PRINCIPAL_PREFIX) else None
 
 
 class ApiGuard:

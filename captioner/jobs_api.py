@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .errors import InvalidRequest
+from .guard import key_principal
 from .jobs import JobManager
 from .responses import FastJSONResponse
 
@@ -34,10 +35,7 @@ def wants_async(request: Request) -> bool:
 
 def principal(request: Request, *, auth_enabled: bool) -> str | None:
     """The API key's principal when auth is on (set by ``guard.ApiGuard``): the owner of the jobs it creates."""
-    if not auth_enabled:
-        return None
-    value = request.scope.get("state", {}).get("principal")
-    return value if isinstance(value, str) else None
+    return key_principal(request.scope) if auth_enabled else None
 
 
 async def accept_job(

@@ -180,11 +180,8 @@ class CaptionService:
         The cache-hit fast path: it costs a dict lookup, so the caller can skip the machinery (disconnect
         watcher, single-flight, shared cache) that only a miss needs.
         """
-        value = self.cache.get(self.key_for(image_sha256, num_captions))
-        if value is None:
-            return None
-        self.cache.hits += 1
-        return self._outcome(Lookup(value, cached=True, level="local"), image_sha256)
+        hit = self.cache.peek(self.key_for(image_sha256, num_captions))
+        return None if hit is None else self._outcome(hit, image_sha256)
 
     async def caption(
         self, data: bytes, num_captions: int, *, deadline: float | None = None, image_sha256: str | None = None
