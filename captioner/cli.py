@@ -6,8 +6,8 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from . import __version__
-from .config import ConfigError, Settings, load_settings
+from captioner import __version__
+from captioner.config import ConfigError, Settings, load_settings
 
 
 def _add_config_argument(parser: argparse.ArgumentParser) -> None:
@@ -40,13 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--seed", type=int, default=0)
     init.set_defaults(run=_init_model)
 
-    from .drift_cli import add_drift_commands
+    from captioner.tools.drift_reference import add_drift_commands
 
     add_drift_commands(commands, _add_config_argument, _settings)
 
-    from .batch import add_batch_commands
+    from captioner.tools.caption import add_caption_command
+    from captioner.tools.evaluate import add_eval_command
 
-    add_batch_commands(commands, _add_config_argument, _settings)
+    add_caption_command(commands, _add_config_argument, _settings)
+    add_eval_command(commands, _add_config_argument, _settings)
     return parser
 
 
@@ -62,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _init_model(args: argparse.Namespace) -> int:
-    from .init_model import write_untrained_model
+    from captioner.tools.init_model import write_untrained_model
 
     out = write_untrained_model(args.out, size=args.size, seed=args.seed)
     print(f"wrote an untrained BLIP ({args.size}, seed {args.seed}) to {out}")
@@ -71,7 +73,7 @@ def _init_model(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .server import serve
+    from captioner.server import serve
 
     def load() -> Settings:
         settings = _settings(args)
