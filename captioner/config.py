@@ -201,6 +201,8 @@ class VariantSettings:
     variant: str
     weight: float
     model: ModelSettings
+    # The model keys this entry sets itself (the others are `model`'s): what a SIGHUP reload re-applies.
+    overrides: tuple[str, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -240,6 +242,17 @@ class Settings:
         if not self.models:
             return [(DEFAULT_VARIANT, 1.0, self)]
         return [(v.variant, v.weight, dataclasses.replace(self, model=v.model)) for v in self.models]
+
+    def with_models_of(self, new: Settings) -> Settings:
+        """These settings with ``new``'s `models:` list, whose unset model keys come from *this* `model`
+        section: what a SIGHUP reload applies (every other section, `model` too, stays as it runs)."""
+        models = tuple(
+            dataclasses.replace(
+                v, model=dataclasses.replace(self.model, **{k: getattr(v.model, k) for k in v.overrides})
+            )
+            for v in new.models
+        )
+        return dataclasses.replace(self, models=models)
 
 
 DEFAULT_VARIANT = "default"
@@ -335,7 +348,7 @@ def _build_variants(entries: Any, base: ModelSettings) -> tuple[VariantSettings,
             raise ConfigError(f"config: {where}.variant {name!r} is used twice")
         weight = _coerce(f"{where}.weight", float, entry.pop("weight", 1.0), _rule(ge=0))
         model = _build_section(where, ModelSettings, {**dataclasses.asdict(base), **entry})
-        variants.append(VariantSettings(variant=name, weight=weight, model=model))
+        variants.append(VariantSettings(variant=name, weight=weight, model=model, overrides=tuple(entry)))
     if variants and not sum(v.weight for v in variants) > 0:
         raise ConfigError("config: models needs at least one variant with weight > 0")
     return tuple(variants)

@@ -1,9 +1,16 @@
-"""Test doubles for the batcher: a clock that only moves when told, and a model gated by an asyncio.Event."""
+"""Test doubles: a clock that only moves when told, a batcher model gated by an asyncio.Event, and a captioner
+whose captions are its images' bytes (for unit tests that need control of timing or faults, never HTTP tests)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+
+import torch
+
+from captioner.model.preprocessing import ImageInfo, PreparedImage
+from captioner.model.protocol import Caption, CaptionJob
 
 
 class FakeClock:
@@ -56,3 +63,41 @@ class GatedModel:
             raise RuntimeError("model exploded")
         results = [f"caption of {item}" for item in items]
         return results[:-1] if self.drop_one else results
+
+
+class FakeCaptioner:
+    """Captions an image with its own bytes; raises on demand, on the model thread like the real one."""
+
+    name = "fake"
+    revision = "test"
+    device = "cpu"
+    dtype = "float32"
+    untrained = True
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.raise_when: Callable[[list[str]], BaseException | None] = lambda texts: None
+        self.preprocess_error: Exception | None = None
+        self.threads: set[str] = set()
+
+    def preprocess(self, data: bytes) -> PreparedImage:
+        if self.preprocess_error is not None:
+            raise self.preprocess_error
+        values = torch.tensor(list(data), dtype=torch.float32)
+        return PreparedImage(pixel_values=values, info=ImageInfo(format="PNG", width=1, height=1, mode="RGB"))
+
+    def caption_batch(self, jobs: Sequence[CaptionJob]) -> list[list[Caption]]:
+        self.threads.add(threading.current_thread().name)
+        texts = [bytes(int(v) for v in job.pixel_values.tolist()).decode() for job in jobs]
+        self.batches.append(texts)
+        error = self.raise_when(texts)
+        if error is not None:
+            raise error
+        # As many captions as asked for, distinct and sorted by confidence, like the real model's.
+        return [
+            [Caption(text if n == 0 else f"{text} #{n + 1}", 0.5 / (n + 1)) for n in range(job.num_captions)]
+            for text, job in zip(texts, jobs, strict=True)
+        ]
+
+    def warm_up(self) -> None:
+        pass

@@ -37,14 +37,15 @@ def lifespan(
         try:
             yield
         finally:
-            state.start_draining()
+            state.start_draining()  # a no-op after SIGTERM, which started it (and the drain budget) already
             if not loader.done():
                 loader.cancel()
+            # One budget for everything accepted, counted from the SIGTERM: what the HTTP drain used is gone.
             if state.pool is not None:
-                finished = await state.pool.close(settings.server.drain_timeout_s)
+                finished = await state.pool.close(state.drain_left_s())
                 if not finished:
                     logger.warning("drain timed out after %.0f s", settings.server.drain_timeout_s)
-            await state.jobs.close(settings.server.drain_timeout_s)  # accepted jobs were drained above
+            await state.jobs.close(state.drain_left_s())  # accepted jobs were drained above
             await state.url_fetcher.aclose()
 
     return run

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +38,8 @@ class AppState:
     draining: bool = False
     load_error: str | None = None
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    drain_deadline: float | None = None  # on ``clock``, set by the first start_draining
+    clock: Callable[[], float] = time.monotonic
 
     @property
     def service(self) -> CaptionService | None:
@@ -45,8 +49,9 @@ class AppState:
     async def reload(self, new: Settings) -> None:
         """SIGHUP: apply the new `models:` list (weights, added or removed variants) without dropping requests.
 
-        Other sections are read at start-up only (they size thread pools, queues and sockets); a change to
-        them is logged, not applied.
+        Only `models` changes. Other sections are read at start-up only (they size thread pools, queues and
+        sockets): a change to them is logged, not applied. That includes `model`: the default variant keeps its
+        running model, and an entry's unset keys come from the running `model` section, not the new file's.
         """
         if self.pool is None:
             logger.warning("reload ignored: the model is still loading")
@@ -55,7 +60,9 @@ class AppState:
         ignored = [k for k, v in to_dict(new).items() if k != "models" and v != running[k]]
         if ignored:
             logger.warning("reload applies `models` only; restart to change: %s", ", ".join(ignored))
-        await self.pool.reload(new)
+        applied = self.settings.with_models_of(new)
+        await self.pool.reload(applied)
+        self.settings = applied
 
     def set_ready(self, ready: bool) -> None:
         self.ready = ready
@@ -63,12 +70,21 @@ class AppState:
 
     def start_draining(self) -> None:
         """Called on SIGTERM, before anything else: stop looking ready, refuse new work, and stop holding
-        queued requests back for their batch deadline (no new request will join them)."""
+        queued requests back for their batch deadline (no new request will join them). The drain budget,
+        ``server.drain_timeout_s``, starts now, once, for everything accepted: requests, batches and jobs."""
+        if self.drain_deadline is None:
+            self.drain_deadline = self.clock() + self.settings.server.drain_timeout_s
         self.draining = True
         self.set_ready(False)
         if self.loop is not None and self.pool is not None:
             # A signal handler may run between any two bytecodes of the loop: hand the loop the work.
             self.loop.call_soon_threadsafe(self.pool.expedite)
+
+    def drain_left_s(self) -> float:
+        """Seconds left of the drain budget (all of it before a drain started)."""
+        if self.drain_deadline is None:
+            return self.settings.server.drain_timeout_s
+        return max(0.0, self.drain_deadline - self.clock())
 
     def spawn(self, coroutine: Any, name: str) -> None:
         """Run ``coroutine`` in the background, holding a reference so it isn't garbage-collected mid-way."""

@@ -13,7 +13,8 @@ captions come back pickled. Calls are serialised, one batch at a time, as on the
 
 Failures: an exception in the child fails that batch only (``ModelProcessError`` with its message, the child's
 traceback logged here) and the child carries on. If the child dies, every later call fails at once with
-``ModelProcessError``; the batcher turns that into 500s, so health checks and alerts see it.
+``ModelProcessError``; the batcher turns that into 500 ``model_error`` answers, which the error-ratio alert
+sees. /healthz and /readyz do not look at the child here.
 """
 
 from __future__ import annotations

@@ -47,6 +47,7 @@ class ServerProcess:
             **os.environ,
             "CAPTIONER_MODEL__PATH": str(model_dir),
             "CAPTIONER_MODEL__NAME": "test/tiny-blip",
+            "CAPTIONER_MODEL__DEVICE": "cpu",  # as tiny_settings: the same answers on a machine with a GPU
             "CAPTIONER_LOGGING__FORMAT": "text",
             "CAPTIONER_LOGGING__LEVEL": "warning",
             "CAPTIONER_SERVER__PREPROCESS_WORKERS": "2",
@@ -118,4 +119,4 @@ class ServerProcess:
 
     def metric(self, name: str, labels: str = "") -> float:
         """The sum of the series called ``name`` whose labels include ``labels`` (0 when absent)."""
-        return metric_value(httpx.get(self.url + "/metrics", timeout=5).text, name, labels)
+        return metric_value(httpx.get(self.url + "/metrics", timeout=60).text, name, labels)

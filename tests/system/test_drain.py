@@ -1,10 +1,15 @@
 """SIGTERM drain, on the real ``python -m captioner serve`` process: nothing accepted is lost.
 
-The batcher is made to hold requests (a long ``max_wait_ms`` and a batch size they can't fill), so that when
+The batcher is made to hold requests (a batch wait of a minute and a batch size they can't fill), so that when
 SIGTERM arrives several requests are accepted and still unanswered (and, the queue being full, one more is
-refused with 503 ``overloaded``). Then: /readyz says 503 at once while the port stays open, new requests get
-503 ``overloaded``, every accepted request still gets its 200 (at once: a draining batcher no longer waits
-for its batch deadline), and the process exits 0 before ``server.drain_timeout_s``.
+refused with 503 ``overloaded``). Then: /readyz says 503 while the port stays open, new requests get 503
+``overloaded``, every accepted request still gets its 200, and the process exits 0 without running into
+``server.drain_timeout_s``.
+
+No wall-clock budget decides these tests (the machine may be loaded): "at once" is shown by causality. A
+draining batcher dispatches its queue without waiting for the batch deadline, so the accepted requests are
+answered well before that minute has passed since they were sent; a batcher that waited could not answer
+before it, however fast the machine.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,18 +28,19 @@ from tests.system.serverproc import ServerProcess
 
 CAPTION = "/api/v1/caption"
 IN_FLIGHT = 4
-MAX_WAIT_S = 8.0
-DRAIN_TIMEOUT_S = 20.0
+MAX_WAIT_S = 60.0  # the batch deadline the drain must not wait for
+DRAIN_TIMEOUT_S = 150.0  # above MAX_WAIT_S: a drain that waited for the deadline would still answer, late
+PROBE_S = 30.0  # only against a hang: how long to poll for a state that should come at once
 
 
 def post(url: str, data: bytes) -> httpx.Response:
-    return httpx.post(url + CAPTION, content=data, headers={"Content-Type": "image/png"}, timeout=60)
+    return httpx.post(url + CAPTION, content=data, headers={"Content-Type": "image/png"}, timeout=DRAIN_TIMEOUT_S)
 
 
-def wait_for(condition: object, timeout: float, what: str) -> None:
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
+        if condition():
             return
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
@@ -44,6 +51,7 @@ def test_sigterm_answers_everything_accepted_then_exits_0(tiny_model_dir: Path) 
         "CAPTIONER_BATCHING__MAX_WAIT_MS": str(int(MAX_WAIT_S * 1000)),
         "CAPTIONER_BATCHING__MAX_BATCH_SIZE": "16",
         "CAPTIONER_BATCHING__MAX_QUEUE": str(IN_FLIGHT),
+        "CAPTIONER_BATCHING__REQUEST_TIMEOUT_S": str(int(DRAIN_TIMEOUT_S)),  # no 504 while held back
         "CAPTIONER_SERVER__DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S),
         # A generate() of a few seconds: the accepted requests are still in flight while we probe the drain.
         "CAPTIONER_GENERATION__NUM_BEAMS": "8",
@@ -51,11 +59,12 @@ def test_sigterm_answers_everything_accepted_then_exits_0(tiny_model_dir: Path) 
         "CAPTIONER_GENERATION__MAX_LENGTH": "300",
     }
     with ServerProcess(tiny_model_dir, env=env) as server, ThreadPoolExecutor(IN_FLIGHT) as pool:
+        sent = time.monotonic()  # before any of them arrived: the batch deadline is later than sent + MAX_WAIT_S
         accepted: list[Future[httpx.Response]] = [
             pool.submit(post, server.url, photo(500 + i)) for i in range(IN_FLIGHT)
         ]
         # Accepted = decoded and waiting in the batcher's queue for a batch that won't fill.
-        wait_for(lambda: server.metric("captioner_queue_depth") == IN_FLIGHT, 15, "requests to be queued")
+        wait_for(lambda: server.metric("captioner_queue_depth") == IN_FLIGHT, PROBE_S, "requests to be queued")
         assert not any(f.done() for f in accepted)
 
         # Backpressure first: the queue is full, so one more request is refused at once, with a Retry-After.
@@ -64,33 +73,31 @@ def test_sigterm_answers_everything_accepted_then_exits_0(tiny_model_dir: Path) 
         assert overflow.json()["error"]["code"] == "overloaded"
         assert int(overflow.headers["Retry-After"]) >= 1
 
-        signalled = time.monotonic()
         os.kill(server.pid, signal.SIGTERM)
 
-        # The port stays open; readiness flips at once.
-        wait_for(lambda: httpx.get(server.url + "/readyz", timeout=2).status_code == 503, 1.0, "/readyz 503")
-        ready = httpx.get(server.url + "/readyz", timeout=2)
+        # The port stays open; readiness flips, and new work is refused, while the accepted requests are in flight.
+        wait_for(lambda: httpx.get(server.url + "/readyz", timeout=5).status_code == 503, PROBE_S, "/readyz 503")
+        ready = httpx.get(server.url + "/readyz", timeout=5)
         assert ready.status_code == 503 and ready.json()["status"] == "draining"
-        assert httpx.get(server.url + "/healthz", timeout=2).status_code == 200
+        assert httpx.get(server.url + "/healthz", timeout=5).status_code == 200
         refused = post(server.url, photo(600))
         assert refused.status_code == 503, refused.text
         assert refused.json()["error"]["code"] == "overloaded"
         assert int(refused.headers["Retry-After"]) >= 1
 
         responses = [f.result(timeout=DRAIN_TIMEOUT_S) for f in accepted]
-        answered = time.monotonic()
+        answered_after = time.monotonic() - sent
         assert [r.status_code for r in responses] == [200] * IN_FLIGHT, [r.text for r in responses]
-        # The queued batch was dispatched on SIGTERM, not when its 8 s deadline came.
-        assert answered - signalled < MAX_WAIT_S
         assert all(r.json()["captions"] for r in responses)
+        # The queued batch was dispatched on SIGTERM: a batcher that waited for its deadline could not have
+        # answered before MAX_WAIT_S had passed since the requests were sent.
+        assert answered_after < MAX_WAIT_S, f"answered {answered_after:.1f} s after sending: the drain waited"
 
         assert server.process is not None
         returncode = server.process.wait(timeout=DRAIN_TIMEOUT_S)
-        exited_after = time.monotonic() - signalled
+        # 0: drained, not cut off at drain_timeout_s (that exits 1, see below), and nothing failed on the way out.
         assert returncode == 0, server.log()
-        assert exited_after < DRAIN_TIMEOUT_S
-        assert time.monotonic() - answered < 5  # once the last answer is out, the process does not linger
-        print(f"answered {answered - signalled:.1f} s and exited {exited_after:.1f} s after SIGTERM")
+        print(f"answered {answered_after:.1f} s after sending (batch wait {MAX_WAIT_S:.0f} s)")
 
 
 def test_a_drain_that_cannot_finish_still_exits_at_the_deadline(tiny_model_dir: Path) -> None:
@@ -102,22 +109,23 @@ def test_a_drain_that_cannot_finish_still_exits_at_the_deadline(tiny_model_dir: 
         "CAPTIONER_GENERATION__NUM_BEAMS": "16",
         "CAPTIONER_GENERATION__MIN_LENGTH": "500",
         "CAPTIONER_GENERATION__MAX_LENGTH": "500",
-        "CAPTIONER_BATCHING__MAX_WAIT_MS": "500",  # both requests in one batch
+        # Both requests in one batch: it flushes when the second arrives, however long that takes.
+        "CAPTIONER_BATCHING__MAX_BATCH_SIZE": "2",
+        "CAPTIONER_BATCHING__MAX_WAIT_MS": str(int(MAX_WAIT_S * 1000)),
         "CAPTIONER_SERVER__DRAIN_TIMEOUT_S": str(drain_timeout_s),
     }
     with ServerProcess(tiny_model_dir, env=env) as server, ThreadPoolExecutor(2) as pool:
         stuck = [pool.submit(post, server.url, photo(650 + i)) for i in range(2)]
-        wait_for(lambda: server.metric("captioner_batch_size_sum") == 2, 15, "the batch to start")
+        wait_for(lambda: server.metric("captioner_batch_size_sum") == 2, PROBE_S, "the batch to start")
         signalled = time.monotonic()
         os.kill(server.pid, signal.SIGTERM)
-        wait_for(lambda: httpx.get(server.url + "/readyz", timeout=2).status_code == 503, 1.0, "/readyz 503")
         assert server.process is not None
-        returncode = server.process.wait(timeout=drain_timeout_s + 10)
+        returncode = server.process.wait(timeout=drain_timeout_s + PROBE_S)
         exited_after = time.monotonic() - signalled
         assert returncode == 1, server.log()
-        assert drain_timeout_s <= exited_after < drain_timeout_s + 2
+        assert exited_after >= drain_timeout_s  # it did wait for the drain first
         log = server.log(tail=1_000_000)
         assert "drain timed out after 1 s with 2 requests in flight" in log
         assert "Traceback" not in log
         for future in stuck:  # cut off, not left hanging
-            assert isinstance(future.exception(timeout=5), httpx.TransportError)
+            assert isinstance(future.exception(timeout=PROBE_S), httpx.TransportError)

@@ -100,10 +100,16 @@ async def test_get_set_with_ttl_against_real_redis(redis: RedisServer) -> None:
         await store.aclose()
 
 
+def skipped(exc: pytest.ExceptionInfo[RedisUnavailable]) -> bool:
+    """Whether the call was refused by the open breaker, without touching the network."""
+    return "skipped (circuit open)" in str(exc.value)
+
+
 async def test_a_dead_redis_fails_fast_then_is_skipped_then_recovers(redis: RedisServer) -> None:
     errors: list[str] = []
     states: list[bool] = []
-    breaker = CircuitBreaker(failure_threshold=2, min_backoff_s=0.3, max_backoff_s=1)
+    clock = Clock()  # the backoff ends when the test says so, not when a loaded machine gets round to it
+    breaker = CircuitBreaker(failure_threshold=2, min_backoff_s=0.3, max_backoff_s=1, clock=clock)
     store = RedisClient(
         redis.url, name="test", timeout_s=0.5, on_error=errors.append, on_state=states.append, breaker=breaker
     )
@@ -111,24 +117,24 @@ async def test_a_dead_redis_fails_fast_then_is_skipped_then_recovers(redis: Redi
         await store.set("k", b"v", ttl_s=60)
         redis.kill()
         for _ in range(2):
-            with pytest.raises(RedisUnavailable):
+            with pytest.raises(RedisUnavailable) as failed:
                 await store.get("k")
+            assert not skipped(failed)  # these two reached the network and failed there
         assert breaker.is_open and states == [False]
-        # While open, calls don't touch the network at all: a thousand cost well under the timeout of one.
-        started = time.perf_counter()
+        # While open, calls don't touch the network at all.
         for _ in range(1000):
-            with pytest.raises(RedisUnavailable):
+            with pytest.raises(RedisUnavailable) as refused:
                 await store.get("k")
-        assert time.perf_counter() - started < 0.25
+            assert skipped(refused)
         assert len(errors) == 1002
         redis.start()  # same port, empty (no persistence)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
+        for _ in range(20):
+            clock.now += 60  # the backoff is over: the next call probes
             try:
                 assert await store.get("k") is None
                 break
             except RedisUnavailable:
-                await asyncio.sleep(0.05)
+                pass  # a connection the pool held from before the outage: the next probe gets a fresh one
         assert not breaker.is_open and states == [False, True]
         await store.set("k", b"again", ttl_s=60)
         assert await store.get("k") == b"again"
@@ -136,15 +142,17 @@ async def test_a_dead_redis_fails_fast_then_is_skipped_then_recovers(redis: Redi
         await store.aclose()
 
 
-async def test_an_unreachable_redis_costs_at_most_the_timeout() -> None:
+async def test_an_unreachable_redis_costs_two_failed_calls_then_none() -> None:
     # Nothing listens on this port: connection refused at once, and the breaker opens after two calls.
-    store = RedisClient(f"redis://127.0.0.1:{free_port()}/0", name="test", timeout_s=0.2)
+    breaker = CircuitBreaker(failure_threshold=2, clock=Clock())
+    store = RedisClient(f"redis://127.0.0.1:{free_port()}/0", name="test", timeout_s=0.2, breaker=breaker)
     try:
-        started = time.perf_counter()
+        outcomes = []
         for _ in range(50):
-            with pytest.raises(RedisUnavailable):
+            with pytest.raises(RedisUnavailable) as failed:
                 await store.get("k")
-        assert time.perf_counter() - started < 1.0
+            outcomes.append(skipped(failed))
+        assert outcomes == [False] * 2 + [True] * 48
         assert store.breaker.is_open
         assert await store.ping() is False
     finally:
@@ -166,15 +174,20 @@ async def test_a_redis_that_accepts_but_never_answers_costs_one_timeout_per_call
     silent.bind(("127.0.0.1", 0))
     silent.listen(16)  # the kernel completes the handshakes; nobody ever reads or writes
     port = silent.getsockname()[1]
-    store = RedisClient(f"redis://127.0.0.1:{port}/0", name="test", timeout_s=0.1)
+    breaker = CircuitBreaker(failure_threshold=2, clock=Clock())
+    store = RedisClient(f"redis://127.0.0.1:{port}/0", name="test", timeout_s=0.1, breaker=breaker)
     try:
         started = time.perf_counter()
+        failures = []
         for _ in range(20):
-            with pytest.raises(RedisUnavailable):
+            with pytest.raises(RedisUnavailable) as failed:
                 await store.get("k")
+            failures.append(failed)
         elapsed = time.perf_counter() - started
-        # Two timed-out calls open the breaker; the other 18 are skipped at once.
-        assert 0.18 < elapsed < 0.6, elapsed
+        # Two calls wait out their timeout and open the breaker; the other 18 are skipped without a wait.
+        assert [isinstance(f.value.__cause__, TimeoutError) for f in failures] == [True] * 2 + [False] * 18
+        assert [skipped(f) for f in failures] == [False] * 2 + [True] * 18
+        assert elapsed > 0.18  # the two did wait (a lower bound holds however loaded the machine is)
     finally:
         await store.aclose()
         silent.close()

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -94,18 +95,78 @@ def ab_server(tmp_path: Path, two_models: tuple[Path, Path]) -> Iterator[tuple[S
         yield server, config
 
 
+def caption(server: ServerProcess, seed: int) -> dict[str, Any]:
+    response = httpx.post(server.url + CAPTION, content=photo(seed), headers={"Content-Type": "image/png"}, timeout=60)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+class ClientLoad:
+    """Client threads posting new images until stopped; every request and every thread's error is counted."""
+
+    def __init__(self, url: str, *, clients: int) -> None:
+        self.url = url
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.sent = 0
+        self.statuses: list[int] = []
+        self.failures: list[str] = []  # answers other than 200
+        self.errors: list[BaseException] = []  # what ended a client thread (a transport error, say)
+        self._seeds = iter(range(1000, 100_000))
+        self._threads = [threading.Thread(target=self._client, name=f"client-{i}") for i in range(clients)]
+
+    def _client(self) -> None:
+        try:
+            with httpx.Client(timeout=60) as http:
+                while not self.stop.is_set():
+                    with self.lock:
+                        seed = next(self._seeds)
+                        self.sent += 1
+                    response = http.post(self.url + CAPTION, content=photo(seed), headers={"Content-Type": "image/png"})
+                    with self.lock:
+                        self.statuses.append(response.status_code)
+                        if response.status_code != 200:
+                            self.failures.append(response.text)
+        except BaseException as exc:
+            with self.lock:
+                self.errors.append(exc)
+
+    def answered(self) -> int:
+        with self.lock:
+            return len(self.statuses)
+
+    def wait_for_answers(self, count: int) -> None:
+        deadline = time.monotonic() + 120  # only against a hang
+        while self.answered() < count:
+            assert not self.errors, self.errors
+            assert time.monotonic() < deadline, f"only {self.answered()} of {count} answers"
+            time.sleep(0.05)
+
+    def __enter__(self) -> ClientLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self._threads:
+            thread.join(timeout=120)
+        assert not any(thread.is_alive() for thread in self._threads), "a client thread is stuck"
+
+
 def test_traffic_splits_sticks_to_the_image_and_rolls_back_on_sighup_without_failures(
     ab_server: tuple[ServerProcess, Path],
 ) -> None:
     server, config = ab_server
     seen: dict[int, str] = {}
     for seed in range(24):
-        body = httpx.post(server.url + CAPTION, content=photo(seed), headers={"Content-Type": "image/png"}).json()
+        body = caption(server, seed)
         assert body["model"] == f"test/tiny-{body['variant']}"
         seen[seed] = body["variant"]
     assert set(seen.values()) == {"a", "b"}
     for seed in range(6):  # sticky: the same image goes to the same variant (and its cache)
-        again = httpx.post(server.url + CAPTION, content=photo(seed), headers={"Content-Type": "image/png"}).json()
+        again = caption(server, seed)
         assert (again["variant"], again["cached"]) == (seen[seed], True)
     assert (
         server.metric("captioner_images_total", 'variant="a"') + server.metric("captioner_images_total", 'variant="b"')
@@ -114,46 +175,29 @@ def test_traffic_splits_sticks_to_the_image_and_rolls_back_on_sighup_without_fai
     assert server.metric("captioner_model_info", 'variant="b",name="test/tiny-b"') == 1
 
     # Steady load from two clients while variant b is rolled back.
-    failures: list[str] = []
-    stop = threading.Event()
-    counter = iter(range(1000, 100_000))
-
-    def client() -> None:
-        with httpx.Client(timeout=30) as http:
-            while not stop.is_set():
-                response = http.post(server.url + CAPTION, content=photo(next(counter)),
-                                     headers={"Content-Type": "image/png"})  # fmt: skip
-                if response.status_code != 200:
-                    failures.append(response.text)
-
-    threads = [threading.Thread(target=client) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    time.sleep(1.0)
-    variants = yaml.safe_load(config.read_text())["models"]
-    variants[1]["weight"] = 0
-    write_config(config, variants)
-    assert server.process is not None
-    server.process.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 30
-    while server.metric("captioner_variant_weight", 'variant="b"') != 0:
-        assert time.monotonic() < deadline, "SIGHUP did not apply the new weights"
-        time.sleep(0.1)
-    time.sleep(1.0)
-    stop.set()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert failures == []
-    after = [
-        httpx.post(server.url + CAPTION, content=photo(seed), headers={"Content-Type": "image/png"}).json()["variant"]
-        for seed in range(200, 216)
-    ]
+    load = ClientLoad(server.url, clients=2)
+    with load:
+        load.wait_for_answers(10)  # both clients are in their stride
+        variants = yaml.safe_load(config.read_text())["models"]
+        variants[1]["weight"] = 0
+        write_config(config, variants)
+        assert server.process is not None
+        server.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 120  # only against a hang: a reload that never applies
+        while server.metric("captioner_variant_weight", 'variant="b"') != 0:
+            assert time.monotonic() < deadline, "SIGHUP did not apply the new weights"
+            time.sleep(0.1)
+        load.wait_for_answers(load.answered() + 10)  # and the load goes on after the swap
+    assert load.errors == [], load.errors  # no client thread died (a transport error included)
+    assert load.failures == []
+    assert load.sent == load.answered() >= 20
+    after = [caption(server, seed)["variant"] for seed in range(200, 216)]
     assert set(after) == {"a"}
     assert server.alive()  # SIGHUP reloads; it does not stop the server
 
 
 def test_a_reload_plans_reweights_loads_and_removals(tmp_path: Path) -> None:
-    from typing import Any, cast
+    from typing import cast
 
     from captioner.serving.variants import Variant, VariantRouter, plan_reload
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import functools
 import http.server
+import io
 import os
 import shutil
 import threading
@@ -18,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image, ImageChops
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from captioner.http.web import CONTENT_SECURITY_POLICY
@@ -292,12 +294,21 @@ def test_screenshot(web: PageOnServer, tmp_path: Path) -> None:
     expected = api_captions(web.server, image, num_captions=3)
     page = web.page
     page.set_viewport_size({"width": 1100, "height": 760})
+    empty = Image.open(io.BytesIO(page.screenshot(full_page=True))).convert("RGB")
     page.select_option("#num-captions", "3")
     page.set_input_files("#file", str(path))
     expect(page.locator("#captions li")).to_have_count(len(expected))
     target = Path(os.environ.get("CAPTIONER_WEB_SCREENSHOT", str(tmp_path / "web.png")))
     page.screenshot(path=str(target), full_page=True)
-    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    shot = Image.open(target)
+    assert shot.format == "PNG" and shot.width == 1100 and shot.height >= 760
+    shot = shot.convert("RGB")
+    # The results are in the picture: it differs from the empty page over at least the area of the photo's
+    # preview plus the captions, not in a few pixels.
+    changed = ImageChops.difference(shot.crop((0, 0, *empty.size)), empty).getbbox()
+    assert changed is not None
+    left, top, right, bottom = changed
+    assert right - left >= 300 and bottom - top >= 200, changed
 
 
 def test_static_files_ship_in_the_package() -> None:

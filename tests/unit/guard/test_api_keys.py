@@ -110,3 +110,29 @@ def test_principal_ids_differ_per_key_and_contain_no_key_text(keys: ApiKeys) -> 
 def test_repr_hides_keys(keys: ApiKeys) -> None:
     assert PLAIN not in repr(keys) and HASHED_ENTRY[7:] not in repr(keys)
     assert len(keys) == 2
+
+
+@pytest.mark.parametrize("presented", ["key-0", "key-2", "key-4", "not-a-key"])
+def test_every_configured_key_is_compared_whatever_matches(monkeypatch: pytest.MonkeyPatch, presented: str) -> None:
+    """No early exit: the first key, the last, or none matching, each configured digest is compared once, in
+    constant time. Stopping at the first match would let response times tell which key (or whether) matched."""
+    from captioner.guard import api_keys
+
+    entries = [f"key-{i}" for i in range(5)]
+    keys = ApiKeys([*entries[:3], *("sha256:" + hashlib.sha256(e.encode()).hexdigest() for e in entries[3:])])
+    compared: list[tuple[bytes, bytes]] = []
+    real = api_keys.hmac.compare_digest
+
+    def counting(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(api_keys.hmac, "compare_digest", counting)
+    if presented in entries:
+        assert keys.authenticate(f"Bearer {presented}").startswith("key:")
+    else:
+        with pytest.raises(Unauthorized):
+            keys.authenticate(f"Bearer {presented}")
+    digest = hashlib.sha256(presented.encode()).digest()
+    assert [a for a, _ in compared] == [digest] * len(entries)
+    assert sorted(b for _, b in compared) == sorted(hashlib.sha256(e.encode()).digest() for e in entries)

@@ -179,7 +179,7 @@ def test_serve_writes_only_json_lines_to_stderr(tiny_model_dir: Path, tmp_path: 
     port = free_port()
     config = tmp_path / "captioner.yaml"
     config.write_text(
-        f"model: {{path: {tiny_model_dir}, name: test/tiny-blip}}\n"
+        f"model: {{path: {tiny_model_dir}, name: test/tiny-blip, device: cpu}}\n"
         "generation: {num_beams: 1, max_length: 8, min_length: 1}\n"
     )
     env = {

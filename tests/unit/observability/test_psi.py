@@ -243,19 +243,30 @@ def test_constant_reference_still_sees_values_above_and_below() -> None:
 def test_concurrent_observers_keep_counts_consistent() -> None:
     monitor = DriftMonitor(window=200, reference_size=100, check_every=5)
     base = sample("normal", 1)
+    observed = [0] * 4
+    errors: list[BaseException] = []
 
-    def work(offset: int) -> None:
-        for i in range(500):
-            monitor.observe_input(base[(i + offset) % len(base)])
+    def work(k: int) -> None:
+        try:
+            for i in range(500):
+                monitor.observe_input(base[(i + k * 37) % len(base)])
+                observed[k] += 1
+        except BaseException as exc:  # reported below: an exception must not just end the thread
+            errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(k * 37,)) for k in range(4)]
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
-    for feature in monitor._features.values():
-        if feature.expected is not None:
-            assert sum(feature.counts) == len(feature.window) == 200
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "an observer thread is stuck"
+    assert errors == []
+    assert observed == [500] * 4
+    # Every input feature learnt its reference from the first 100 and holds exactly its window of the 2000.
+    learnt = {name: f for name, f in monitor._features.items() if f.expected is not None}
+    assert set(learnt) == set(INPUTS)
+    for feature in learnt.values():
+        assert sum(feature.counts) == len(feature.window) == 200
 
 
 def test_bad_callback_does_not_break_observation() -> None:

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 
 import pytest
 
-from captioner.config import GenerationSettings
+from captioner.config import GenerationSettings, load_settings
+from captioner.observability.metrics import Metrics
 from captioner.serving.cache import CaptionCache, cache_key
+from captioner.serving.service import CaptionService
+from tests.fakes import FakeCaptioner
 
 pytestmark = pytest.mark.anyio
 
@@ -53,6 +57,24 @@ def test_every_generation_setting_field_is_covered_by_the_key() -> None:
     for name, value in settings.items():
         changed = {**settings, name: value + 1}
         assert cache_key(SHA, model_id=MODEL, generation=changed) != base, name
+
+
+async def test_the_service_keys_its_cache_by_num_captions_too() -> None:
+    """The same image asked for 1 and then 2 captions is two answers: neither may be served for the other."""
+    fake = FakeCaptioner()
+    settings = load_settings(None, {}).replace("batching", max_wait_ms=0)
+    service = CaptionService(settings, fake, Metrics())
+    service.start()
+    try:
+        data = b"one image"
+        sha = hashlib.sha256(data).hexdigest()
+        assert service.key_for(sha, 1) != service.key_for(sha, 2)
+        outcomes = [await service.caption(data, n) for n in (1, 2, 1, 2)]
+        assert [(o.cached, len(o.captions)) for o in outcomes] == [(False, 1), (False, 2), (True, 1), (True, 2)]
+        assert fake.batches == [["one image"], ["one image"]]  # one generate per num_captions, then hits
+        assert service.cached(sha, 3) is None and service.cached(sha, 2) is not None
+    finally:
+        assert await service.close(5)
 
 
 def test_lru_eviction() -> None:

@@ -9,7 +9,6 @@ memory) to show that ``BlipCaptioner`` itself splits batches.
 from __future__ import annotations
 
 import asyncio
-import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -20,13 +19,12 @@ import torch
 
 from captioner.errors import CaptionerError, ModelError
 from captioner.model.blip import BlipCaptioner, split_on_oom
-from captioner.model.preprocessing import ImageInfo, PreparedImage
-from captioner.model.protocol import Caption, CaptionJob
+from captioner.model.protocol import CaptionJob
 from captioner.observability.metrics import Metrics
 from captioner.serving.batcher import Batcher
 from captioner.serving.service import CaptionService
 from tests.conftest import photo, tiny_settings
-from tests.fakes import FakeClock, GatedModel, settle
+from tests.fakes import FakeCaptioner, FakeClock, GatedModel, settle
 
 pytestmark = pytest.mark.anyio
 
@@ -101,40 +99,6 @@ def test_the_failed_attempt_is_freed_before_the_retry() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- a fake model
-
-
-class FakeCaptioner:
-    """Captions an image with its own bytes; raises on demand, on the model thread like the real one."""
-
-    name = "fake"
-    revision = "test"
-    device = "cpu"
-    dtype = "float32"
-    untrained = True
-
-    def __init__(self) -> None:
-        self.batches: list[list[str]] = []
-        self.raise_when: Callable[[list[str]], BaseException | None] = lambda texts: None
-        self.preprocess_error: Exception | None = None
-        self.threads: set[str] = set()
-
-    def preprocess(self, data: bytes) -> PreparedImage:
-        if self.preprocess_error is not None:
-            raise self.preprocess_error
-        values = torch.tensor(list(data), dtype=torch.float32)
-        return PreparedImage(pixel_values=values, info=ImageInfo(format="PNG", width=1, height=1, mode="RGB"))
-
-    def caption_batch(self, jobs: Sequence[CaptionJob]) -> list[list[Caption]]:
-        self.threads.add(threading.current_thread().name)
-        texts = [bytes(int(v) for v in job.pixel_values.tolist()).decode() for job in jobs]
-        self.batches.append(texts)
-        error = self.raise_when(texts)
-        if error is not None:
-            raise error
-        return [[Caption(text, 0.5)] for text in texts]
-
-    def warm_up(self) -> None:
-        pass
 
 
 def service_for(captioner: Any, batch_size: int, tiny_model_dir: Path, **batching: Any) -> CaptionService:

@@ -29,6 +29,7 @@ def workdir(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CAPTIONER_MODEL__PATH", str(tiny_model_dir))
     monkeypatch.setenv("CAPTIONER_MODEL__NAME", MODEL_NAME)
+    monkeypatch.setenv("CAPTIONER_MODEL__DEVICE", "cpu")  # as tiny_settings: compared with the server's answers
     monkeypatch.delenv("CAPTIONER_API_KEY", raising=False)
     return tmp_path
 

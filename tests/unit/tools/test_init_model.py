@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -111,12 +110,12 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tiny_model_dir: Path, tmp_p
     assert (other / "model.safetensors").read_bytes() != weights
 
 
-def test_tiny_captions_are_fast_non_empty_and_follow_the_image(tiny_model_dir: Path) -> None:
-    started = time.perf_counter()
+def test_tiny_is_small_and_its_captions_are_non_empty_and_follow_the_image(tiny_model_dir: Path) -> None:
     processor, model = load(tiny_model_dir)
+    # Small, which is what makes it quick in tests (a stopwatch would only measure how loaded the machine is):
+    # a few hundred thousand parameters against BLIP-base's 247 million.
+    assert sum(p.numel() for p in model.parameters()) < 1_000_000
     first = caption(processor, model, [synthetic_images()[0]])
-    elapsed = time.perf_counter() - started
-    print(f"tiny: load + one caption in {elapsed:.3f}s")
     assert first[0]
     images = synthetic_images()
     captions = caption(processor, model, images)  # one batch, as the server runs them
