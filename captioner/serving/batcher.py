@@ -155,7 +155,8 @@ class Batcher(Generic[T, R]):
         finally:
             if not future.done():
                 future.cancel()
-                self._wakeup.set()
+            if future.cancelled():  # (cancelling the caller cancels the future it awaits, too)
+                self._wakeup.set()  # the scheduler drops it from the queue now, not at the next arrival
 
     def retry_after_s(self) -> float:
         """A fair guess at when a full queue will have room: the batches ahead, at the wait deadline each."""

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import http.server
 import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -28,7 +29,8 @@ def keyed_server(tiny_model_dir: Path) -> Iterator[LiveServer]:
     settings = tiny_settings(
         tiny_model_dir,
         auth={"api_keys": [KEY, f"sha256:{digest}", RATE_KEY]},
-        rate_limit={"per_key_rps": 0.5, "burst": 3},
+        # A token every 4 s: the test's four quick requests can't earn one back meanwhile, even on a loaded machine.
+        rate_limit={"per_key_rps": 0.25, "burst": 3},
     )
     with LiveServer(settings) as server:
         yield server
@@ -63,13 +65,18 @@ def test_plain_and_hashed_keys_are_accepted_and_health_stays_open(keyed_server: 
 
 
 def test_rate_limit_is_per_key_with_an_accurate_retry_after(keyed_server: LiveServer) -> None:
+    # Cached first (by another key), so the rate-limited requests below are quick cache hits.
+    warm = httpx.post(
+        keyed_server.url + CAPTION, content=photo(10), headers={"Content-Type": "image/png", **bearer(KEY)}
+    )
+    assert warm.status_code == 200
     headers = {"Content-Type": "image/png", **bearer(RATE_KEY)}
-    codes = [httpx.post(keyed_server.url + CAPTION, content=photo(10), headers=headers) for _ in range(5)]
-    assert [c.status_code for c in codes[:3]] == [200, 200, 200]
+    codes = [httpx.post(keyed_server.url + CAPTION, content=photo(10), headers=headers) for _ in range(4)]
+    assert [c.status_code for c in codes] == [200, 200, 200, 429]  # the burst of 3, then refused
     refused = codes[3]
-    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
+    assert refused.json()["error"]["code"] == "rate_limited"
     retry_after = int(refused.headers["retry-after"])
-    assert 1 <= retry_after <= 2
+    assert 1 <= retry_after <= 4
     # The other key has its own bucket.
     other = httpx.post(
         keyed_server.url + CAPTION, content=photo(10), headers={"Content-Type": "image/png", **bearer(SECOND_KEY)}
@@ -155,9 +162,16 @@ def test_url_errors_are_400_with_their_codes(url_server: LiveServer, image_site:
 # --- client disconnects ---------------------------------------------------------------------------------
 
 
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 60  # only against a hang
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
 def test_a_client_that_disconnects_before_inference_costs_no_generate_work(tiny_model_dir: Path) -> None:
-    # A long batching window: the abandoned request sits in the queue when its client leaves.
-    settings = tiny_settings(tiny_model_dir, batching={"max_wait_ms": 1500, "max_batch_size": 8})
+    # Batches of two, and a batch wait far longer than the test: a batch starts only when two requests are queued.
+    settings = tiny_settings(tiny_model_dir, batching={"max_wait_ms": 600_000, "max_batch_size": 2})
     with LiveServer(settings) as server:
         data = photo(30)
         head = (
@@ -165,9 +179,20 @@ def test_a_client_that_disconnects_before_inference_costs_no_generate_work(tiny_
         ).encode()
         with socket.create_connection(("127.0.0.1", server.port)) as sock:
             sock.sendall(head + data)
-            time.sleep(0.3)  # accepted and queued, well inside the 1.5 s window
-        kept = httpx.post(server.url + CAPTION, content=photo(31), headers={"Content-Type": "image/png"})
-        assert kept.status_code == 200
-        assert server.metric("captioner_images_total") == 1  # only the request that stayed
-        assert server.metric("captioner_batch_size_sum") == 1
+            wait_for(lambda: server.metric("captioner_queue_depth") == 1, "the request to be queued")
+        # The client is gone: its request is answered 499 and leaves the queue before any batch takes it.
+        wait_for(lambda: server.metric("captioner_requests_total", 'status="499"') == 1, "the disconnect")
+        wait_for(lambda: server.metric("captioner_queue_depth") == 0, "the abandoned request to leave the queue")
+
+        async def two() -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=60) as client:
+                return await asyncio.gather(
+                    *(client.post(server.url + CAPTION, content=photo(seed), headers={"Content-Type": "image/png"})
+                      for seed in (31, 32))
+                )  # fmt: skip
+
+        kept = asyncio.run(two())  # these two fill a batch: had the abandoned one stayed, it would ride in it
+        assert [r.status_code for r in kept] == [200, 200]
+        assert server.metric("captioner_images_total") == 2  # only the requests that stayed
+        assert server.metric("captioner_batch_size_sum") == 2
         assert server.metric("captioner_requests_total", 'status="499"') == 1

@@ -128,8 +128,11 @@ async def test_cancelled_request_never_reaches_the_model(
 ) -> None:
     caller = asyncio.ensure_future(batcher("abandoned"))
     await settle()
+    assert batcher.queue_depth == 1
     caller.cancel()
     await settle()
+    assert batcher.queue_depth == 0  # dropped at once: it neither holds a queue slot nor waits for an arrival
+    assert batcher.stats.cancelled == 1
     batcher.submit("kept")
     await clock.advance(0.1)
     assert model.batches == [["kept"]]
