@@ -25,8 +25,9 @@ from PIL import Image
 from captioner.config import ConfigError, DriftSettings
 from captioner.model.preprocessing import ImageInfo, PreparedImage
 from captioner.model.protocol import Caption
+from captioner.observability.drift_features import InputFeatures, input_features, output_features
 from captioner.observability.metrics import Metrics
-from captioner.observability.psi import DriftMonitor, InputFeatures, input_features, output_features
+from captioner.observability.psi import DriftMonitor
 
 log = logging.getLogger("captioner.drift")
 

@@ -28,7 +28,8 @@ import httpx
 
 from captioner.config import Settings
 from captioner.errors import CaptionerError
-from captioner.observability.psi import DriftMonitor, InputFeatures
+from captioner.observability.drift_features import InputFeatures
+from captioner.observability.psi import DriftMonitor
 
 # Imported inside the functions that need them: images pulls in torch, which `captioner --help` should not pay.
 
