@@ -77,5 +77,5 @@ def _serve(args: argparse.Namespace) -> int:
         overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
         return settings.replace("server", **overrides) if overrides else settings
 
-    # SIGHUP re-reads the same file, environment and flags (A/B weights; see captioner/variants.py).
+    # SIGHUP re-reads the same file, environment and flags (A/B weights; see captioner/serving/variants.py).
     return serve(load(), reload_settings=load)

@@ -1,4 +1,4 @@
-"""The drift monitor (``drift.py``) wired into the server: what is observed, when, and how it is read out.
+"""The drift monitor (``observability/psi.py``) wired into the server: what is observed, when, and how it is read out.
 
 - Inputs are observed after a successful decode, on the preprocessing thread that decoded them (the features
   come from ``PreparedImage.sample``, a 64 px pixel sample, in under a millisecond), never on the event loop.
