@@ -9,8 +9,8 @@
 It imports nothing of the server (no torch, no transformers). docs/client.md describes the whole API.
 """
 
-from .aio import AsyncClient
-from .errors import (
+from captioner.client.aio import AsyncClient
+from captioner.client.errors import (
     ApiError,
     CaptionerClientError,
     ConnectionFailed,
@@ -30,9 +30,9 @@ from .errors import (
     UrlFetchFailed,
     UrlNotAllowed,
 )
-from .flows import RetryEvent
-from .results import Caption, CaptionResult, Job
-from .sync import Client
+from captioner.client.flows import RetryEvent
+from captioner.client.results import Caption, CaptionResult, Job
+from captioner.client.sync import Client
 
 __all__ = [
     "ApiError",

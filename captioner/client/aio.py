@@ -8,10 +8,10 @@ from typing import Any, TypeVar, cast
 
 import httpx
 
-from .base import ClientBase, job_id_of
-from .flows import Flow, ImageInput, Sleep, is_loaded, load_image
-from .results import CaptionResult, Job
-from .sync import DEFAULT_RESULT_TIMEOUT_S
+from captioner.client.base import ClientBase, job_id_of
+from captioner.client.flows import Flow, ImageInput, Sleep, is_loaded, load_image
+from captioner.client.results import CaptionResult, Job
+from captioner.client.sync import DEFAULT_RESULT_TIMEOUT_S
 
 T = TypeVar("T")
 

@@ -7,8 +7,8 @@ from typing import Generic, TypeVar
 
 import httpx
 
-from .flows import ApiFlows, RetryEvent, RetryPolicy
-from .results import Job
+from captioner.client.flows import ApiFlows, RetryEvent, RetryPolicy
+from captioner.client.results import Job
 
 H = TypeVar("H", httpx.Client, httpx.AsyncClient)
 

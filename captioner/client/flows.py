@@ -24,9 +24,16 @@ from urllib.parse import quote
 
 import httpx
 
-from .. import __version__
-from .errors import ConnectionFailed, JobNotDone, UnexpectedResponse, api_error, error_body, error_from_response
-from .results import CaptionResult, Job
+from captioner import __version__
+from captioner.client.errors import (
+    ConnectionFailed,
+    JobNotDone,
+    UnexpectedResponse,
+    api_error,
+    error_body,
+    error_from_response,
+)
+from captioner.client.results import CaptionResult, Job
 
 T = TypeVar("T")
 

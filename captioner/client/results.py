@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from .errors import UnexpectedResponse
+from captioner.client.errors import UnexpectedResponse
 
 
 class Caption(NamedTuple):

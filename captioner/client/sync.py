@@ -8,9 +8,9 @@ from typing import Any, TypeVar, cast
 
 import httpx
 
-from .base import ClientBase, job_id_of
-from .flows import Flow, ImageInput, Sleep, load_image
-from .results import CaptionResult, Job
+from captioner.client.base import ClientBase, job_id_of
+from captioner.client.flows import Flow, ImageInput, Sleep, load_image
+from captioner.client.results import CaptionResult, Job
 
 T = TypeVar("T")
 DEFAULT_RESULT_TIMEOUT_S = 300.0
