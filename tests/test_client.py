@@ -361,15 +361,18 @@ class AppServer:
 
 @pytest.fixture(scope="module")
 def stand_in() -> Iterator[tuple[AppServer, list[dict[str, Any]]]]:
-    """A stand-in for endpoints the captioner doesn't serve yet (feedback), and for a proxy's error pages."""
+    """A stand-in for what the captioner doesn't serve yet (feedback, job callbacks), and for a proxy's error page."""
     received: list[dict[str, Any]] = []
 
     async def feedback(request: Request) -> Response:
         received.append({"json": await request.json(), "authorization": request.headers.get("authorization")})
         return JSONResponse({"status": "accepted"}, status_code=202)
 
-    async def bad_gateway(request: Request) -> Response:
-        return HTMLResponse("<html><body>502 Bad Gateway</body></html>", status_code=502)
+    async def caption(request: Request) -> Response:
+        if request.query_params.get("mode") != "async":
+            return HTMLResponse("<html><body>502 Bad Gateway</body></html>", status_code=502)
+        received.append({"params": dict(request.query_params), "key": request.headers.get("idempotency-key")})
+        return JSONResponse({"status": "processing", "job_id": "f" * 32, "estimated_time_seconds": 0.5}, 202)
 
     async def not_json(request: Request) -> Response:
         return HTMLResponse("<html>it works</html>")
@@ -377,7 +380,7 @@ def stand_in() -> Iterator[tuple[AppServer, list[dict[str, Any]]]]:
     app = Starlette(
         routes=[
             Route("/api/v1/feedback", feedback, methods=["POST"]),
-            Route("/api/v1/caption", bad_gateway, methods=["POST"]),
+            Route("/api/v1/caption", caption, methods=["POST"]),
             Route("/healthz", not_json),
         ]
     )
@@ -404,6 +407,20 @@ def test_feedback_request(connect: Connect, stand_in: tuple[AppServer, list[dict
         client.feedback(image_sha256="ab" * 32, job_id="0" * 32, caption="a cat", rating=5)
     with pytest.raises(ValueError, match="exactly one"):
         client.feedback(caption="a cat", rating=5)
+
+
+def test_submit_sends_the_idempotency_key_and_the_callback_url(
+    connect: Connect, stand_in: tuple[AppServer, list[dict[str, Any]]]
+) -> None:
+    server, received = stand_in
+    client = connect(server.url)
+    received.clear()
+
+    job = client.submit(photo(109), 2, idempotency_key="order-17", callback_url="https://example.com/done")
+
+    assert (job.job_id, job.estimated_time_s) == ("f" * 32, 0.5)
+    params = {"mode": "async", "num_captions": "2", "callback_url": "https://example.com/done"}
+    assert received == [{"params": params, "key": "order-17"}]
 
 
 def test_answers_that_are_not_the_apis(connect: Connect, stand_in: tuple[AppServer, list[dict[str, Any]]]) -> None:
