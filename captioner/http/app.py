@@ -58,7 +58,7 @@ def create_app(
                 ApiGuard,
                 keys=state.keys,
                 limiter=RateLimiter.from_settings(settings.rate_limit),
-                protected_prefix=paths.API_PREFIX,
+                protects=paths.is_protected,
             ),
         ],
         lifespan=lifespan(state, load_model, on_fatal, reload_settings),
