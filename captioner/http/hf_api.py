@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -53,3 +54,28 @@ def _json_inputs(body: bytes) -> bytes:
     if not isinstance(payload, dict) or "inputs" not in payload:
         raise InvalidRequest('the JSON body must be {"inputs": "<base64 image>"}')
     return decode_base64(payload["inputs"], "inputs")
+
+
+def openapi_operation(errors: dict[str, Any]) -> dict[str, Any]:
+    """This endpoint in the OpenAPI document; ``errors`` are the shared error responses."""
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    inputs = {
+        "type": "object",
+        "properties": {"inputs": {"type": "string", "description": "base64 image bytes"}, "parameters": {}},
+        "required": ["inputs"],
+    }
+    text = {"type": "object", "properties": {"generated_text": {"type": "string"}}, "required": ["generated_text"]}
+    generated = {"type": "array", "items": text, "minItems": 1, "maxItems": 1}
+    return {
+        "summary": "The best caption, in Hugging Face's image-to-text shape (huggingface_hub.InferenceClient)",
+        "description": 'The raw image bytes with any or no Content-Type, or JSON {"inputs": "<base64>"}.',
+        "operationId": "hf_image_to_text",
+        "requestBody": {
+            "required": True,
+            "content": {"image/*": binary, "application/octet-stream": binary, "application/json": {"schema": inputs}},
+        },
+        "responses": {
+            "200": {"description": "[{generated_text}]", "content": {"application/json": {"schema": generated}}},
+            **errors,  # 415 too: a format recognised but not decoded (HEIC, SVG, PDF)
+        },
+    }

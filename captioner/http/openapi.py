@@ -11,7 +11,7 @@ from typing import Any
 from captioner import __version__
 from captioner.config import Settings
 from captioner.errors import error_codes
-from captioner.http import paths
+from captioner.http import feedback_api, hf_api, paths
 
 _ERROR_CODES = error_codes()
 
@@ -49,30 +49,6 @@ def _caption_request_body(settings: Settings, num_captions: dict[str, Any]) -> d
             ),
             "image/*": binary,
             "application/octet-stream": binary,
-        },
-    }
-
-
-def _hf_image_to_text(errors: dict[str, Any]) -> dict[str, Any]:
-    binary = {"schema": {"type": "string", "format": "binary"}}
-    inputs = {
-        "type": "object",
-        "properties": {"inputs": {"type": "string", "description": "base64 image bytes"}, "parameters": {}},
-        "required": ["inputs"],
-    }
-    text = {"type": "object", "properties": {"generated_text": {"type": "string"}}, "required": ["generated_text"]}
-    generated = {"type": "array", "items": text, "minItems": 1, "maxItems": 1}
-    return {
-        "summary": "The best caption, in Hugging Face's image-to-text shape (huggingface_hub.InferenceClient)",
-        "description": 'The raw image bytes with any or no Content-Type, or JSON {"inputs": "<base64>"}.',
-        "operationId": "hf_image_to_text",
-        "requestBody": {
-            "required": True,
-            "content": {"image/*": binary, "application/octet-stream": binary, "application/json": {"schema": inputs}},
-        },
-        "responses": {
-            "200": {"description": "[{generated_text}]", "content": {"application/json": {"schema": generated}}},
-            **errors,  # 415 too: a format recognised but not decoded (HEIC, SVG, PDF)
         },
     }
 
@@ -156,7 +132,8 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                     },
                 }
             },
-            paths.HF_IMAGE_TO_TEXT: {"post": _hf_image_to_text(errors)},
+            paths.HF_IMAGE_TO_TEXT: {"post": hf_api.openapi_operation(errors)},
+            paths.FEEDBACK: {"post": feedback_api.openapi_operation(errors)},
             paths.HEALTHZ: {
                 "get": {
                     "summary": "Liveness",

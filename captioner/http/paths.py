@@ -10,6 +10,7 @@ CAPTION = "/api/v1/caption"
 JOB = "/api/v1/caption/{job_id}"
 DRIFT = "/api/v1/drift"
 DRIFT_REFERENCE = "/api/v1/drift/reference"
+FEEDBACK = "/api/v1/feedback"
 
 HEALTHZ = "/healthz"
 READYZ = "/readyz"

@@ -94,6 +94,31 @@ def test_api_key_from_the_argument_or_the_environment(
         connect(keyed_server.url, api_key="").caption(photo(104))  # "" sends no key at all
 
 
+@pytest.fixture(scope="module")
+def rated_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    folder = tmp_path_factory.mktemp("feedback")
+    with LiveServer(tiny_settings(tiny_model_dir, feedback={"path": str(folder)})) as live:
+        yield live
+
+
+def test_feedback_reaches_the_server(connect: Connect, rated_server: LiveServer) -> None:
+    client = connect(rated_server.url)
+    result = client.caption(photo(120))
+    job = client.submit(photo(121))
+    client.result(job)
+    before = rated_server.metric("captioner_feedback_total", 'variant="default"')
+
+    client.feedback(image_sha256=result.image_sha256, caption=result.text, rating=5, correction="a red square")
+    client.feedback(job_id=job.job_id, caption="a cat", rating=1)
+
+    assert rated_server.metric("captioner_feedback_total", 'variant="default"') == before + 2
+    with pytest.raises(InvalidRequest) as bad:
+        client.feedback(image_sha256=result.image_sha256, caption=result.text, rating=6)
+    assert "rating" in bad.value.message
+    with pytest.raises(NotFound):
+        client.feedback(job_id="0" * 32, caption="a cat", rating=1)
+
+
 # -- async jobs ------------------------------------------------------------------------------------------
 
 

@@ -51,12 +51,8 @@ class AppServer:
 
 @pytest.fixture(scope="module")
 def stand_in() -> Iterator[tuple[AppServer, list[dict[str, Any]]]]:
-    """A stand-in for what the captioner doesn't serve yet (feedback, job callbacks), and for a proxy's error page."""
+    """A stand-in for what the captioner doesn't act on yet (job callbacks), and for a proxy's error page."""
     received: list[dict[str, Any]] = []
-
-    async def feedback(request: Request) -> Response:
-        received.append({"json": await request.json(), "authorization": request.headers.get("authorization")})
-        return JSONResponse({"status": "accepted"}, status_code=202)
 
     async def caption(request: Request) -> Response:
         if request.query_params.get("mode") != "async":
@@ -69,34 +65,12 @@ def stand_in() -> Iterator[tuple[AppServer, list[dict[str, Any]]]]:
 
     app = Starlette(
         routes=[
-            Route("/api/v1/feedback", feedback, methods=["POST"]),
             Route("/api/v1/caption", caption, methods=["POST"]),
             Route("/healthz", not_json),
         ]
     )
     with AppServer(app) as server:
         yield server, received
-
-
-def test_feedback_request(connect: Connect, stand_in: tuple[AppServer, list[dict[str, Any]]]) -> None:
-    server, received = stand_in
-    client = connect(server.url, api_key="feedback-key")
-    received.clear()
-
-    client.feedback(image_sha256="ab" * 32, caption="a cat", rating=1, correction="a dog on a sofa")
-    client.feedback(job_id="0" * 32, caption="a cat", rating=5)
-
-    assert received == [
-        {
-            "json": {"image_sha256": "ab" * 32, "caption": "a cat", "rating": 1, "correction": "a dog on a sofa"},
-            "authorization": "Bearer feedback-key",
-        },
-        {"json": {"job_id": "0" * 32, "caption": "a cat", "rating": 5}, "authorization": "Bearer feedback-key"},
-    ]
-    with pytest.raises(ValueError, match="exactly one"):
-        client.feedback(image_sha256="ab" * 32, job_id="0" * 32, caption="a cat", rating=5)
-    with pytest.raises(ValueError, match="exactly one"):
-        client.feedback(caption="a cat", rating=5)
 
 
 def test_submit_sends_the_idempotency_key_and_the_callback_url(
