@@ -144,3 +144,19 @@ def test_feedback_can_be_turned_off(tiny_model_dir: Path, tmp_path: Path) -> Non
         response = send(server, GOOD)
     assert (response.status_code, response.json()["error"]["code"]) == (404, "not_found")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_rating_is_credited_to_the_variant_that_served_the_caption(tiny_model_dir: Path) -> None:
+    variants = [{"variant": v, "weight": 50, "path": str(tiny_model_dir), "name": f"test/tiny-{v}"} for v in "ab"]
+    with LiveServer(tiny_settings(tiny_model_dir, models={"variants": variants})) as server:
+        served: dict[str, str] = {}
+        for seed in range(60, 72):
+            _, body = captioned(server, seed)
+            served[body["image_sha256"]] = body["variant"]
+            assert send(server, {"image_sha256": body["image_sha256"], "caption": "x", "rating": 4}).status_code == 202
+        credited = {v: server.metric("captioner_feedback_total", f'variant="{v}"') for v in "ab"}
+        approval = {v: server.app.state.captioner.feedback.stats.approval(v) for v in "ab"}
+
+    assert set(served.values()) == {"a", "b"}  # the split is a hash of the image: these seeds reach both
+    assert credited == {v: sum(1 for s in served.values() if s == v) for v in "ab"}
+    assert approval == {v: (credited[v], 1.0) for v in "ab"}
