@@ -128,7 +128,8 @@ class LiveServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.server.should_exit = True
-        self._thread.join(timeout=60)
+        self._thread.join(timeout=120)
+        assert not self._thread.is_alive(), "the server thread did not stop"
 
     def metric(self, name: str, labels: str = "") -> float:
         """The sum of the series called ``name`` in /metrics whose labels include ``labels`` (0 when none).
@@ -154,7 +155,7 @@ def metric_value(text: str, name: str, labels: str = "") -> float:
 
 def tiny_settings(model_dir: Path, **sections: dict[str, Any]) -> Settings:
     """The tiny model's settings, on the CPU even where there is a GPU: tests compare against CPU references and
-    assert ``device == "cpu"``; GPU behaviour is tested by tests marked ``gpu``."""
+    assert ``device == "cpu"``. A test about GPU behaviour sets the device itself and is marked ``gpu``."""
     settings = load_settings(None, {})
     settings = settings.replace("model", path=str(model_dir), name="test/tiny-blip", device="cpu")
     settings = settings.replace("server", preprocess_workers=2)
