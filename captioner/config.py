@@ -9,7 +9,9 @@ YAML file, then ``CAPTIONER_<SECTION>__<KEY>`` environment overrides. Any unknow
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -36,14 +38,19 @@ def _field(default: Any, **rule: Any) -> Any:
 
 @dataclass(frozen=True)
 class ServerSettings:
-    host: str = "0.0.0.0"
+    # Loopback, like uvicorn: `make serve` needs no keys. Any other address needs auth.api_keys (or
+    # auth.allow_anonymous: true on purpose); the container images bind 0.0.0.0 and set keys.
+    host: str = "127.0.0.1"
     port: int = _field(8000, ge=1)
     # Seconds a SIGTERM waits for accepted requests before the process exits anyway.
     drain_timeout_s: float = _field(30.0, ge=0)
     # Threads that decode and resize images; the model has its own dedicated thread.
     preprocess_workers: int = _field(2, ge=1)
-    # Most connections served at once (uvicorn's limit_concurrency); 0: auto.
+    # Most connections served at once (uvicorn's limit_concurrency); 0: auto (4 x limits.max_in_flight + 64).
     limit_concurrency: int = _field(0, ge=0)
+    # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed (IPs or CIDR networks): the reverse proxy.
+    # Anyone else's forwarded headers are ignored, so a client cannot pick its own address (and rate bucket).
+    forwarded_allow_ips: list[str] = field(default_factory=lambda: ["127.0.0.1", "::1"])
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,9 @@ class JobsSettings:
     lease_s: float = _field(30.0, gt=0)
     # Tries per job before it ends with an error result (a poison image can't loop for ever).
     max_attempts: int = _field(3, ge=1)
+    # Async jobs one caller (API key, or client address without auth) may have running at once; past it, 429.
+    # 0: auto (half of limits.max_in_flight), so one caller can never hold the whole admission budget.
+    max_running_per_principal: int = _field(0, ge=0)
 
 
 @dataclass(frozen=True)
@@ -114,6 +124,12 @@ class LimitsSettings:
     max_pixels: int = _field(40_000_000, ge=1)
     # A request body that has not fully arrived by then is answered 408.
     body_timeout_s: float = _field(30.0, gt=0)
+    # A request line + headers that have not fully arrived by then: 408 and the connection is closed.
+    header_timeout_s: float = _field(10.0, gt=0)
+    # The admission budget: requests accepted and not yet answered (body read, URL fetch, hash, decode, queue,
+    # generate; sync requests and async jobs alike). Past it: 503 overloaded + Retry-After, before the body is
+    # read. 0: auto (batching.max_queue + 2 x batching.max_batch_size).
+    max_in_flight: int = _field(0, ge=0)
 
 
 @dataclass(frozen=True)
@@ -121,6 +137,9 @@ class AuthSettings:
     api_keys: list[str] = field(default_factory=list)
     # Serving a non-loopback address with no keys must be asked for on purpose.
     allow_anonymous: bool = False
+    # Keys (same forms as api_keys) that may also read operator endpoints: the drift report and reference,
+    # which summarise every caller's traffic. With auth on and no admin keys, those endpoints answer 403.
+    admin_keys: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -135,6 +154,9 @@ class UrlInputSettings:
     timeout_s: float = _field(5.0, gt=0)
     max_redirects: int = _field(3, ge=0)
     allow_private_networks: bool = False
+    # Outbound fetches at once, per process (httpx max_connections and a semaphore): caps what one replica can
+    # be made to send to a third party. Jobs past it wait their turn inside the admission budget.
+    max_concurrent_fetches: int = _field(16, ge=1)
 
 
 @dataclass(frozen=True)
@@ -271,7 +293,8 @@ def load_settings(path: str | os.PathLike[str] | None = None, environ: Mapping[s
         except OSError as exc:
             raise ConfigError(f"config: cannot read {file_path}: {exc.strerror}") from exc
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config: {file_path} is not valid YAML: {exc}") from exc
+            # Not str(exc): PyYAML quotes the offending line, which may hold a key or a password.
+            raise ConfigError(f"config: {file_path} is not valid YAML ({_yaml_problem(exc)})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config: {file_path} must hold a mapping of sections")
         for section, values in loaded.items():
@@ -351,14 +374,34 @@ def _build_section(section: str, cls: type[Any], values: Mapping[str, Any]) -> A
     return cls(**kwargs)
 
 
+# Keys whose values are secrets (API keys, passwords in Redis URLs, signing secrets): an error about one names
+# the key and the kind of value it got, never the value.
+_SECRET_KEYS = re.compile(r"^auth\.|redis_url$|secret|password|token", re.IGNORECASE)
+
+
+def is_secret_key(name: str) -> bool:
+    return bool(_SECRET_KEYS.search(name))
+
+
+def _shown(name: str, value: Any) -> str:
+    """How an error message shows ``value`` of the key ``name``: itself, or only its type for a secret."""
+    return f"a {type(value).__name__} (value hidden)" if is_secret_key(name) else repr(value)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + str(getattr(exc, "problem", None) or type(exc).__name__)
+
+
 def _coerce(name: str, hint: Any, value: Any, rule: Mapping[str, Any]) -> Any:
     if typing.get_origin(hint) in (list, types.GenericAlias) or hint is list:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"config: {name} must be a list of strings, got {value!r}")
+            raise ConfigError(f"config: {name} must be a list of strings, got {_shown(name, value)}")
         return list(value)
     if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"config: {name} must be true or false, got {value!r}")
+            raise ConfigError(f"config: {name} must be true or false, got {_shown(name, value)}")
         return value
     if hint is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
@@ -373,7 +416,7 @@ def _coerce(name: str, hint: Any, value: Any, rule: Mapping[str, Any]) -> Any:
         result = value
         kind = "a string"
         if ok and rule.get("choices") and value not in rule["choices"]:
-            raise ConfigError(f"config: {name} must be one of {', '.join(rule['choices'])}, got {value!r}")
+            raise ConfigError(f"config: {name} must be one of {', '.join(rule['choices'])}, got {_shown(name, value)}")
     bound = ""
     if rule.get("ge") is not None:
         bound = f" >= {rule['ge']:g}"
@@ -382,7 +425,7 @@ def _coerce(name: str, hint: Any, value: Any, rule: Mapping[str, Any]) -> Any:
         bound = f" > {rule['gt']:g}"
         ok = ok and result > rule["gt"]
     if not ok:
-        raise ConfigError(f"config: {name} must be {kind}{bound}, got {value!r}")
+        raise ConfigError(f"config: {name} must be {kind}{bound}, got {_shown(name, value)}")
     return result
 
 
@@ -394,6 +437,14 @@ def _check_cross_field(settings: Settings) -> None:
         if url and not url.startswith(_REDIS_SCHEMES):
             # The value is not echoed: it may hold a password.
             raise ConfigError(f"config: {name} must start with {', '.join(_REDIS_SCHEMES)} or be empty")
+    for entry in settings.server.forwarded_allow_ips:
+        if entry != "*":
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"config: server.forwarded_allow_ips entries must be IP addresses or networks, got {entry!r}"
+                ) from None
     gen = settings.generation
     if gen.num_captions > gen.max_num_captions:
         raise ConfigError(

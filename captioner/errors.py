@@ -78,6 +78,12 @@ class Unauthorized(CaptionerError):
         super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
 
 
+class Forbidden(CaptionerError):
+    status_code = 403
+    code = "forbidden"
+    default_message = "this endpoint needs an admin key (auth.admin_keys)"
+
+
 class NotFound(CaptionerError):
     status_code = 404
     code = "not_found"
@@ -109,6 +115,17 @@ class RequestTimeout(CaptionerError):
     status_code = 504
     code = "timeout"
     default_message = "the request deadline passed before inference"
+
+
+class BodyTimeout(CaptionerError):
+    """The request body did not arrive within ``limits.body_timeout_s``; the connection is closed after this."""
+
+    status_code = 408
+    code = "timeout"
+    default_message = "the request body did not arrive in time"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message, headers={"Connection": "close"})
 
 
 class ModelError(CaptionerError):

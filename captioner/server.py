@@ -18,7 +18,8 @@ from types import FrameType
 import uvicorn
 
 from captioner import __version__
-from captioner.config import Settings
+from captioner.config import ConfigError, Settings
+from captioner.guard.admission import admission_capacity
 from captioner.http.app import create_app
 from captioner.http.header_limits import MAX_HEAD_BYTES, http_protocol
 from captioner.model.weights import WeightsUnavailable, ensure_weights
@@ -96,8 +97,32 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_exposure(settings: Settings) -> None:
+    """Refuse to serve a non-loopback address with no API keys, unless ``auth.allow_anonymous`` says so on purpose.
+
+    An open replica is an open GPU, URL fetcher and job store for anyone who can reach the port.
+    """
+    auth = settings.auth
+    if auth.api_keys or auth.admin_keys or auth.allow_anonymous or is_loopback(settings.server.host):
+        return
+    raise ConfigError(
+        f"config: server.host is {settings.server.host}, which other machines can reach, and auth.api_keys is empty: "
+        "set auth.api_keys (e.g. CAPTIONER_AUTH__API_KEYS='[\"sha256:<hex>\"]'), listen on 127.0.0.1, or set "
+        "auth.allow_anonymous: true to serve without keys on purpose"
+    )
+
+
+def connection_limit(settings: Settings) -> int:
+    """``server.limit_concurrency``, or when 0: four connections per admission ticket, plus room for probes."""
+    return settings.server.limit_concurrency or 4 * admission_capacity(settings) + 64
+
+
 def serve(settings: Settings, reload_settings: Callable[[], Settings] | None = None) -> int:
-    """Run until SIGTERM. Exit status: 0 after a clean drain, 1 if the model failed to load or the drain timed out."""
+    """Run until SIGTERM. Exit status: 0 after a clean drain, 1 if the model failed to load or the drain timed out.
+
+    Raises ``ConfigError`` (the CLI prints it as one line, exit status 2) for an exposed server without keys.
+    """
+    check_exposure(settings)
     log_config = configure_logging(settings.logging.format, settings.logging.level)
     logger.info(
         "starting captioner %s: model %s from %s, config from %s",
@@ -106,9 +131,9 @@ def serve(settings: Settings, reload_settings: Callable[[], Settings] | None = N
                "device": settings.model.device, "dtype": settings.model.dtype, "config_source": settings.source,
                "host": settings.server.host, "port": settings.server.port},
     )  # fmt: skip
-    if not settings.auth.api_keys and not is_loopback(settings.server.host):
+    if not settings.auth.api_keys and not is_loopback(settings.server.host):  # allow_anonymous: on purpose
         logger.warning(
-            "listening on %s with no API keys: anyone who can reach this port can use it (set auth.api_keys)",
+            "listening on %s with no API keys (auth.allow_anonymous): anyone who can reach this port can use it",
             settings.server.host,
             extra={"event": "no_auth", "host": settings.server.host},
         )
@@ -139,8 +164,14 @@ def serve(settings: Settings, reload_settings: Callable[[], Settings] | None = N
         # "auto" picks uvloop when it is installed (the [fast] extra).
         loop="auto",
         # httptools (from [fast]) with a cap on header bytes, which plain httptools lacks; else h11 with the same cap.
-        http=http_protocol(),
+        # Either way each request head must arrive within limits.header_timeout_s.
+        http=http_protocol(settings.limits.header_timeout_s),
         h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+        # Connections (idle ones too) served at once; past it, requests get 503.
+        limit_concurrency=connection_limit(settings),
+        # X-Forwarded-For is believed from these peers only (the reverse proxy), never from clients themselves.
+        proxy_headers=True,
+        forwarded_allow_ips=list(settings.server.forwarded_allow_ips),
     )
     server = DrainingServer(
         config, on_exit_signal=app.state.captioner.start_draining, drain_timeout_s=settings.server.drain_timeout_s

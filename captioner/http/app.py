@@ -6,13 +6,16 @@ from collections.abc import Callable
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.types import Scope
 
 from captioner.config import Settings
+from captioner.guard.admission import AdmissionBudget, AdmissionGate
 from captioner.guard.api_keys import ApiKeys
 from captioner.guard.gate import ApiGuard
 from captioner.guard.rate_limit import RateLimiter
 from captioner.http import paths
 from captioner.http.access_log import RequestObserver
+from captioner.http.body import BodyDeadline
 from captioner.http.exception_handlers import EXCEPTION_HANDLERS
 from captioner.http.lifespan import lifespan
 from captioner.http.routes import routes
@@ -36,14 +39,17 @@ def create_app(
 ) -> Starlette:
     """The app. Without ``captioner`` the model named by ``settings.model`` is loaded at start-up."""
     metrics = metrics or Metrics()
+    fetcher = UrlFetcher(settings.url_input, max_bytes=settings.limits.max_body_bytes)
+    metrics.url_fetches_in_flight.set_function(lambda: fetcher.in_flight)
     state = AppState(
         settings=settings,
         metrics=metrics,
         keys=ApiKeys.from_settings(settings.auth),  # a bad entry stops start-up here, naming its position
-        url_fetcher=UrlFetcher(settings.url_input, max_bytes=settings.limits.max_body_bytes),
+        url_fetcher=fetcher,
         jobs=JobManager(build_job_store(settings, metrics), ttl_s=settings.jobs.ttl_s, metrics=metrics),
         drift=DriftWatch.from_settings(settings.drift, metrics),  # a bad reference file stops start-up here
         page=render_index(settings),
+        admission=AdmissionBudget.from_settings(settings, metrics),
     )
 
     def load_model(variant_settings: Settings) -> Captioner:
@@ -53,15 +59,23 @@ def create_app(
         routes=routes(),
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[
-            Middleware(RequestObserver, metrics=metrics),  # outermost: sees every answer, 401/429 too
+            Middleware(RequestObserver, metrics=metrics),  # outermost: sees every answer, 401/429/503 too
+            Middleware(BodyDeadline, timeout_s=settings.limits.body_timeout_s),  # 408 for a body that trickles
             Middleware(
                 ApiGuard,
                 keys=state.keys,
                 limiter=RateLimiter.from_settings(settings.rate_limit),
                 protected_prefix=paths.API_PREFIX,
+                admin_keys=ApiKeys.admins(settings.auth),
             ),
+            # After the keys (a stranger takes no ticket), before the body is read (a refusal costs nothing).
+            Middleware(AdmissionGate, budget=state.admission, admits=_takes_work),
         ],
         lifespan=lifespan(state, load_model, on_fatal, reload_settings),
     )
     app.state.captioner = state
     return app
+
+
+def _takes_work(scope: Scope) -> bool:
+    return (scope.get("method"), scope.get("path")) in paths.ADMITTED

@@ -12,6 +12,8 @@ from starlette.responses import Response
 
 from captioner.config import Settings
 from captioner.errors import Overloaded
+from captioner.guard.admission import admission_ticket
+from captioner.guard.forwarded import client_bucket
 from captioner.guard.gate import key_principal
 from captioner.http.access_log import request_record
 from captioner.http.inputs import parse_caption_request
@@ -29,17 +31,43 @@ async def caption(request: Request) -> Response:
     started = time.monotonic()
     state = app_state(request)
     if wants_async(request):
+        return await caption_async(request, state, started)
+    work = await prepare(request, state, started)
+    outcome = work.hit if work.hit is not None else await cancel_on_disconnect(request, work())
+    return FastJSONResponse(success_body(outcome, state.settings))
+
+
+async def caption_async(request: Request, state: AppState, started: float) -> Response:
+    """Accept the request as a job. The job keeps the request's admission ticket until it ends, and counts
+    against its caller's running jobs (429 past ``jobs.max_running_per_principal``, before the body is read)."""
+    finish_job = state.admission.start_job(principal_of(request))
+    ticket = admission_ticket(request.scope)
+    try:
         work = await prepare(request, state, started)
         batcher = state.service.batcher if state.service is not None else None
         batches_ahead = batcher.queue_depth / batcher.max_batch_size if batcher is not None else 0.0
 
         async def run_job() -> dict[str, Any]:
-            return success_body(await work(), state.settings)
+            try:
+                return success_body(await work(), state.settings)
+            finally:
+                finish_job()
+                if ticket is not None:
+                    ticket.release()
 
-        return await accept_job(request, state, run_job, batches_ahead=batches_ahead)
-    work = await prepare(request, state, started)
-    outcome = work.hit if work.hit is not None else await cancel_on_disconnect(request, work())
-    return FastJSONResponse(success_body(outcome, state.settings))
+        response = await accept_job(request, state, run_job, batches_ahead=batches_ahead)
+    except BaseException:
+        finish_job()  # never started: neither the job count nor the ticket is the job's
+        raise
+    if ticket is not None:
+        ticket.handed_over = True
+    return response
+
+
+def principal_of(request: Request) -> str:
+    """The caller as the gate named it: ``key:<id>``, or ``ip:<address>`` without auth."""
+    principal = request.scope.get("state", {}).get("principal")
+    return principal if isinstance(principal, str) else client_bucket(request.scope)
 
 
 class Work:

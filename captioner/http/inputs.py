@@ -12,9 +12,6 @@ One small parser per content type; the body is read with a byte cap (``body.py``
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +23,7 @@ from starlette.requests import Request
 
 from captioner.errors import InvalidImage, InvalidRequest, TooLarge, UnsupportedMediaType
 from captioner.http.body import body_limit, read_capped_body
+from captioner.http.json_body import decode_base64_off_loop, parse_json
 from captioner.serving.options import parse_num_captions
 
 _RAW_TYPES = ("image/", "application/octet-stream")
@@ -36,17 +34,6 @@ class CaptionRequest:
     image: bytes | None  # exactly one of image and url is set
     url: str | None
     num_captions: int
-
-
-def _decode_base64(text: Any) -> bytes:
-    if not isinstance(text, str):
-        raise InvalidRequest("'image' must be a base64 string")
-    if text.startswith("data:"):
-        _, _, text = text.partition(",")
-    try:
-        return base64.b64decode("".join(text.split()), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidRequest("'image' is not valid base64") from exc
 
 
 # What each parser returns: the image bytes or the URL (at most one is set), and the fields holding options.
@@ -83,11 +70,7 @@ async def _parse_form(request: Request, limit: int, max_body_bytes: int) -> Pars
 
 async def _parse_json(request: Request, limit: int, max_body_bytes: int) -> Parsed:
     """``{"image": "<base64>"}`` or ``{"url": "..."}``, with ``num_captions`` as a JSON integer."""
-    body = await read_capped_body(request, limit)
-    try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequest("the body is not valid JSON") from exc
+    payload = await parse_json(await read_capped_body(request, limit))  # orjson: nesting capped, off-loop if big
     if not isinstance(payload, dict):
         raise InvalidRequest('the JSON body must be an object such as {"image": "<base64>"}')
     if "image" in payload and "url" in payload:
@@ -95,9 +78,10 @@ async def _parse_json(request: Request, limit: int, max_body_bytes: int) -> Pars
     count = payload.get("num_captions", 1)
     if not isinstance(count, int) or isinstance(count, bool):
         # JSON has numbers: "2" is a client bug worth reporting, unlike in a query string or form.
-        raise InvalidRequest(f"num_captions must be a JSON integer, got {count!r}")
+        shown = repr(count) if len(repr(count)) <= 40 else f"a {type(count).__name__}"  # never echo a huge value
+        raise InvalidRequest(f"num_captions must be a JSON integer, got {shown}")
     if "image" in payload:
-        return _decode_base64(payload["image"]), None, payload
+        return await decode_base64_off_loop(payload["image"]), None, payload
     if payload.get("url") is None:
         raise InvalidRequest('the JSON body needs "image" (base64) or "url"')
     return None, payload["url"], payload

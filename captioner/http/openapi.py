@@ -66,6 +66,7 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
     errors = {
         "400": _error("invalid_image, url_not_allowed or url_fetch_failed"),
         "401": _error("unauthorized"),
+        "408": _error("timeout: the body did not arrive within limits.body_timeout_s"),
         "413": _error("too_large: body over limits.max_body_bytes or pixels over limits.max_pixels"),
         "415": _error("unsupported_media_type"),
         "422": _error("invalid_request"),
@@ -74,6 +75,7 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
         "503": _error("overloaded: queue full, loading or draining", retry_after=True),
         "504": _error("timeout: the request deadline passed before inference"),
     }
+    forbidden = _error("forbidden: with auth on, this needs an admin key (auth.admin_keys)")
     return {
         "openapi": "3.1.0",
         "info": {
@@ -177,6 +179,7 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DriftReport"}}},
                         },
                         "401": errors["401"],
+                        "403": forbidden,
                         "429": errors["429"],
                     },
                 }
@@ -191,6 +194,7 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                             "content": {"application/json": {"schema": {"type": "object", "required": ["features"]}}},
                         },
                         "401": errors["401"],
+                        "403": forbidden,
                         "404": _error("not_found: drift monitoring is off (drift.enabled: false)"),
                         "429": errors["429"],
                     },

@@ -10,6 +10,10 @@ JOB = "/api/v1/caption/{job_id}"
 DRIFT = "/api/v1/drift"
 DRIFT_REFERENCE = "/api/v1/drift/reference"
 
+# (method, path) of every endpoint that takes work in (a body to read, an image to fetch, decode and caption):
+# each such request holds an admission ticket until it is answered (guard/admission.py).
+ADMITTED = frozenset({("POST", CAPTION)})
+
 HEALTHZ = "/healthz"
 READYZ = "/readyz"
 METRICS = "/metrics"

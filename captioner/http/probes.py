@@ -19,7 +19,8 @@ async def readyz(request: Request) -> Response:
     state = app_state(request)
     if state.ready and not state.draining:
         return FastJSONResponse({"status": "ready"})
-    reason = "draining" if state.draining else ("failed: " + state.load_error if state.load_error else "loading")
+    # "failed" without the load error's text (paths, hub names, library messages): that is in the log.
+    reason = "draining" if state.draining else ("failed" if state.load_error else "loading")
     return FastJSONResponse({"status": reason}, status_code=503)
 
 

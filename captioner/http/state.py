@@ -10,6 +10,7 @@ from typing import Any
 from starlette.requests import HTTPConnection
 
 from captioner.config import Settings, to_dict
+from captioner.guard.admission import AdmissionBudget
 from captioner.guard.api_keys import ApiKeys
 from captioner.http.urlfetch import UrlFetcher
 from captioner.observability.metrics import Metrics
@@ -30,6 +31,7 @@ class AppState:
     jobs: JobManager
     drift: DriftWatch
     page: str  # the web page, rendered once from the settings
+    admission: AdmissionBudget  # requests and async jobs accepted and not yet answered (503 past it)
     pool: VariantPool | None = None
     loop: asyncio.AbstractEventLoop | None = None
     ready: bool = False

@@ -8,6 +8,13 @@ Policy: URLs with credentials (``user:pass@``) are refused (we never send auth, 
 disguise the host). Numeric IPv4 spellings (``2130706433``, ``0x7f.1``) mean what ``inet_aton`` says; httpx
 already rejects dotted forms with leading zeros (``0177.0.0.1``) as malformed. Unspecified, multicast and
 broadcast addresses are refused even with ``allow_private_networks``: nothing to fetch lives there.
+
+A host *name* that does not resolve, and one that resolves to an address we refuse, get the same answer
+(``url_not_allowed``, ``NAME_REFUSED``): telling them apart would let a client map our internal DNS names.
+
+At most ``url_input.max_concurrent_fetches`` fetches run at once per process (a semaphore, and the same
+``max_connections`` on httpx's pool); the rest wait their turn before their timeout starts. A replica can
+then be made to open only that many connections to a third party, however many jobs it accepts.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ _NUMERIC_LABEL = re.compile(r"0x[0-9a-f]*|[0-9]+", re.IGNORECASE)
 _SHARED_SPACE = ipaddress.IPv4Network("100.64.0.0/10")  # carrier-grade NAT; Python calls it neither private nor global
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+NAME_REFUSED = "the URL's host does not resolve to a public address that may be fetched"
 
 
 async def system_resolver(host: str, port: int) -> list[str]:
@@ -150,8 +158,11 @@ class UrlFetcher:
         self._max_bytes = max_bytes
         self._resolver = resolver
         self._timeout = httpx.Timeout(settings.timeout_s)
-        # No keep-alive (see "Connection: close" below); this just stops the pool holding dead sockets.
-        transport = transport or httpx.AsyncHTTPTransport(limits=httpx.Limits(max_keepalive_connections=0))
+        self._slots = asyncio.Semaphore(settings.max_concurrent_fetches)
+        self.in_flight = 0
+        # No keep-alive (see "Connection: close" below): the pool only caps connections, and never holds dead ones.
+        limits = httpx.Limits(max_connections=settings.max_concurrent_fetches, max_keepalive_connections=0)
+        transport = transport or httpx.AsyncHTTPTransport(limits=limits)
         # trust_env=False: an HTTP(S)_PROXY from the environment would do its own DNS and undo the pinning,
         # and .netrc credentials must never be sent to a client-chosen host.
         self._client = httpx.AsyncClient(transport=transport, follow_redirects=False, trust_env=False)
@@ -163,11 +174,15 @@ class UrlFetcher:
         """The body at ``url``, or UrlNotAllowed / UrlFetchFailed / TooLarge."""
         if not self._settings.enabled:
             raise UrlNotAllowed("fetching images by URL is disabled on this server")
-        try:
-            async with asyncio.timeout(self._settings.timeout_s):
-                return await self._fetch(url)
-        except TimeoutError:
-            raise UrlFetchFailed(f"fetching the URL took longer than {self._settings.timeout_s:g}s") from None
+        async with self._slots:  # waiting here is not fetching: the timeout starts once a slot is ours
+            self.in_flight += 1
+            try:
+                async with asyncio.timeout(self._settings.timeout_s):
+                    return await self._fetch(url)
+            except TimeoutError:
+                raise UrlFetchFailed(f"fetching the URL took longer than {self._settings.timeout_s:g}s") from None
+            finally:
+                self.in_flight -= 1
 
     async def _fetch(self, url: str) -> bytes:
         target = _parse(url)
@@ -199,18 +214,22 @@ class UrlFetcher:
                 await response.aclose()
 
     async def _resolve(self, target: _Target) -> list[str]:
+        allow_private = self._settings.allow_private_networks
         if target.literal is not None:
-            addresses = [target.literal]
-        else:
-            try:
-                addresses = await self._resolver(target.host, target.port)
-            except OSError:
-                raise UrlFetchFailed(f"could not resolve the host {target.host!r}") from None
-            if not addresses:
-                raise UrlFetchFailed(f"the host {target.host!r} has no addresses")
+            check_address(target.literal, allow_private=allow_private)  # an IP the client wrote: say what it is
+            return [target.literal]
+        try:
+            addresses = await self._resolver(target.host, target.port)
+        except OSError:
+            raise UrlNotAllowed(NAME_REFUSED) from None
+        if not addresses:
+            raise UrlNotAllowed(NAME_REFUSED)
         # Every address must pass, not just one: we may connect to any of them below.
         for address in addresses:
-            check_address(address, allow_private=self._settings.allow_private_networks)
+            try:
+                check_address(address, allow_private=allow_private)
+            except UrlNotAllowed:
+                raise UrlNotAllowed(NAME_REFUSED) from None
         return list(dict.fromkeys(addresses))
 
     async def _send(self, target: _Target, addresses: list[str]) -> httpx.Response:

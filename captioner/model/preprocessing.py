@@ -20,7 +20,7 @@ Deliberate departures from calling the processor on ``Image.open(data)``:
 Errors: empty, unrecognised, truncated or corrupt data -> ``InvalidImage`` (400). Formats we recognise by
 their signature but cannot decode (SVG, PDF, HEIC/HEIF) -> ``UnsupportedMediaType`` (415) so the client
 learns to convert rather than that its file is broken. More than ``max_pixels`` pixels (read from the header,
-before any pixel is allocated) -> ``TooLarge`` (413).
+before any pixel is allocated, for every allowed format: see ``pixel_guard``) -> ``TooLarge`` (413).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as tvF
 
 from captioner.errors import CaptionerError, InvalidImage, TooLarge, UnsupportedMediaType
+from captioner.model.pixel_guard import check_icon, harden_pillow
 
 # Only these decoders may touch client bytes: each is common for photos and has a magic number. The rest of
 # Pillow's plugins (EPS shells out to Ghostscript; TGA has no signature so random bytes "open") stay off.
@@ -124,6 +125,7 @@ class ImagePreprocessor:
         self._std = _fuse(image_std, rescale_factor)
         Image.init()
         self._formats = tuple(f for f in _WANTED_FORMATS if f in Image.OPEN)
+        harden_pillow(max_pixels)
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, *, max_pixels: int) -> ImagePreprocessor:
@@ -177,7 +179,7 @@ class ImagePreprocessor:
             raise
         except MemoryError:
             raise  # the server is short of memory; not the client's fault
-        except Image.DecompressionBombError as exc:  # Pillow's own, coarser bomb check fired first
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # Pillow's own check fired
             raise TooLarge(f"the image has too many pixels ({exc})") from exc
         except UnidentifiedImageError as exc:
             kind = _sniff_unsupported(data)
@@ -204,7 +206,8 @@ class ImagePreprocessor:
         return out[0]
 
     def _decode(self, data: bytes) -> tuple[Image.Image, ImageInfo]:
-        image = Image.open(io.BytesIO(data), formats=self._formats)  # reads the header only
+        check_icon(data, self.max_pixels)  # ICO decodes inside Image.open: its sizes are checked first
+        image = Image.open(io.BytesIO(data), formats=self._formats)  # reads the header only (ICO aside)
         width, height = image.size
         if width * height > self.max_pixels:
             raise TooLarge(f"the image is {width}x{height} pixels; at most {self.max_pixels} pixels are accepted")

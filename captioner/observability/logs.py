@@ -2,7 +2,8 @@
 
 Fields passed with ``extra=`` (request ids, statuses, latencies, drift scores) are top-level keys of the JSON
 object, and ``key=value`` pairs after the message in text. Either way a record is exactly one line: JSON
-escapes newlines, and the text format escapes them in the message and the values.
+escapes newlines, and the text format escapes them in the message and the values. Either way passwords in URLs
+and Authorization credentials are masked (``redaction.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import os
 import sys
 import time
 from typing import Any
+
+from captioner.observability.redaction import redact
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is logged as a field.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
@@ -33,7 +36,7 @@ class JsonFormatter(logging.Formatter):
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return redact(json.dumps(entry, default=str))
 
 
 class TextFormatter(logging.Formatter):
@@ -46,7 +49,7 @@ class TextFormatter(logging.Formatter):
         if pairs:
             head, newline, trace = line.partition("\n")  # the traceback, if any, stays below the line
             line = head + " " + " ".join(pairs) + newline + trace
-        return line
+        return redact(line)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         return _one_line(super().formatMessage(record))

@@ -108,6 +108,25 @@ class Metrics:
             "captioner_rollbacks", "Canaries rolled back automatically, by variant and reason.",
             ["variant", "reason"], registry=r,
         )  # fmt: skip
+        # The admission budget (guard/admission.py): requests accepted and not yet answered, async jobs included.
+        # in_use / capacity is the replica's load whatever the work (fetching, decoding, queued, generating).
+        self.admission_in_use = Gauge(
+            "captioner_admission_in_use", "Requests and async jobs accepted and not yet answered.", registry=r
+        )
+        self.admission_capacity = Gauge(
+            "captioner_admission_capacity", "limits.max_in_flight: the admission budget.", registry=r
+        )
+        self.admission_refused = Counter(
+            "captioner_admission_refused",
+            "Requests refused at the door: budget (503) or principal_jobs (429, too many running async jobs).",
+            ["reason"],
+            registry=r,
+        )
+        self.url_fetches_in_flight = Gauge(
+            "captioner_url_fetches_in_flight",
+            "Outbound URL fetches running now (url_input.max_concurrent_fetches).",
+            registry=r,
+        )
         self.drift_psi_threshold = Gauge(
             "captioner_drift_psi_threshold", "drift.psi_alert: a PSI above it is drift worth a look.", registry=r
         )

@@ -2,6 +2,9 @@
 
 ``CaptionService`` owns the pieces with a lifetime (thread pools, batcher, cache) and knows nothing of HTTP.
 The event loop only schedules: hashing of big bodies, decoding and the model all run on threads.
+Preprocessing is bounded: at most twice ``server.preprocess_workers`` decodes are handed to the thread pool at a
+time (its own queue is unbounded); the rest wait on the event loop, holding only their bytes, and a request
+whose deadline passes while it waits is answered 504 without being decoded at all.
 """
 
 from __future__ import annotations
@@ -123,6 +126,7 @@ class CaptionService:
         self._preprocess_pool = ThreadPoolExecutor(
             max_workers=settings.server.preprocess_workers, thread_name_prefix="captioner-preprocess"
         )
+        self._preprocess_slots = asyncio.Semaphore(2 * settings.server.preprocess_workers)
         batching = settings.batching
         self.batcher: Batcher[CaptionJob, _Inferred] = Batcher(
             self._run_batch,
@@ -162,7 +166,8 @@ class CaptionService:
         if len(data) <= _INLINE_HASH_BYTES:
             return hashlib.sha256(data).hexdigest()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._preprocess_pool, lambda: hashlib.sha256(data).hexdigest())
+        async with self._preprocess_slots:
+            return await loop.run_in_executor(self._preprocess_pool, lambda: hashlib.sha256(data).hexdigest())
 
     def key_for(self, image_sha256: str, num_captions: int) -> str:
         # The settings part of the key is the same for every request: build it once per num_captions, so the
@@ -219,7 +224,10 @@ class CaptionService:
 
     async def _compute(self, data: bytes, num_captions: int, deadline: float | None) -> _Computed:
         loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(self._preprocess_pool, self._preprocess, data)
+        async with self._preprocess_slots:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise RequestTimeout()  # waited out its deadline in line: decoding it now would be wasted
+            prepared = await loop.run_in_executor(self._preprocess_pool, self._preprocess, data)
         timeout_s = None
         if deadline is not None:
             timeout_s = deadline - time.monotonic()
