@@ -4,8 +4,9 @@ Without a reference file every start learns its reference from the first ``drift
 so a node restarted in the middle of an incident would call the incident normal. Two ways to make one:
 
 - ``--server URL``: copy a running server's reference, learnt from its first requests (inputs and captions).
-  Run it against a node that has served a known-good stretch of traffic. With auth on, the key is read from
-  the ``CAPTIONER_API_KEY`` environment variable (never a command-line argument: those show in ``ps``).
+  Run it against a node that has served a known-good stretch of traffic. With auth on, the key (an admin key:
+  ``auth.admin_keys``) is read from the ``CAPTIONER_API_KEY`` environment variable (never a command-line
+  argument: those show in ``ps``).
 - ``--images DIR``: compute the input features (size, brightness, colourfulness, format, bytes) of a folder
   of representative images, with the server's own decode and feature code. No model runs, so the caption
   features (confidence, length, vocabulary) are left out, and a server using the file learns those from its
@@ -93,6 +94,8 @@ def reference_from_server(url: str, api_key: str | None) -> dict[str, Any]:
         raise DriftReferenceError(f"cannot reach {target}: {exc}") from exc
     if response.status_code == 401:
         raise DriftReferenceError(f"{target} wants an API key: set {API_KEY_ENV}")
+    if response.status_code == 403:
+        raise DriftReferenceError(f"{target} wants an admin key (auth.admin_keys) in {API_KEY_ENV}")
     if response.status_code != 200:
         raise DriftReferenceError(f"{target} answered {response.status_code}: {response.text[:200]}")
     reference: dict[str, Any] = response.json()

@@ -184,7 +184,8 @@ def test_serve_writes_only_json_lines_to_stderr(tiny_model_dir: Path, tmp_path: 
     )
     env = {
         **os.environ,
-        "CAPTIONER_SERVER__HOST": "0.0.0.0",  # no auth on every interface: must warn
+        "CAPTIONER_SERVER__HOST": "0.0.0.0",  # no auth on every interface, on purpose: must still warn
+        "CAPTIONER_AUTH__ALLOW_ANONYMOUS": "true",
         "CAPTIONER_SERVER__PORT": str(port),
         "CAPTIONER_LOGGING__FORMAT": "json",
         "PYTHONUNBUFFERED": "1",
