@@ -26,6 +26,7 @@ from captioner.model.loader import load_captioner
 from captioner.model.protocol import Captioner
 from captioner.observability.metrics import Metrics
 from captioner.serving.drift_watch import DriftWatch
+from captioner.serving.feedback import build_feedback
 from captioner.serving.jobs import JobManager, build_job_store
 
 
@@ -48,6 +49,7 @@ def create_app(
         url_fetcher=fetcher,
         jobs=JobManager(build_job_store(settings, metrics), ttl_s=settings.jobs.ttl_s, metrics=metrics),
         drift=DriftWatch.from_settings(settings.drift, metrics),  # a bad reference file stops start-up here
+        feedback=build_feedback(settings, metrics),
         page=render_index(settings),
         admission=AdmissionBudget.from_settings(settings, metrics),
     )
@@ -65,7 +67,7 @@ def create_app(
                 ApiGuard,
                 keys=state.keys,
                 limiter=RateLimiter.from_settings(settings.rate_limit),
-                protected_prefix=paths.API_PREFIX,
+                protects=paths.is_protected,
                 admin_keys=ApiKeys.admins(settings.auth),
             ),
             # After the keys (a stranger takes no ticket), before the body is read (a refusal costs nothing).
