@@ -260,8 +260,13 @@ CASES: list[Case] = [
     Case("heic", 415, "unsupported_media_type", lambda: raw("heic", "image/heic")),
     Case("content-type-text-plain", 415, "unsupported_media_type", lambda: raw("png-rgb", "text/plain")),
     Case("content-type-xml", 415, "unsupported_media_type", lambda: raw("png-rgb", "application/xml")),
+    # No Content-Type: read as an image when the magic bytes say so (DESIGN.md, raw-body sniffing), else 415.
+    Case("content-type-missing", 200, None, lambda: {"url": CAPTION, "content": payload("png-rgb")}),
     Case(
-        "content-type-missing", 415, "unsupported_media_type", lambda: {"url": CAPTION, "content": payload("png-rgb")}
+        "content-type-missing-text",
+        415,
+        "unsupported_media_type",
+        lambda: {"url": CAPTION, "content": payload("text")},
     ),
     # -- too big: 413
     Case("bomb-30000x30000", 413, "too_large", lambda: raw("bomb-30000x30000")),
