@@ -13,8 +13,9 @@ from captioner.config import Settings, to_dict
 from captioner.guard.api_keys import ApiKeys
 from captioner.http.urlfetch import UrlFetcher
 from captioner.observability.metrics import Metrics
+from captioner.serving.callbacks import CallbackSender
 from captioner.serving.drift_watch import DriftWatch
-from captioner.serving.jobs import JobManager
+from captioner.serving.job_manager import JobManager
 from captioner.serving.service import CaptionService
 from captioner.serving.variants import VariantPool
 
@@ -30,6 +31,8 @@ class AppState:
     jobs: JobManager
     drift: DriftWatch
     page: str  # the web page, rendered once from the settings
+    role: str = "all"  # serve --role: all (accept and caption), api (accept, no model), worker (caption the queue)
+    callbacks: CallbackSender | None = None  # None without jobs.callback_secret: callback_url is refused
     pool: VariantPool | None = None
     loop: asyncio.AbstractEventLoop | None = None
     ready: bool = False
@@ -66,9 +69,11 @@ class AppState:
         queued requests back for their batch deadline (no new request will join them)."""
         self.draining = True
         self.set_ready(False)
-        if self.loop is not None and self.pool is not None:
+        if self.loop is not None:
             # A signal handler may run between any two bytecodes of the loop: hand the loop the work.
-            self.loop.call_soon_threadsafe(self.pool.expedite)
+            self.loop.call_soon_threadsafe(self.jobs.stop_claiming)
+            if self.pool is not None:
+                self.loop.call_soon_threadsafe(self.pool.expedite)
 
     def spawn(self, coroutine: Any, name: str) -> None:
         """Run ``coroutine`` in the background, holding a reference so it isn't garbage-collected mid-way."""
