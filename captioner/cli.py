@@ -80,8 +80,6 @@ def _init_model(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from captioner.server import serve
-
     def load() -> Settings:
         settings = _settings(args)
         overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
@@ -89,5 +87,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = load()
     check_role(args.role, settings)  # a role the config can't serve stops here, in one line
+    from captioner.server import serve  # torch and transformers: only once the config is known to be good
+
     # SIGHUP re-reads the same file, environment and flags (A/B weights; see captioner/variants.py).
     return serve(settings, reload_settings=load, role=args.role)
