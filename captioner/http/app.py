@@ -24,6 +24,7 @@ from captioner.model.protocol import Captioner
 from captioner.observability.metrics import Metrics
 from captioner.serving.callbacks import build_callback_sender
 from captioner.serving.drift_watch import DriftWatch
+from captioner.serving.feedback import build_feedback
 from captioner.serving.job_manager import JobManager
 
 
@@ -47,6 +48,7 @@ def create_app(
         url_fetcher=UrlFetcher(settings.url_input, max_bytes=settings.limits.max_body_bytes),
         jobs=JobManager.from_settings(settings, metrics),
         drift=DriftWatch.from_settings(settings.drift, metrics),  # a bad reference file stops start-up here
+        feedback=build_feedback(settings, metrics),
         page=render_index(settings),
         role=role,
         callbacks=build_callback_sender(settings),
@@ -64,7 +66,7 @@ def create_app(
                 ApiGuard,
                 keys=state.keys,
                 limiter=RateLimiter.from_settings(settings.rate_limit),
-                protected_prefix=paths.API_PREFIX,
+                protects=paths.is_protected,
             ),
         ],
         lifespan=lifespan(state, load_model, on_fatal, reload_settings),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from starlette.requests import ClientDisconnect, Request
@@ -17,8 +17,8 @@ from captioner.config import Settings
 from captioner.errors import InvalidRequest, Overloaded, error_from_body
 from captioner.guard.gate import key_principal
 from captioner.http.access_log import request_record
-from captioner.http.inputs import parse_caption_request
-from captioner.http.jobs_api import accept_job, idempotency_key, job_request, parse_job, wants_async
+from captioner.http.inputs import CaptionRequest, parse_caption_request
+from captioner.http.jobs_api import accept_job, idempotency_key, job_request, wants_async
 from captioner.http.responses import FastJSONResponse
 from captioner.http.state import AppState, app_state
 from captioner.serving.service import CaptionOutcome, CaptionService
@@ -35,7 +35,7 @@ async def caption(request: Request) -> Response:
         return await accept_job(request, state)
     idempotency_key(request)  # checked, though only jobs use it
     if state.role == "api":
-        return await relay(request, state, started)
+        return FastJSONResponse(await relayed(request, state, started))
     work = await prepare(request, state, started)
     outcome = work.hit if work.hit is not None else await cancel_on_disconnect(request, work())
     return FastJSONResponse(success_body(outcome, state.settings))
@@ -52,7 +52,20 @@ class Work:
         return self.run()
 
 
-async def prepare(request: Request, state: AppState, started: float) -> Work:
+# Turns a request into the image (or URL) and options; ``POST /`` (hf_api.py) brings its own.
+RequestParser = Callable[[Request, Settings], Awaitable[CaptionRequest]]
+
+
+async def parse_api_request(request: Request, settings: Settings) -> CaptionRequest:
+    return await parse_caption_request(
+        request,
+        max_body_bytes=settings.limits.max_body_bytes,
+        default_num_captions=settings.generation.num_captions,
+        max_num_captions=settings.generation.max_num_captions,
+    )
+
+
+async def prepare(request: Request, state: AppState, started: float, parse: RequestParser = parse_api_request) -> Work:
     """Admission and parsing, done while the client waits; returns the work that produces the captions."""
     settings = state.settings
     service, pool = state.service, state.pool
@@ -64,12 +77,7 @@ async def prepare(request: Request, state: AppState, started: float) -> Work:
     if batcher.queue_depth >= batcher.max_queue:
         # Refuse before reading the body: under overload the cheapest answer is the best one.
         raise Overloaded(retry_after_s=batcher.retry_after_s())
-    parsed = await parse_caption_request(
-        request,
-        max_body_bytes=settings.limits.max_body_bytes,
-        default_num_captions=settings.generation.num_captions,
-        max_num_captions=settings.generation.max_num_captions,
-    )
+    parsed = await parse(request, settings)
     if parsed.callback_url is not None:
         raise InvalidRequest("callback_url is for mode=async (a synchronous answer needs no callback)")
     deadline = started + settings.batching.request_timeout_s
@@ -101,10 +109,14 @@ async def prepare(request: Request, state: AppState, started: float) -> Work:
     return Work(fetch_and_caption, hit)
 
 
-async def relay(request: Request, state: AppState, started: float) -> Response:
+async def relayed(
+    request: Request, state: AppState, started: float, parse: RequestParser = parse_api_request
+) -> dict[str, Any]:
     """An ``api``-role replica has no model: a synchronous request goes through the queue like a job, and its
     answer is the job's result (the same body and errors as a replica with a model; 504 past the deadline)."""
-    parsed = await parse_job(request, state)
+    if state.draining:
+        raise Overloaded("the server is shutting down", retry_after_s=1)
+    parsed = await parse(request, state.settings)
     if parsed.callback_url is not None:
         raise InvalidRequest("callback_url is for mode=async (a synchronous answer needs no callback)")
     job = (await state.jobs.submit(job_request(request, state, parsed))).job
@@ -113,7 +125,7 @@ async def relay(request: Request, state: AppState, started: float) -> Response:
     result = ended.result or {}
     if ended.status != "success":
         raise error_from_body(result)
-    return FastJSONResponse(result)
+    return result
 
 
 async def cancel_on_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T:

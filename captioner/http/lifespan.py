@@ -57,6 +57,7 @@ def lifespan(
                 if not finished:
                     logger.warning("drain timed out after %.0f s", settings.server.drain_timeout_s)
             await state.url_fetcher.aclose()
+            await state.feedback.store.aclose()
             if state.callbacks is not None:
                 await state.callbacks.aclose()
 

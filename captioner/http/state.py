@@ -15,6 +15,7 @@ from captioner.http.urlfetch import UrlFetcher
 from captioner.observability.metrics import Metrics
 from captioner.serving.callbacks import CallbackSender
 from captioner.serving.drift_watch import DriftWatch
+from captioner.serving.feedback import Feedback
 from captioner.serving.job_manager import JobManager
 from captioner.serving.service import CaptionService
 from captioner.serving.variants import VariantPool
@@ -30,6 +31,7 @@ class AppState:
     url_fetcher: UrlFetcher
     jobs: JobManager
     drift: DriftWatch
+    feedback: Feedback
     page: str  # the web page, rendered once from the settings
     role: str = "all"  # serve --role: all (accept and caption), api (accept, no model), worker (caption the queue)
     callbacks: CallbackSender | None = None  # None without jobs.callback_secret: callback_url is refused
