@@ -126,6 +126,8 @@ def test_jobs_accepted_by_the_api_are_captioned_by_the_worker_like_sync_requests
     bad = httpx.post(api.url + CAPTION, content=b"\x89PNG\r\n\x1a\n broken", headers={"Content-Type": "image/png",
                      **ALPHA}, timeout=60)  # fmt: skip
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_image"  # the worker's error, relayed
+    hf = httpx.post(api.url + "/", content=images[700], headers=ALPHA, timeout=60)  # Hugging Face's shape, relayed
+    assert hf.status_code == 200 and hf.json() == [{"generated_text": results[700]["captions"][0]["text"]}]
     assert worker.metric("captioner_jobs_total", 'status="success"') >= len(images) + 1
     assert not redis.Redis.from_url(redis_server.url).keys(IMAGE_PREFIX + "*")  # every job's image is gone
 
