@@ -9,6 +9,7 @@ CAPTION = "/api/v1/caption"
 JOB = "/api/v1/caption/{job_id}"
 DRIFT = "/api/v1/drift"
 DRIFT_REFERENCE = "/api/v1/drift/reference"
+VARIANTS = "/api/v1/variants"
 
 HEALTHZ = "/healthz"
 READYZ = "/readyz"

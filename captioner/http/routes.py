@@ -8,6 +8,7 @@ from captioner.http import paths, probes
 from captioner.http.caption_api import caption
 from captioner.http.drift_api import drift_reference, drift_report
 from captioner.http.jobs_api import job_status
+from captioner.http.variants_api import variants_report
 from captioner.http.web import index, static_files
 
 
@@ -18,6 +19,7 @@ def routes() -> list[BaseRoute]:
         Route(paths.JOB, job_status, methods=["GET"]),
         Route(paths.DRIFT, drift_report, methods=["GET"]),
         Route(paths.DRIFT_REFERENCE, drift_reference, methods=["GET"]),
+        Route(paths.VARIANTS, variants_report, methods=["GET"]),
         # Open: probes, metrics, the API's description, the web page.
         Route(paths.HEALTHZ, probes.healthz, methods=["GET"]),
         Route(paths.READYZ, probes.readyz, methods=["GET"]),
