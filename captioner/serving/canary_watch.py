@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -42,9 +43,12 @@ class CanaryWatch:
         self._metrics = metrics
         self._feedback = feedback
         self._on_rollback = on_rollback
-        self._pair: tuple[int, int] | None = None  # ids of the (production, canary) services being compared
+        # The (production, canary) services being compared, and the canary service rolled back: weak references,
+        # so a retired model can be freed (and a new service can't be mistaken for it by a recycled id()).
+        self._pair: tuple[weakref.ref[Any], weakref.ref[Any]] | None = None
         self._baseline: dict[str, tuple[StatsSnapshot, tuple[int, float]]] = {}
-        self._rolled_back: int | None = None  # id of the canary service rolled back
+        self._rolled_back: weakref.ref[Any] | None = None
+        self._last_rollback: dict[str, Any] | None = None
         self.status: dict[str, Any] = {"state": "none"}
 
     async def run(self) -> None:
@@ -60,32 +64,39 @@ class CanaryWatch:
         production, canary = router.get(PRODUCTION), router.get(CANARY)
         if production is None or canary is None:
             self._pair = None
-            self.status = {"state": "none"}
+            self._set_status({"state": "none"})
             return None
-        if id(canary.service) == self._rolled_back:
+        if self._rolled_back is not None and self._rolled_back() is canary.service:
             return None  # status stays "rolled_back" until the canary is replaced or removed
         if canary.weight <= 0:
-            self.status = {"state": "paused", "detail": "the canary's weight is 0"}
+            self._set_status({"state": "paused", "detail": "the canary's weight is 0"})
             return None
-        pair = (id(production.service), id(canary.service))
-        if pair != self._pair:
-            self._pair = pair
+        if self._pair is None or (self._pair[0](), self._pair[1]()) != (production.service, canary.service):
+            self._pair = (weakref.ref(production.service), weakref.ref(canary.service))
             self._baseline = {
                 v.name: (v.service.stats.snapshot(), self._approval(v.name)) for v in (production, canary)
             }
         signals = {v.name: self._signals(v) for v in (production, canary)}
         verdict = decide(signals[PRODUCTION], signals[CANARY], self._settings)
-        self.status = {
+        status = {
             "state": {"wait": "waiting", "healthy": "healthy", "rollback": "rolled_back"}[verdict.action],
             "reason": verdict.reason,
             "detail": verdict.detail,
             "checked_at": time.time(),
+            "model": canary.settings.model.name,
             "production": signals[PRODUCTION].to_json(),
             "canary": signals[CANARY].to_json(),
         }
         if verdict.action == "rollback":
+            self._last_rollback = {k: v for k, v in status.items() if k != "state"}
+        self._set_status(status)
+        if verdict.action == "rollback":
             await self._roll_back(canary, verdict)
         return verdict
+
+    def _set_status(self, status: dict[str, Any]) -> None:
+        """The analysis' state; the last automatic rollback stays in it once the canary is gone."""
+        self.status = {**status, "last_rollback": self._last_rollback} if self._last_rollback else status
 
     def _approval(self, variant: str) -> tuple[int, float]:
         if self._feedback is None:
@@ -108,7 +119,7 @@ class CanaryWatch:
         )
 
     async def _roll_back(self, canary: Variant, verdict: Verdict) -> None:
-        self._rolled_back = id(canary.service)
+        self._rolled_back = weakref.ref(canary.service)
         self._pool.set_weight(CANARY, 0.0)
         reason = verdict.reason or "unknown"
         self._metrics.rollbacks.labels(CANARY, reason).inc()

@@ -72,4 +72,7 @@ def _live(server: str, api_key: str | None) -> int:
     )
     if canary.get("detail"):
         print(f"  {canary['detail']}")
+    last = canary.get("last_rollback")
+    if last:
+        print(f"last automatic rollback: {last.get('model')} ({last.get('reason')}): {last.get('detail')}")
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -96,9 +95,14 @@ class FakeFeedback:
         return self.ratings.get(variant, (0, 0.0))
 
 
+class FakeService:
+    def __init__(self) -> None:
+        self.stats = VariantStats()
+
+
 def variant(name: str, weight: float) -> Variant:
     settings = load_settings(None, {}).replace("model", name=f"test/{name}")
-    return Variant(name, weight, settings, service=cast(Any, SimpleNamespace(stats=VariantStats())))
+    return Variant(name, weight, settings, service=cast(Any, FakeService()))
 
 
 @pytest.mark.anyio
@@ -135,6 +139,9 @@ async def test_the_watch_compares_from_when_it_first_sees_the_pair_and_rolls_bac
     assert watch.status["state"] == "rolled_back"
     assert await watch.check() is None and len(rolled) == 1  # once per canary
     assert watch.status["state"] == "rolled_back"
+    pool.router.remove("canary")  # the registry's alias moved back: the variant goes
+    assert await watch.check() is None
+    assert watch.status["state"] == "none" and watch.status["last_rollback"]["reason"] == "confidence"
     pool.router.add(variant("canary", 10))  # a new canary starts a new comparison
     assert (await watch.check()).action == "wait"  # type: ignore[union-attr]
 
