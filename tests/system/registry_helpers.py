@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ class Load:
 
     url: str
     threads: int = 2
+    image_of: Callable[[int], bytes] = photo  # the body of the n-th request of a client
     answers: list[list[tuple[float, str]]] = field(default_factory=list)  # per thread: (start time, model)
     failures: list[str] = field(default_factory=list)
     errors: list[BaseException] = field(default_factory=list)
@@ -90,7 +92,8 @@ class Load:
                     started = time.monotonic()
                     with self._lock:
                         self.sent += 1
-                    response = http.post(self.url + CAPTION, content=photo(seed), headers={"Content-Type": "image/png"})
+                    body = self.image_of(seed)
+                    response = http.post(self.url + CAPTION, content=body, headers={"Content-Type": "image/png"})
                     if response.status_code != 200:
                         self.failures.append(f"{response.status_code}: {response.text}")
                         continue
