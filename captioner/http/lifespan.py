@@ -112,9 +112,10 @@ def _start_watches(state: AppState, pool: VariantPool, watches: list[asyncio.Tas
 
 
 def feedback_source(state: AppState) -> ApprovalSource | None:
-    """The user-feedback statistics on the app state, when the feedback store is there (``approval(variant)``)."""
-    for attribute in ("feedback_stats", "feedback"):
-        candidate: Any = getattr(state, attribute, None)
+    """The user-feedback statistics on the app state (``state.feedback.stats``, ``FeedbackStats``), if present."""
+    feedback: Any = getattr(state, "feedback", None)
+    candidates: tuple[Any, ...] = (getattr(feedback, "stats", None), feedback, getattr(state, "feedback_stats", None))
+    for candidate in candidates:
         if callable(getattr(candidate, "approval", None)):
             found: ApprovalSource = candidate
             return found
