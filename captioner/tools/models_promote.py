@@ -31,6 +31,11 @@ def promote(args: argparse.Namespace, registry: Registry, settings: Settings) ->
     if weight is None and aliases.production == number:
         print(f"{candidate.ref} is production already")
         return 0
+    try:  # a change the aliases can't take (a canary without production, ...) is refused before the gate runs
+        _change(aliases, number, weight, by=args.by, forced=False)
+    except AliasError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 1
     production = aliases.production if aliases.production != number else None
     decision: GateDecision | None = None
     failure = ""
@@ -81,9 +86,7 @@ def promote(args: argparse.Namespace, registry: Registry, settings: Settings) ->
             raise AliasError(
                 f"production changed from {aliases.production} to {current.production} while the gate ran: run again"
             )
-        if weight is not None:
-            return current.with_canary(number, weight, by=args.by, forced=forced)
-        return current.promoted(number, by=args.by, forced=forced)
+        return _change(current, number, weight, by=args.by, forced=forced)
 
     updated = registry.update_aliases(name, change)
     record = {**run, "alias": target, "weight": weight, "forced": forced}
@@ -104,3 +107,9 @@ def promote(args: argparse.Namespace, registry: Registry, settings: Settings) ->
 def _note_stored(label: str, stored_at: str | None) -> None:
     if stored_at is not None:
         print(f"{label}: scores stored at {stored_at} on this same gate set (--rescore to run again)", file=sys.stderr)
+
+
+def _change(aliases: Aliases, number: int, weight: float | None, *, by: str, forced: bool) -> Aliases:
+    if weight is not None:
+        return aliases.with_canary(number, weight, by=by, forced=forced)
+    return aliases.promoted(number, by=by, forced=forced)

@@ -142,6 +142,10 @@ def test_show_and_usage_errors(registry: Path, capsys: pytest.CaptureFixture[str
     assert run(capsys, "models", "promote", "cap", "1", "--registry", str(registry))[:2] == (
         0, "models:/cap/1 is production already\n",
     )  # fmt: skip
+    runs = len(Registry(registry).version("cap", 1).meta["gate_runs"])
+    code, _, err = run(capsys, "models", "promote", "cap", "1", "--canary", "10", "--registry", str(registry))
+    assert code == 1 and "a canary must be another version" in err
+    assert len(Registry(registry).version("cap", 1).meta["gate_runs"]) == runs  # refused before the gate ran
 
 
 def test_without_a_gate_set_promote_needs_force(
