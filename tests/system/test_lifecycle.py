@@ -89,8 +89,11 @@ def test_train_gate_promote_switch_and_roll_back_a_bad_canary(tmp_path: Path, ti
         assert "REFUSED" in refused and "candidate v3" in refused and "production v2" in refused
         run("models", "promote", "captioner", "3", "--canary", "50", "--force")
         load.wait_for(lambda: served_by("captioner:3") >= 1, "the canary taking traffic")
-        load.wait_for(lambda: server.metric("captioner_rollbacks_total", 'variant="canary"') == 1,
-                      "the automatic rollback")  # fmt: skip
+        try:
+            load.wait_for(lambda: server.metric("captioner_rollbacks_total", 'variant="canary"') == 1, "the rollback")
+        except AssertionError as exc:  # say what the analysis saw: the figures it compared
+            status = httpx.get(server.url + "/api/v1/variants", timeout=10).json()["canary"]
+            raise AssertionError(f"{exc}; canary analysis: {status}") from None
         variants = httpx.get(server.url + "/api/v1/variants", timeout=10).json()
     assert load.errors == [] and load.failures == []
     assert load.answered() == load.sent  # every request during both switches was answered 200
