@@ -11,14 +11,12 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
 
 from starlette.applications import Starlette
 
 from captioner.config import ConfigError, Settings
 from captioner.http.state import AppState
 from captioner.model.protocol import Captioner
-from captioner.serving.canary import ApprovalSource
 from captioner.serving.canary_watch import CanaryWatch
 from captioner.serving.variants import VariantPool
 
@@ -58,6 +56,7 @@ def lifespan(
                     logger.warning("drain timed out after %.0f s", settings.server.drain_timeout_s)
             await state.jobs.close(settings.server.drain_timeout_s)  # accepted jobs were drained above
             await state.url_fetcher.aclose()
+            await state.feedback.store.aclose()
             if state.webhook is not None:
                 await state.webhook.aclose()
 
@@ -101,7 +100,7 @@ def _start_watches(state: AppState, pool: VariantPool, watches: list[asyncio.Tas
         pool,
         state.settings.canary,
         state.metrics,
-        feedback=feedback_source(state),
+        feedback=state.feedback.stats,  # user approval per variant (POST /api/v1/feedback)
         on_rollback=registry.on_canary_rollback if registry is not None else None,
     )
     watches.append(asyncio.create_task(state.canary.run(), name="captioner-canary"))
@@ -109,17 +108,6 @@ def _start_watches(state: AppState, pool: VariantPool, watches: list[asyncio.Tas
         watches.append(
             asyncio.create_task(registry.watch(lambda: state.reload(state.settings)), name="captioner-registry")
         )
-
-
-def feedback_source(state: AppState) -> ApprovalSource | None:
-    """The user-feedback statistics on the app state (``state.feedback.stats``, ``FeedbackStats``), if present."""
-    feedback: Any = getattr(state, "feedback", None)
-    candidates: tuple[Any, ...] = (getattr(feedback, "stats", None), feedback, getattr(state, "feedback_stats", None))
-    for candidate in candidates:
-        if callable(getattr(candidate, "approval", None)):
-            found: ApprovalSource = candidate
-            return found
-    return None
 
 
 def _on_sighup(state: AppState, reload_settings: Callable[[], Settings]) -> None:

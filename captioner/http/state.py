@@ -16,6 +16,7 @@ from captioner.http.urlfetch import UrlFetcher
 from captioner.observability.metrics import Metrics
 from captioner.serving.canary_watch import CanaryWatch
 from captioner.serving.drift_watch import DriftWatch
+from captioner.serving.feedback import Feedback
 from captioner.serving.jobs import JobManager
 from captioner.serving.registry_source import RegistrySource
 from captioner.serving.service import CaptionService
@@ -32,6 +33,7 @@ class AppState:
     url_fetcher: UrlFetcher
     jobs: JobManager
     drift: DriftWatch
+    feedback: Feedback
     page: str  # the web page, rendered once from the settings
     pool: VariantPool | None = None
     registry: RegistrySource | None = None  # registry.path set: the variants are its aliases

@@ -1,22 +1,18 @@
-"""The canary analysis finds the feedback store's per-variant approval on the app state, or works without it."""
+"""The canary analysis is wired into a live server, with the feedback store's per-variant approval."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-from typing import Any, cast
+from pathlib import Path
 
-from captioner.http.lifespan import feedback_source
+import httpx
 
-
-class Stats:
-    def approval(self, variant: str) -> tuple[int, float]:
-        return (4, 0.75)
+from tests.conftest import LiveServer, tiny_settings
 
 
-def test_the_feedback_stats_are_found_where_the_feedback_store_keeps_them() -> None:
-    stats = Stats()
-    found = feedback_source(cast(Any, SimpleNamespace(feedback=SimpleNamespace(stats=stats))))
-    assert found is stats and found.approval("canary") == (4, 0.75)
-    assert feedback_source(cast(Any, SimpleNamespace(feedback_stats=stats))) is stats
-    assert feedback_source(cast(Any, SimpleNamespace())) is None  # no feedback store: approval is left out
-    assert feedback_source(cast(Any, SimpleNamespace(feedback=SimpleNamespace(stats=None)))) is None
+def test_a_live_server_wires_its_feedback_stats_into_the_canary_analysis(tiny_model_dir: Path) -> None:
+    with LiveServer(tiny_settings(tiny_model_dir)) as server:
+        state = server.app.state.captioner
+        assert state.canary is not None
+        assert state.canary._feedback is state.feedback.stats
+        assert state.feedback.stats.approval("canary") == (0, 0.0)
+        assert httpx.get(server.url + "/api/v1/variants").json()["canary"] == {"state": "none"}
