@@ -13,6 +13,7 @@ from captioner.guard.gate import ApiGuard
 from captioner.guard.rate_limit import RateLimiter
 from captioner.http import paths
 from captioner.http.access_log import RequestObserver
+from captioner.http.drift_webhook import DriftWebhook
 from captioner.http.exception_handlers import EXCEPTION_HANDLERS
 from captioner.http.lifespan import lifespan
 from captioner.http.routes import routes
@@ -26,6 +27,7 @@ from captioner.serving.callbacks import build_callback_sender
 from captioner.serving.drift_watch import DriftWatch
 from captioner.serving.feedback import build_feedback
 from captioner.serving.job_manager import JobManager
+from captioner.serving.registry_source import RegistrySource
 
 
 def create_app(
@@ -52,7 +54,10 @@ def create_app(
         page=render_index(settings),
         role=role,
         callbacks=build_callback_sender(settings),
+        registry=RegistrySource(settings, metrics) if settings.registry.path and role != "api" else None,
     )
+    if settings.drift.webhook_url and state.drift.enabled:
+        state.webhook = DriftWebhook(settings.drift, settings.url_input, state.drift, metrics)
 
     def load_model(variant_settings: Settings) -> Captioner:
         return captioner if captioner is not None else load_captioner(variant_settings)

@@ -1,5 +1,9 @@
 """Start-up and shutdown: load and warm the model in the background (not on an ``api``-role replica), then
-consume the job queue; reload on SIGHUP; drain on the way out (jobs first: they need the batcher)."""
+consume the job queue; reload on SIGHUP; drain on the way out (jobs first: they need the batcher).
+
+Once the variants are up, two watches run beside the traffic: the registry's aliases (when ``registry.path``
+is set) and the canary analysis. They stop first at shutdown.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from captioner.config import ConfigError, Settings
 from captioner.http.job_runner import job_runner
 from captioner.http.state import AppState
 from captioner.model.protocol import Captioner
+from captioner.serving.canary_watch import CanaryWatch
 from captioner.serving.variants import VariantPool
 
 logger = logging.getLogger("captioner.app")
@@ -35,12 +40,15 @@ def lifespan(
     async def run(app: Starlette) -> AsyncIterator[None]:
         state.loop = asyncio.get_running_loop()
         state.jobs.start()
+        if state.webhook is not None:
+            state.webhook.start(state.loop)
+        watches: list[asyncio.Task[None]] = []
         loader = None
         if state.role == "api":
             state.set_ready(True)  # nothing to load: jobs are captioned by the worker replicas
             logger.info("ready: role api, no model here (workers consume the job queue)", extra={"role": "api"})
         else:
-            loader = asyncio.create_task(_load(state, load_model, on_fatal), name="captioner-load")
+            loader = asyncio.create_task(_load(state, load_model, on_fatal, watches), name="captioner-load")
             if reload_settings is not None:
                 _on_sighup(state, reload_settings)
         try:
@@ -49,6 +57,8 @@ def lifespan(
             state.start_draining()
             if loader is not None and not loader.done():
                 loader.cancel()
+            for watch in watches:
+                watch.cancel()
             deadline = time.monotonic() + settings.server.drain_timeout_s
             # Running jobs need the batcher: they finish (and are acked) before the pool closes.
             await state.jobs.close(settings.server.drain_timeout_s)
@@ -60,19 +70,28 @@ def lifespan(
             await state.feedback.store.aclose()
             if state.callbacks is not None:
                 await state.callbacks.aclose()
+            if state.webhook is not None:
+                await state.webhook.aclose()
 
     return run
 
 
-async def _load(state: AppState, load_model: LoadModel, on_fatal: Callable[[], None] | None) -> None:
+async def _load(
+    state: AppState, load_model: LoadModel, on_fatal: Callable[[], None] | None, watches: list[asyncio.Task[None]]
+) -> None:
     settings = state.settings
     try:
-        pool = VariantPool(settings, state.metrics, load_model=load_model, drift=state.drift)
+        registry = state.registry
+        if registry is not None:
+            await asyncio.to_thread(registry.refresh)
+        variants = registry.resolve(settings) if registry is not None else settings
+        pool = VariantPool(variants, state.metrics, load_model=load_model, drift=state.drift)
         state.pool = pool
         await pool.start()
         if not state.draining:
             state.set_ready(True)
             _start_worker(state)
+        _start_watches(state, pool, watches)
         service = pool.router.any_service()
         assert service is not None
         model = service.captioner
@@ -101,6 +120,22 @@ def _start_worker(state: AppState) -> None:
         lease_s=settings.jobs.lease_s,
         callbacks=state.callbacks,
     )
+
+
+def _start_watches(state: AppState, pool: VariantPool, watches: list[asyncio.Task[None]]) -> None:
+    registry = state.registry
+    state.canary = CanaryWatch(
+        pool,
+        state.settings.canary,
+        state.metrics,
+        feedback=state.feedback.stats,  # user approval per variant (POST /api/v1/feedback)
+        on_rollback=registry.on_canary_rollback if registry is not None else None,
+    )
+    watches.append(asyncio.create_task(state.canary.run(), name="captioner-canary"))
+    if registry is not None:
+        watches.append(
+            asyncio.create_task(registry.watch(lambda: state.reload(state.settings)), name="captioner-registry")
+        )
 
 
 def _on_sighup(state: AppState, reload_settings: Callable[[], Settings]) -> None:

@@ -14,8 +14,9 @@ import httpx
 from captioner import __version__
 from captioner.config import UrlInputSettings
 from captioner.errors import TooLarge, UrlFetchFailed, UrlNotAllowed
-from captioner.serving.url_policy import Resolver, Target, parse_url, pinned_request, resolve_checked
-from captioner.serving.url_policy import check_address as check_address  # re-exported: tests import it from here
+from captioner.serving.url_policy import Resolver as Resolver  # re-exported (used from here before the move)
+from captioner.serving.url_policy import Target, parse_url, pinned_request, resolve_checked
+from captioner.serving.url_policy import check_address as check_address
 from captioner.serving.url_policy import system_resolver as system_resolver
 
 _REDIRECTS = {301, 302, 303, 307, 308}
@@ -55,6 +56,20 @@ class UrlFetcher:
         except TimeoutError:
             raise UrlFetchFailed(f"fetching the URL took longer than {self._settings.timeout_s:g}s") from None
 
+    async def post_json(self, url: str, body: bytes) -> int:
+        """POST ``body`` (JSON) to ``url`` under the same policy as ``fetch``; redirects are not followed.
+
+        Returns the HTTP status; raises UrlNotAllowed (the policy refused the host) or UrlFetchFailed.
+        """
+        try:
+            async with asyncio.timeout(self._settings.timeout_s):
+                target = parse_url(url)
+                response = await self._send(target, await self._resolve(target), method="POST", content=body)
+                await response.aclose()
+                return response.status_code
+        except TimeoutError:
+            raise UrlFetchFailed(f"the POST took longer than {self._settings.timeout_s:g}s") from None
+
     async def _fetch(self, url: str) -> bytes:
         target = parse_url(url)
         redirects = 0
@@ -87,7 +102,9 @@ class UrlFetcher:
     async def _resolve(self, target: Target) -> list[str]:
         return await resolve_checked(target, self._resolver, allow_private=self._settings.allow_private_networks)
 
-    async def _send(self, target: Target, addresses: list[str]) -> httpx.Response:
+    async def _send(
+        self, target: Target, addresses: list[str], *, method: str = "GET", content: bytes | None = None
+    ) -> httpx.Response:
         """Send the request to the first checked address that accepts a connection."""
         headers = {
             "User-Agent": f"captioner/{__version__}",
@@ -95,9 +112,13 @@ class UrlFetcher:
             # Compressed bodies would be inflated chunk by chunk before we could count them (a zip bomb).
             "Accept-Encoding": "identity",
         }
+        if content is not None:
+            headers.update({"Accept": "*/*", "Content-Type": "application/json"})
         for index, address in enumerate(addresses):
             try:
-                request = pinned_request("GET", target, address, headers=headers, timeout=self._timeout)
+                request = pinned_request(
+                    method, target, address, headers=headers, timeout=self._timeout, content=content
+                )
                 return await self._client.send(request, stream=True)
             except httpx.ConnectError:
                 if index == len(addresses) - 1:
