@@ -116,6 +116,10 @@ class JobsSettings:
     # Async jobs one caller (API key, or client address without auth) may have running at once; past it, 429.
     # 0: auto (half of limits.max_in_flight), so one caller can never hold the whole admission budget.
     max_running_per_principal: int = _field(0, ge=0)
+    # Per Redis command of the durable queue: longer than the cache's, since a job must not be refused for a blip.
+    redis_timeout_s: float = _field(1.0, gt=0)
+    # HMAC-SHA256 key that signs job callbacks (X-Captioner-Signature); "" refuses callback_url. Never logged.
+    callback_secret: str = field(default="", repr=False, metadata=_rule())
 
 
 @dataclass(frozen=True)
@@ -179,6 +183,11 @@ class DriftSettings:
     # No score until the window holds this many: with 12 bins, PSI's sampling noise alone is ~11/n.
     min_window: int = _field(200, ge=1)
     bins: int = _field(10, ge=2)
+    # POSTed the drift report (JSON) once per alert episode, e.g. to start a retraining job; "" = off.
+    # The URL input's SSRF policy applies (url_input.allow_private_networks, or the flag below for this URL only).
+    webhook_url: str = ""
+    webhook_allow_private_networks: bool = False
+    webhook_timeout_s: float = _field(10.0, gt=0)
 
 
 @dataclass(frozen=True)
@@ -186,6 +195,8 @@ class RegistrySettings:
     # "" = off; else serve `name`'s `production` alias (and its `canary`, at the canary's weight) from here.
     path: str = ""
     name: str = "captioner"
+    # How often a server re-reads the aliases file (a stat, then a read only when it changed).
+    poll_s: float = _field(2.0, gt=0)
 
 
 @dataclass(frozen=True)
@@ -206,6 +217,12 @@ class CanarySettings:
     max_error_ratio_increase: float = _field(0.01, ge=0)
     max_p95_ratio: float = _field(1.5, gt=0)
     max_confidence_drop: float = _field(0.1, ge=0)
+    # User feedback: the canary's approval (share of ratings >= 4) may fall this far below production's, once
+    # both have min_feedback ratings.
+    max_approval_drop: float = _field(0.1, ge=0)
+    min_feedback: int = _field(20, ge=1)
+    # How often the server compares the canary with production.
+    interval_s: float = _field(5.0, gt=0)
 
 
 @dataclass(frozen=True)
@@ -318,7 +335,11 @@ def load_settings(path: str | os.PathLike[str] | None = None, environ: Mapping[s
         raw[section][key] = value
     if overrides:
         source += " + environment"
-    return _build(raw, source)
+    settings = _build(raw, source)
+    if settings.registry.path and settings.models:
+        # (Checked here, not in _build: serving from the registry fills `models` from its aliases itself.)
+        raise ConfigError("config: registry.path and models are exclusive: the registry's aliases choose the variants")
+    return settings
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[tuple[str, str], Any]:
@@ -378,9 +399,9 @@ def _build_section(section: str, cls: type[Any], values: Mapping[str, Any]) -> A
     return cls(**kwargs)
 
 
-# Keys whose values are secrets (API keys, passwords in Redis URLs, signing secrets): an error about one names
+# Keys whose values are secrets (API keys, passwords in Redis URLs, webhook tokens, signing secrets): an error names
 # the key and the kind of value it got, never the value.
-_SECRET_KEYS = re.compile(r"^auth\.|redis_url$|secret|password|token", re.IGNORECASE)
+_SECRET_KEYS = re.compile(r"^auth\.|redis_url$|webhook|secret|password|token", re.IGNORECASE)
 
 
 def is_secret_key(name: str) -> bool:
@@ -449,6 +470,12 @@ def _check_cross_field(settings: Settings) -> None:
                 raise ConfigError(
                     f"config: server.forwarded_allow_ips entries must be IP addresses or networks, got {entry!r}"
                 ) from None
+    if settings.jobs.queue == "redis" and not (settings.jobs.redis_url or settings.cache.redis_url):
+        raise ConfigError("config: jobs.queue: redis needs jobs.redis_url (or cache.redis_url)")
+    webhook = settings.drift.webhook_url
+    if webhook and not webhook.startswith(("http://", "https://")):
+        # The value is not echoed: a webhook URL often carries a token.
+        raise ConfigError("config: drift.webhook_url must be an http(s) URL or empty")
     gen = settings.generation
     if gen.num_captions > gen.max_num_captions:
         raise ConfigError(
@@ -458,4 +485,17 @@ def _check_cross_field(settings: Settings) -> None:
     if gen.min_length > gen.max_length:
         raise ConfigError(
             f"config: generation.min_length must be <= generation.max_length ({gen.max_length}), got {gen.min_length}"
+        )
+
+
+ROLES = ("all", "api", "worker")
+
+
+def check_role(role: str, settings: Settings) -> None:
+    """``serve --role api|worker`` splits accepting from captioning, which only a shared queue can join."""
+    if role not in ROLES:
+        raise ConfigError(f"config: --role must be one of {', '.join(ROLES)}, got {role!r}")
+    if role != "all" and settings.jobs.queue != "redis":
+        raise ConfigError(
+            f"config: --role {role} needs jobs.queue: redis (api and worker replicas meet only through that queue)"
         )

@@ -17,11 +17,12 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     state = app_state(request)
+    role = {} if state.role == "all" else {"role": state.role}  # an api replica is ready with no model
     if state.ready and not state.draining:
-        return FastJSONResponse({"status": "ready"})
+        return FastJSONResponse({"status": "ready", **role})
     # "failed" without the load error's text (paths, hub names, library messages): that is in the log.
     reason = "draining" if state.draining else ("failed" if state.load_error else "loading")
-    return FastJSONResponse({"status": reason}, status_code=503)
+    return FastJSONResponse({"status": reason, **role}, status_code=503)
 
 
 async def metrics(request: Request) -> Response:

@@ -11,6 +11,7 @@ from prometheus_client import generate_latest
 
 from captioner.errors import Overloaded, RateLimited
 from captioner.guard.admission import AdmissionBudget, AdmissionGate, admission_capacity, admission_ticket
+from captioner.guard.job_quota import JobQuota
 from captioner.observability.metrics import Metrics
 from tests.conftest import metric_value, tiny_settings
 
@@ -34,20 +35,58 @@ def test_tickets_are_counted_and_refused_past_capacity_with_retry_after() -> Non
     assert metric_value(text, "captioner_admission_refused_total", 'reason="budget"') == 1
 
 
-def test_a_caller_may_run_only_so_many_jobs_and_others_are_not_held_back() -> None:
-    budget = AdmissionBudget(10, jobs_per_principal=2)
-    done_a = [budget.start_job("key:a"), budget.start_job("key:a")]
-    with pytest.raises(RateLimited) as refused:
-        budget.start_job("key:a")
-    assert refused.value.status_code == 429 and "Retry-After" in refused.value.headers
-    budget.start_job("key:b")  # another caller is not affected
-    done_a[0]()
-    done_a[0]()  # idempotent
-    assert budget.jobs_running("key:a") == 1
-    budget.start_job("key:a")
-    for finish in done_a[1:]:
-        finish()
-    assert budget.jobs_running("key:a") == 1
+def test_a_caller_may_have_only_so_many_outstanding_jobs_and_others_are_not_held_back() -> None:
+    now = [0.0]
+    quota = JobQuota(per_principal=2, max_bytes=100, clock=lambda: now[0])
+
+    async def never_open(job_id: str) -> bool:
+        return False
+
+    async def always_open(job_id: str) -> bool:
+        return True
+
+    async def scenario() -> None:
+        first = await quota.reserve("key:a", always_open)
+        second = await quota.reserve("key:a", always_open)
+        with pytest.raises(RateLimited) as refused:
+            await quota.reserve("key:a", always_open)
+        assert refused.value.status_code == 429 and "Retry-After" in refused.value.headers
+        await quota.reserve("key:b", always_open)  # another caller is not affected
+        first.bind("job-1", 40)
+        second.cancel()
+        second.cancel()  # idempotent
+        assert quota.outstanding("key:a") == 1 and quota.bytes == 40
+        with pytest.raises(Overloaded):
+            await quota.check_bytes(61, always_open)  # 40 + 61 > 100
+        quota.ended("job-1")
+        quota.ended("job-1")  # idempotent
+        assert quota.outstanding("key:a") == 0 and quota.bytes == 0
+        # A job another replica ran (queue: redis) is let go once the queue says it ended.
+        third, fourth = await quota.reserve("key:c", always_open), await quota.reserve("key:c", always_open)
+        third.bind("job-3", 0)
+        fourth.bind("job-4", 0)
+        with pytest.raises(RateLimited):  # the queue was looked up less than a second ago: not again yet
+            await quota.reserve("key:c", never_open)
+        now[0] += 1.5
+        await quota.reserve("key:c", never_open)  # at its cap: the two are looked up, found ended, released
+        assert quota.outstanding("key:c") == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_running_job_waits_for_a_ticket_instead_of_being_refused() -> None:
+    async def scenario() -> None:
+        budget = AdmissionBudget(1)
+        held = budget.acquire()
+        waiting = asyncio.ensure_future(budget.acquire_waiting())
+        await asyncio.sleep(0)
+        assert not waiting.done() and budget.in_use == 1
+        held.release()
+        async with await waiting:
+            assert budget.in_use == 1
+        assert budget.in_use == 0
+
+    asyncio.run(scenario())
 
 
 def test_auto_capacity_is_the_queue_plus_two_batches(tiny_model_dir: Any) -> None:
@@ -94,20 +133,3 @@ def test_the_gate_refuses_before_the_body_is_read_and_gives_tickets_back() -> No
     assert int(headers[b"retry-after"]) >= 1
     assert orjson.loads(sent[1]["body"])["error"]["code"] == "overloaded"
     held.release()
-
-
-def test_a_ticket_handed_to_a_job_outlives_the_request() -> None:
-    budget = AdmissionBudget(3)
-    tickets: list[Any] = []
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        ticket = admission_ticket(scope)
-        ticket.handed_over = True
-        tickets.append(ticket)
-        await send({"type": "http.response.start", "status": 202, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-
-    run_gate(budget, app, [])
-    assert budget.in_use == 1  # the job holds it
-    tickets[0].release()
-    assert budget.in_use == 0
