@@ -83,6 +83,19 @@ class BatchingSettings:
 
 
 @dataclass(frozen=True)
+class HealthSettings:
+    """When a replica's model counts as broken (not ready, model work refused with 503), and how it comes back."""
+
+    # This many failed batches in a row -> not ready until a probe batch (the warm-up image) succeeds.
+    max_consecutive_failures: int = _field(3, ge=1)
+    # While failing: seconds between probe batches (the first runs at once).
+    probe_interval_s: float = _field(5.0, gt=0)
+    # model.worker: process: a dead model process is respawned after this, doubling per death in a row.
+    respawn_backoff_s: float = _field(1.0, gt=0)
+    respawn_max_backoff_s: float = _field(30.0, gt=0)
+
+
+@dataclass(frozen=True)
 class CacheSettings:
     max_entries: int = _field(10000, ge=0)
     ttl_s: float = _field(86400.0, gt=0)
@@ -127,6 +140,12 @@ class AuthSettings:
 class RateLimitSettings:
     per_key_rps: float = _field(0.0, ge=0)
     burst: int = _field(0, ge=0)
+    # Empty: cache.redis_url if set (one bucket per caller across every replica), else a bucket per replica.
+    redis_url: str = ""
+    # Per Redis call; past it (or while Redis is down) the decision is made without Redis, as fail_open says.
+    redis_timeout_s: float = _field(0.1, gt=0)
+    # Redis unreachable: true falls back to this replica's own buckets; false refuses with 503 overloaded.
+    fail_open: bool = True
 
 
 @dataclass(frozen=True)
@@ -209,6 +228,7 @@ class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     batching: BatchingSettings = field(default_factory=BatchingSettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     jobs: JobsSettings = field(default_factory=JobsSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
@@ -390,10 +410,21 @@ _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def _check_cross_field(settings: Settings) -> None:
-    for name, url in (("cache.redis_url", settings.cache.redis_url), ("jobs.redis_url", settings.jobs.redis_url)):
+    redis_urls = (
+        ("cache.redis_url", settings.cache.redis_url),
+        ("jobs.redis_url", settings.jobs.redis_url),
+        ("rate_limit.redis_url", settings.rate_limit.redis_url),
+    )
+    for name, url in redis_urls:
         if url and not url.startswith(_REDIS_SCHEMES):
             # The value is not echoed: it may hold a password.
             raise ConfigError(f"config: {name} must start with {', '.join(_REDIS_SCHEMES)} or be empty")
+    health = settings.health
+    if health.respawn_max_backoff_s < health.respawn_backoff_s:
+        raise ConfigError(
+            f"config: health.respawn_max_backoff_s must be >= health.respawn_backoff_s "
+            f"({health.respawn_backoff_s:g}), got {health.respawn_max_backoff_s:g}"
+        )
     gen = settings.generation
     if gen.num_captions > gen.max_num_captions:
         raise ConfigError(

@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from captioner.errors import CaptionerError, error_response
 from captioner.guard.api_keys import KEY_PRINCIPAL_PREFIX, ApiKeys
-from captioner.guard.rate_limit import RateLimiter
+from captioner.guard.shared_limiter import SharedRateLimiter
 
 
 def client_address(scope: Scope) -> str:
@@ -31,7 +31,7 @@ def key_principal(scope: Scope) -> str | None:
 class ApiGuard:
     """Sets ``scope["state"]["principal"]`` ("key:<id>" or "ip:<address>") for the routes behind it."""
 
-    def __init__(self, app: ASGIApp, *, keys: ApiKeys, limiter: RateLimiter, protected_prefix: str) -> None:
+    def __init__(self, app: ASGIApp, *, keys: ApiKeys, limiter: SharedRateLimiter, protected_prefix: str) -> None:
         self.app = app
         self.protected_prefix = protected_prefix
         self.keys = keys
@@ -42,17 +42,18 @@ class ApiGuard:
             await self.app(scope, receive, send)
             return
         try:
-            principal = self.admit(scope)
+            principal = await self.admit(scope)
         except CaptionerError as refused:
             await error_response(refused)(scope, receive, send)
             return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
 
-    def admit(self, scope: Scope) -> str:
+    async def admit(self, scope: Scope) -> str:
         if self.keys.enabled:
             principal = self.keys.authenticate(Headers(scope=scope).get("authorization"))
         else:
             principal = "ip:" + client_address(scope)
-        self.limiter.check(principal)
+        if self.limiter.enabled:  # off: no call at all; on: a Redis round trip only when limits are shared
+            await self.limiter.check(principal)
         return principal

@@ -10,7 +10,7 @@ from starlette.middleware import Middleware
 from captioner.config import Settings
 from captioner.guard.api_keys import ApiKeys
 from captioner.guard.gate import ApiGuard
-from captioner.guard.rate_limit import RateLimiter
+from captioner.guard.shared_limiter import SharedRateLimiter
 from captioner.http import paths
 from captioner.http.access_log import RequestObserver
 from captioner.http.exception_handlers import EXCEPTION_HANDLERS
@@ -44,6 +44,7 @@ def create_app(
         jobs=JobManager(build_job_store(settings, metrics), ttl_s=settings.jobs.ttl_s, metrics=metrics),
         drift=DriftWatch.from_settings(settings.drift, metrics),  # a bad reference file stops start-up here
         page=render_index(settings),
+        limiter=SharedRateLimiter.from_settings(settings, metrics),
     )
 
     def load_model(variant_settings: Settings) -> Captioner:
@@ -57,7 +58,7 @@ def create_app(
             Middleware(
                 ApiGuard,
                 keys=state.keys,
-                limiter=RateLimiter.from_settings(settings.rate_limit),
+                limiter=state.limiter,
                 protected_prefix=paths.API_PREFIX,
             ),
         ],

@@ -46,6 +46,7 @@ def lifespan(
                     logger.warning("drain timed out after %.0f s", settings.server.drain_timeout_s)
             await state.jobs.close(settings.server.drain_timeout_s)  # accepted jobs were drained above
             await state.url_fetcher.aclose()
+            await state.limiter.aclose()
 
     return run
 
@@ -53,7 +54,13 @@ def lifespan(
 async def _load(state: AppState, load_model: LoadModel, on_fatal: Callable[[], None] | None) -> None:
     settings = state.settings
     try:
-        pool = VariantPool(settings, state.metrics, load_model=load_model, drift=state.drift)
+        pool = VariantPool(
+            settings,
+            state.metrics,
+            load_model=load_model,
+            drift=state.drift,
+            on_fatal=lambda reason: _model_failed(state, on_fatal, reason),
+        )
         state.pool = pool
         await pool.start()
         if not state.draining:
@@ -72,6 +79,13 @@ async def _load(state: AppState, load_model: LoadModel, on_fatal: Callable[[], N
         logger.exception("model failed to load")
         if on_fatal is not None:
             on_fatal()
+
+
+def _model_failed(state: AppState, on_fatal: Callable[[], None] | None, reason: str) -> None:
+    """A model broke for good (a CUDA error): not ready from now on; the server drains and exits non-zero."""
+    state.fatal_error = reason
+    if on_fatal is not None:
+        on_fatal()
 
 
 def _on_sighup(state: AppState, reload_settings: Callable[[], Settings]) -> None:

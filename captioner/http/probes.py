@@ -16,10 +16,9 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    state = app_state(request)
-    if state.ready and not state.draining:
+    reason = app_state(request).not_ready_reason()
+    if reason is None:
         return FastJSONResponse({"status": "ready"})
-    reason = "draining" if state.draining else ("failed: " + state.load_error if state.load_error else "loading")
     return FastJSONResponse({"status": reason}, status_code=503)
 
 

@@ -11,6 +11,7 @@ from starlette.requests import HTTPConnection
 
 from captioner.config import Settings, to_dict
 from captioner.guard.api_keys import ApiKeys
+from captioner.guard.shared_limiter import SharedRateLimiter
 from captioner.http.urlfetch import UrlFetcher
 from captioner.observability.metrics import Metrics
 from captioner.serving.drift_watch import DriftWatch
@@ -30,12 +31,31 @@ class AppState:
     jobs: JobManager
     drift: DriftWatch
     page: str  # the web page, rendered once from the settings
+    limiter: SharedRateLimiter
     pool: VariantPool | None = None
     loop: asyncio.AbstractEventLoop | None = None
     ready: bool = False
     draining: bool = False
     load_error: str | None = None
+    fatal_error: str | None = None  # a model failure this process can't recover from (it is on its way out)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        # Computed at each scrape, so it can never disagree with /readyz.
+        self.metrics.ready.set_function(lambda: 0.0 if self.not_ready_reason() else 1.0)
+
+    def not_ready_reason(self) -> str | None:
+        """Why /readyz says 503 (loading, draining, a model down or failing, a fatal error); None when ready."""
+        if self.fatal_error is not None:
+            return "failed: " + self.fatal_error
+        if self.load_error is not None:
+            return "failed: " + self.load_error
+        if self.draining:
+            return "draining"
+        if not self.ready or self.pool is None:
+            return "loading"
+        problems = self.pool.health_problems()
+        return "; ".join(problems) if problems else None
 
     @property
     def service(self) -> CaptionService | None:
@@ -59,7 +79,6 @@ class AppState:
 
     def set_ready(self, ready: bool) -> None:
         self.ready = ready
-        self.metrics.ready.set(1 if ready else 0)
 
     def start_draining(self) -> None:
         """Called on SIGTERM, before anything else: stop looking ready, refuse new work, and stop holding

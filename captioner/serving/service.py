@@ -18,13 +18,14 @@ from typing import Any
 import orjson
 
 from captioner.config import DEFAULT_VARIANT, Settings
-from captioner.errors import RequestTimeout
+from captioner.errors import ModelUnavailable, RequestTimeout
 from captioner.model.preprocessing import ImageInfo, PreparedImage
 from captioner.model.protocol import Caption, Captioner, CaptionJob
 from captioner.observability.metrics import Metrics
 from captioner.serving.batcher import Batcher, BatchInfo
 from captioner.serving.cache import CaptionCache, Lookup, cache_key
 from captioner.serving.drift_watch import DriftWatch
+from captioner.serving.health import ModelHealth, OnFatal
 from captioner.shared_state.redis_cache import RedisCacheLevel
 from captioner.shared_state.redis_client import RedisClient
 
@@ -101,6 +102,7 @@ class CaptionService:
         *,
         drift: DriftWatch | None = None,
         variant: str = DEFAULT_VARIANT,
+        on_fatal: OnFatal | None = None,
     ) -> None:
         self.settings = settings
         self.variant = variant
@@ -132,6 +134,8 @@ class CaptionService:
             request_timeout_s=batching.request_timeout_s,
             on_batch=self._observe_batch,
         )
+        # Read by /readyz (through the variant pool); refuses model work while the model can't take it.
+        self.health = ModelHealth(variant, metrics, settings.health, probe=self.warm_up, on_fatal=on_fatal)
         self._shared_cache = _shared_cache(settings, metrics)
         self.cache: CaptionCache[_Computed] = CaptionCache(
             max_entries=settings.cache.max_entries, ttl_s=settings.cache.ttl_s, second_level=self._shared_cache
@@ -142,6 +146,7 @@ class CaptionService:
 
     def start(self) -> None:
         self.batcher.start()
+        self.health.watch(self.captioner)
 
     async def warm_up(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._model_pool, self.captioner.warm_up)
@@ -149,6 +154,7 @@ class CaptionService:
     async def close(self, timeout_s: float) -> bool:
         """Finish everything accepted (up to ``timeout_s``), then stop the threads."""
         finished = await self.batcher.drain(timeout_s)
+        await self.health.close()
         self._preprocess_pool.shutdown(wait=False, cancel_futures=True)
         self._model_pool.shutdown(wait=False, cancel_futures=True)
         if self._shared_cache is not None:
@@ -218,6 +224,7 @@ class CaptionService:
         )
 
     async def _compute(self, data: bytes, num_captions: int, deadline: float | None) -> _Computed:
+        self.health.admit()  # a model that can't take work: 503 now, before any decoding
         loop = asyncio.get_running_loop()
         prepared = await loop.run_in_executor(self._preprocess_pool, self._preprocess, data)
         timeout_s = None
@@ -236,9 +243,17 @@ class CaptionService:
         return prepared
 
     async def _run_batch(self, jobs: Sequence[CaptionJob]) -> list[_Inferred]:
+        self.health.admit()  # queued before the model went down: refused without touching it
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(self._model_pool, self.captioner.caption_batch, jobs)
+        try:
+            results = await loop.run_in_executor(self._model_pool, self.captioner.caption_batch, jobs)
+        except (ModelUnavailable, asyncio.CancelledError):
+            raise  # not the model's failure: it was down already, or we stopped waiting
+        except BaseException as exc:
+            self.health.batch_failed(exc)
+            raise
+        self.health.batch_succeeded()
         self._series.inference_seconds.observe(time.perf_counter() - started)
         self._series.images.inc(len(jobs))
         return [_Inferred(captions, len(jobs)) for captions in results]

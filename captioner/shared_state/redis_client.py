@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -147,6 +147,16 @@ class RedisClient:
 
     async def delete(self, key: str) -> None:
         await self._call("delete", lambda: self._client.delete(key))
+
+    def script(self, source: str) -> Callable[[Sequence[str], Sequence[str | int | float]], Awaitable[Any]]:
+        """A Lua script, run atomically in one round trip (EVALSHA, loaded on first use), bounded and guarded by
+        the breaker like every other call: ``await run(keys, args)``."""
+        script = self._client.register_script(source)
+
+        async def run(keys: Sequence[str], args: Sequence[str | int | float]) -> Any:
+            return await self._call("script", lambda: script(keys=list(keys), args=list(args)))
+
+        return run
 
     async def ping(self) -> bool:
         try:
