@@ -47,6 +47,7 @@ def lifespan(
             await state.jobs.close(settings.server.drain_timeout_s)  # accepted jobs were drained above
             await state.url_fetcher.aclose()
             await state.limiter.aclose()
+            await state.feedback.store.aclose()
 
     return run
 

@@ -15,6 +15,7 @@ from captioner.guard.shared_limiter import SharedRateLimiter
 from captioner.http.urlfetch import UrlFetcher
 from captioner.observability.metrics import Metrics
 from captioner.serving.drift_watch import DriftWatch
+from captioner.serving.feedback import Feedback
 from captioner.serving.jobs import JobManager
 from captioner.serving.service import CaptionService
 from captioner.serving.variants import VariantPool
@@ -30,6 +31,7 @@ class AppState:
     url_fetcher: UrlFetcher
     jobs: JobManager
     drift: DriftWatch
+    feedback: Feedback
     page: str  # the web page, rendered once from the settings
     limiter: SharedRateLimiter
     pool: VariantPool | None = None

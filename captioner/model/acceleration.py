@@ -36,7 +36,7 @@ def _sdpa_forward(self: Any, hidden_states: torch.Tensor, **kwargs: Any) -> tupl
 
 def use_sdpa_attention(model: Any) -> int:
     """Switch the vision tower's attention modules to SDPA; returns how many were switched."""
-    from transformers.models.blip.modeling_blip import BlipAttention
+    from transformers.models.blip.modeling_blip import BlipAttention  # transformers loads only with a model
 
     switched = 0
     for module in model.vision_model.modules():
@@ -50,7 +50,7 @@ def use_sdpa_attention(model: Any) -> int:
 
 def quantize_int8(model: Any) -> Any:
     """Every ``nn.Linear`` as a dynamically quantised INT8 linear (CPU); the model is changed in place."""
-    from torch.ao.quantization import quantize_dynamic
+    from torch.ao.quantization import quantize_dynamic  # only when int8 is asked for
 
     quantize: Any = quantize_dynamic  # untyped upstream
     with warnings.catch_warnings():

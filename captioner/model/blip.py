@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from transformers import BlipForConditionalGeneration, BlipProcessor
 
 from captioner.config import GenerationSettings, ModelSettings
 from captioner.model import acceleration
@@ -84,8 +85,6 @@ class BlipCaptioner(Preprocessing):
     """``BlipForConditionalGeneration`` plus its processor, on one device, ready to caption batches."""
 
     def __init__(self, model_dir: Path, model: ModelSettings, generation: GenerationSettings, max_pixels: int) -> None:
-        from transformers import BlipForConditionalGeneration, BlipProcessor
-
         self.name = model.name
         self.revision = model.revision
         self._device = resolve_device(model.device)

@@ -148,6 +148,10 @@ class RedisClient:
     async def delete(self, key: str) -> None:
         await self._call("delete", lambda: self._client.delete(key))
 
+    async def execute(self, operation: str, command: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+        """Any other command (streams, say) on the client, under the same deadline and breaker."""
+        return await self._call(operation, lambda: command(self._client))
+
     def script(self, source: str) -> Callable[[Sequence[str], Sequence[str | int | float]], Awaitable[Any]]:
         """A Lua script, run atomically in one round trip (EVALSHA, loaded on first use), bounded and guarded by
         the breaker like every other call: ``await run(keys, args)``."""
