@@ -4,6 +4,8 @@ the real untrained tiny BLIP: accepted by the config, applied to the model, and 
 from __future__ import annotations
 
 import os
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 import torch
 
 from captioner.config import ConfigError, load_settings
+from captioner.errors import ModelUnavailable
 from captioner.model import acceleration
 from captioner.model.blip import BlipCaptioner
 from captioner.model.process_worker import ModelProcessError, ProcessCaptioner
@@ -150,14 +153,24 @@ def test_process_worker_failure_fails_one_batch_only(child: ProcessCaptioner, jo
     assert len(child.caption_batch(jobs[:2])) == 2
 
 
-def test_process_worker_death_is_reported(tiny_model_dir: Path, jobs: list[CaptionJob]) -> None:
-    settings = tiny_settings(tiny_model_dir)
-    captioner = ProcessCaptioner(tiny_model_dir, settings.model, settings.generation, settings.limits.max_pixels)
-    captioner._process.kill()
-    captioner._process.join(10)
-    with pytest.raises(ModelProcessError, match="model process is gone"):
+def test_process_worker_death_is_reported_and_close_stops_the_respawn(
+    tiny_model_dir: Path, jobs: list[CaptionJob]
+) -> None:
+    settings = tiny_settings(tiny_model_dir, health={"respawn_backoff_s": 30, "respawn_max_backoff_s": 30})
+    captioner = ProcessCaptioner(
+        tiny_model_dir, settings.model, settings.generation, settings.limits.max_pixels, health=settings.health
+    )
+    assert captioner.pid is not None
+    os.kill(captioner.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while captioner.up:  # the supervisor notices
+        assert time.monotonic() < deadline, "the death was never noticed"
+        time.sleep(0.01)
+    with pytest.raises(ModelUnavailable) as down:
         captioner.caption_batch(jobs[:1])
-    captioner.close()
+    assert down.value.status_code == 503 and int(down.value.headers["Retry-After"]) > 1  # the respawn is 30 s off
+    captioner.close()  # during the backoff: no respawn follows
+    assert not captioner._supervisor.is_alive() and captioner.respawns == 0
     captioner.close()  # idempotent
     with pytest.raises(ModelProcessError, match="stopped"):
         captioner.caption_batch(jobs[:1])
@@ -177,5 +190,5 @@ def test_server_with_process_worker(tiny_model_dir: Path) -> None:
             assert body["captions"][0]["text"] and 0 < body["captions"][0]["confidence"] <= 1
         service = server.app.state.captioner.service
         assert isinstance(service.captioner, ProcessCaptioner)
-        child = service.captioner._process
+        child = service.captioner._child.process
     assert not child.is_alive()  # the service closed its model process on shutdown
