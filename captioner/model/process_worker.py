@@ -214,7 +214,10 @@ class ProcessCaptioner(Preprocessing):
 
     def _spawn_warm(self) -> _Child:
         child, _ = self._spawn()
+        self._spawning = child  # close() ends the warm-up too
         try:
+            if self._closing.is_set():
+                raise ModelProcessError("the model process has been stopped")
             child.conn.send(("warm_up",))
             if not child.conn.poll(self._start_timeout_s):
                 raise ModelProcessError("the respawned model process did not warm up in time")
@@ -222,6 +225,8 @@ class ProcessCaptioner(Preprocessing):
         except BaseException:
             _kill(child, 10.0)
             raise
+        finally:
+            self._spawning = None
         return child
 
     def _supervise(self) -> None:

@@ -192,3 +192,20 @@ def test_server_with_process_worker(tiny_model_dir: Path) -> None:
         assert isinstance(service.captioner, ProcessCaptioner)
         child = service.captioner._child.process
     assert not child.is_alive()  # the service closed its model process on shutdown
+
+
+def test_close_during_a_respawn_stops_the_new_child_too(tiny_model_dir: Path) -> None:
+    settings = tiny_settings(tiny_model_dir, health={"respawn_backoff_s": 0.01})
+    captioner = ProcessCaptioner(
+        tiny_model_dir, settings.model, settings.generation, settings.limits.max_pixels, health=settings.health
+    )
+    assert captioner.pid is not None
+    os.kill(captioner.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while (respawning := captioner._spawning) is None:  # the replacement is loading
+        assert time.monotonic() < deadline and captioner.respawns == 0, "no respawn was started"
+        time.sleep(0.005)
+    captioner.close()
+    assert not captioner._supervisor.is_alive() and captioner.respawns == 0
+    respawning.process.join(10)
+    assert not respawning.process.is_alive()  # no orphaned model process
