@@ -48,12 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_caption_command(commands, _add_config_argument, _settings)
     add_eval_command(commands, _add_config_argument, _settings)
     add_feedback_commands(commands, _add_config_argument, _settings)
+
+    from captioner.tools.models_cli import add_models_command
+
+    add_models_command(commands, _add_config_argument, _settings)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # for records of who ran what (models)
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         return run(args)

@@ -23,6 +23,7 @@ from captioner.http.app import create_app
 from captioner.http.header_limits import MAX_HEAD_BYTES, http_protocol
 from captioner.model.weights import WeightsUnavailable, ensure_weights
 from captioner.observability.logs import configure_logging
+from captioner.serving.registry_source import RegistrySource
 
 logger = logging.getLogger("captioner.server")
 
@@ -123,8 +124,13 @@ def serve(settings: Settings, reload_settings: Callable[[], Settings] | None = N
             settings.server.host,
             extra={"event": "no_auth", "host": settings.server.host},
         )
+    variants = settings
+    if settings.registry.path:  # the registry's versions are on disk by construction; its fallback may not be
+        source = RegistrySource(settings)
+        source.refresh()
+        variants = source.resolve(settings)
     try:
-        for _, _, variant in settings.variants():  # every A/B variant's weights, before binding the port
+        for _, _, variant in variants.variants():  # every A/B variant's weights, before binding the port
             ensure_weights(variant.model)
     except WeightsUnavailable as exc:
         print(str(exc), file=sys.stderr)

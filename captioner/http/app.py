@@ -13,6 +13,7 @@ from captioner.guard.gate import ApiGuard
 from captioner.guard.shared_limiter import SharedRateLimiter
 from captioner.http import paths
 from captioner.http.access_log import RequestObserver
+from captioner.http.drift_webhook import DriftWebhook
 from captioner.http.exception_handlers import EXCEPTION_HANDLERS
 from captioner.http.lifespan import lifespan
 from captioner.http.routes import routes
@@ -25,6 +26,7 @@ from captioner.observability.metrics import Metrics
 from captioner.serving.drift_watch import DriftWatch
 from captioner.serving.feedback import build_feedback
 from captioner.serving.jobs import JobManager, build_job_store
+from captioner.serving.registry_source import RegistrySource
 
 
 def create_app(
@@ -47,7 +49,10 @@ def create_app(
         feedback=build_feedback(settings, metrics),
         page=render_index(settings),
         limiter=SharedRateLimiter.from_settings(settings, metrics),
+        registry=RegistrySource(settings, metrics) if settings.registry.path else None,
     )
+    if settings.drift.webhook_url and state.drift.enabled:
+        state.webhook = DriftWebhook(settings.drift, settings.url_input, state.drift, metrics)
 
     def load_model(variant_settings: Settings) -> Captioner:
         return captioner if captioner is not None else load_captioner(variant_settings)

@@ -1,4 +1,8 @@
-"""Start-up and shutdown: load and warm the model in the background, reload on SIGHUP, drain on the way out."""
+"""Start-up and shutdown: load and warm the model in the background, reload on SIGHUP, drain on the way out.
+
+Once the variants are up, two watches run beside the traffic: the registry's aliases (when ``registry.path``
+is set) and the canary analysis. They stop first at shutdown.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from starlette.applications import Starlette
 from captioner.config import ConfigError, Settings
 from captioner.http.state import AppState
 from captioner.model.protocol import Captioner
+from captioner.serving.canary_watch import CanaryWatch
 from captioner.serving.variants import VariantPool
 
 logger = logging.getLogger("captioner.app")
@@ -31,7 +36,10 @@ def lifespan(
     @asynccontextmanager
     async def run(app: Starlette) -> AsyncIterator[None]:
         state.loop = asyncio.get_running_loop()
-        loader = asyncio.create_task(_load(state, load_model, on_fatal), name="captioner-load")
+        if state.webhook is not None:
+            state.webhook.start(state.loop)
+        watches: list[asyncio.Task[None]] = []
+        loader = asyncio.create_task(_load(state, load_model, on_fatal, watches), name="captioner-load")
         if reload_settings is not None:
             _on_sighup(state, reload_settings)
         try:
@@ -40,6 +48,8 @@ def lifespan(
             state.start_draining()
             if not loader.done():
                 loader.cancel()
+            for watch in watches:
+                watch.cancel()
             if state.pool is not None:
                 finished = await state.pool.close(settings.server.drain_timeout_s)
                 if not finished:
@@ -48,15 +58,23 @@ def lifespan(
             await state.url_fetcher.aclose()
             await state.limiter.aclose()
             await state.feedback.store.aclose()
+            if state.webhook is not None:
+                await state.webhook.aclose()
 
     return run
 
 
-async def _load(state: AppState, load_model: LoadModel, on_fatal: Callable[[], None] | None) -> None:
+async def _load(
+    state: AppState, load_model: LoadModel, on_fatal: Callable[[], None] | None, watches: list[asyncio.Task[None]]
+) -> None:
     settings = state.settings
     try:
+        registry = state.registry
+        if registry is not None:
+            await asyncio.to_thread(registry.refresh)
+        variants = registry.resolve(settings) if registry is not None else settings
         pool = VariantPool(
-            settings,
+            variants,
             state.metrics,
             load_model=load_model,
             drift=state.drift,
@@ -66,6 +84,7 @@ async def _load(state: AppState, load_model: LoadModel, on_fatal: Callable[[], N
         await pool.start()
         if not state.draining:
             state.set_ready(True)
+        _start_watches(state, pool, watches)
         service = pool.router.any_service()
         assert service is not None
         model = service.captioner
@@ -87,6 +106,22 @@ def _model_failed(state: AppState, on_fatal: Callable[[], None] | None, reason: 
     state.fatal_error = reason
     if on_fatal is not None:
         on_fatal()
+
+
+def _start_watches(state: AppState, pool: VariantPool, watches: list[asyncio.Task[None]]) -> None:
+    registry = state.registry
+    state.canary = CanaryWatch(
+        pool,
+        state.settings.canary,
+        state.metrics,
+        feedback=state.feedback.stats,  # user approval per variant (POST /api/v1/feedback)
+        on_rollback=registry.on_canary_rollback if registry is not None else None,
+    )
+    watches.append(asyncio.create_task(state.canary.run(), name="captioner-canary"))
+    if registry is not None:
+        watches.append(
+            asyncio.create_task(registry.watch(lambda: state.reload(state.settings)), name="captioner-registry")
+        )
 
 
 def _on_sighup(state: AppState, reload_settings: Callable[[], Settings]) -> None:

@@ -202,6 +202,22 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                     },
                 }
             },
+            paths.VARIANTS: {
+                "get": {
+                    "summary": "The live A/B variants and the canary analysis (registry serving: production, canary)",
+                    "operationId": "get_variants",
+                    "responses": {
+                        "200": {
+                            "description": "variants (weight, model, revision, stats: requests, errors, error_ratio, "
+                            "p95_s, mean_confidence), canary (state: none, paused, waiting, healthy or rolled_back; "
+                            "reason, detail, the signals compared), registry (name, production, canary) or null",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Variants"}}},
+                        },
+                        "401": errors["401"],
+                        "429": errors["429"],
+                    },
+                }
+            },
         },
         "components": {
             "schemas": {
@@ -262,6 +278,31 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                         },
                     },
                     "required": ["enabled", "features"],
+                },
+                "Variants": {
+                    "type": "object",
+                    "properties": {
+                        "variants": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "variant": {"type": "string"},
+                                    "weight": {"type": "number", "minimum": 0},
+                                    "model": {"type": "string"},
+                                    "stats": {"type": "object", "required": ["requests", "errors"]},
+                                },
+                                "required": ["variant", "weight", "model", "stats"],
+                            },
+                        },
+                        "canary": {
+                            "type": "object",
+                            "properties": {"state": {"type": "string"}},
+                            "required": ["state"],
+                        },
+                        "registry": {"type": ["object", "null"]},
+                    },
+                    "required": ["variants", "canary", "registry"],
                 },
                 "Error": {
                     "type": "object",

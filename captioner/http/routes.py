@@ -10,6 +10,7 @@ from captioner.http.drift_api import drift_reference, drift_report
 from captioner.http.feedback_api import feedback
 from captioner.http.hf_api import image_to_text
 from captioner.http.jobs_api import job_status
+from captioner.http.variants_api import variants_report
 from captioner.http.web import index, static_files
 
 
@@ -22,6 +23,7 @@ def routes() -> list[BaseRoute]:
         Route(paths.DRIFT_REFERENCE, drift_reference, methods=["GET"]),
         Route(paths.FEEDBACK, feedback, methods=["POST"]),
         Route(paths.HF_IMAGE_TO_TEXT, image_to_text, methods=["POST"]),
+        Route(paths.VARIANTS, variants_report, methods=["GET"]),
         # Open: probes, metrics, the API's description, the web page.
         Route(paths.HEALTHZ, probes.healthz, methods=["GET"]),
         Route(paths.READYZ, probes.readyz, methods=["GET"]),

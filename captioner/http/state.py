@@ -12,11 +12,14 @@ from starlette.requests import HTTPConnection
 from captioner.config import Settings, to_dict
 from captioner.guard.api_keys import ApiKeys
 from captioner.guard.shared_limiter import SharedRateLimiter
+from captioner.http.drift_webhook import DriftWebhook
 from captioner.http.urlfetch import UrlFetcher
 from captioner.observability.metrics import Metrics
+from captioner.serving.canary_watch import CanaryWatch
 from captioner.serving.drift_watch import DriftWatch
 from captioner.serving.feedback import Feedback
 from captioner.serving.jobs import JobManager
+from captioner.serving.registry_source import RegistrySource
 from captioner.serving.service import CaptionService
 from captioner.serving.variants import VariantPool
 
@@ -35,6 +38,9 @@ class AppState:
     page: str  # the web page, rendered once from the settings
     limiter: SharedRateLimiter
     pool: VariantPool | None = None
+    registry: RegistrySource | None = None  # registry.path set: the variants are its aliases
+    canary: CanaryWatch | None = None  # made once the variants are up
+    webhook: DriftWebhook | None = None  # drift.webhook_url set
     loop: asyncio.AbstractEventLoop | None = None
     ready: bool = False
     draining: bool = False
@@ -77,7 +83,7 @@ class AppState:
         ignored = [k for k, v in to_dict(new).items() if k != "models" and v != running[k]]
         if ignored:
             logger.warning("reload applies `models` only; restart to change: %s", ", ".join(ignored))
-        await self.pool.reload(new)
+        await self.pool.reload(self.registry.resolve(new) if self.registry is not None else new)
 
     def set_ready(self, ready: bool) -> None:
         self.ready = ready

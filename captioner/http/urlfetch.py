@@ -169,6 +169,20 @@ class UrlFetcher:
         except TimeoutError:
             raise UrlFetchFailed(f"fetching the URL took longer than {self._settings.timeout_s:g}s") from None
 
+    async def post_json(self, url: str, body: bytes) -> int:
+        """POST ``body`` (JSON) to ``url`` under the same policy as ``fetch``; redirects are not followed.
+
+        Returns the HTTP status; raises UrlNotAllowed (the policy refused the host) or UrlFetchFailed.
+        """
+        try:
+            async with asyncio.timeout(self._settings.timeout_s):
+                target = _parse(url)
+                response = await self._send(target, await self._resolve(target), method="POST", content=body)
+                await response.aclose()
+                return response.status_code
+        except TimeoutError:
+            raise UrlFetchFailed(f"the POST took longer than {self._settings.timeout_s:g}s") from None
+
     async def _fetch(self, url: str) -> bytes:
         target = _parse(url)
         redirects = 0
@@ -213,7 +227,9 @@ class UrlFetcher:
             check_address(address, allow_private=self._settings.allow_private_networks)
         return list(dict.fromkeys(addresses))
 
-    async def _send(self, target: _Target, addresses: list[str]) -> httpx.Response:
+    async def _send(
+        self, target: _Target, addresses: list[str], *, method: str = "GET", content: bytes | None = None
+    ) -> httpx.Response:
         """Send the request to the first checked address that accepts a connection."""
         headers = {
             "Host": target.url.netloc.decode("ascii"),  # IDNA host plus any non-default port, as httpx sends it
@@ -225,14 +241,17 @@ class UrlFetcher:
             # verified for one name could otherwise carry a request for another name on the same IP.
             "Connection": "close",
         }
+        if content is not None:
+            headers.update({"Accept": "*/*", "Content-Type": "application/json"})
         # sni_hostname makes httpcore send SNI and verify the certificate for the name, not the IP we dial.
         extensions = {"sni_hostname": target.host, "timeout": self._timeout.as_dict()}
         for index, address in enumerate(addresses):
             try:
                 # A bare httpx.Request (not client.build_request) so no client cookies or auth are attached.
                 request = httpx.Request(
-                    "GET", target.url.copy_with(host=address), headers=headers, extensions=extensions
-                )
+                    method, target.url.copy_with(host=address), headers=headers, content=content,
+                    extensions=extensions,
+                )  # fmt: skip
                 return await self._client.send(request, stream=True)
             except httpx.ConnectError:
                 if index == len(addresses) - 1:

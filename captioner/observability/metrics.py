@@ -142,6 +142,26 @@ class Metrics:
             "captioner_rollbacks", "Canaries rolled back automatically, by variant and reason.",
             ["variant", "reason"], registry=r,
         )  # fmt: skip
+        # Per variant, what the canary analysis compares live: server-side failures and model-path latency.
+        self.variant_errors = Counter(
+            "captioner_variant_errors", "Caption requests a variant failed (5xx), by variant and error code.",
+            ["variant", "code"], registry=r,
+        )  # fmt: skip
+        self.variant_request_seconds = Histogram(
+            "captioner_variant_request_seconds",
+            "Latency of caption requests a variant's model answered (cache hits excluded), by variant.",
+            variant,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.registry_version = Gauge(
+            "captioner_registry_version", "The registry version each alias is served from (0: none).", ["alias"],
+            registry=r,
+        )  # fmt: skip
+        self.drift_webhooks = Counter(
+            "captioner_drift_webhooks", "Drift webhook calls, by outcome (sent, failed, refused).", ["outcome"],
+            registry=r,
+        )  # fmt: skip
         self.drift_psi_threshold = Gauge(
             "captioner_drift_psi_threshold", "drift.psi_alert: a PSI above it is drift worth a look.", registry=r
         )
