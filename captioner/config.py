@@ -119,6 +119,10 @@ class JobsSettings:
     lease_s: float = _field(30.0, gt=0)
     # Tries per job before it ends with an error result (a poison image can't loop for ever).
     max_attempts: int = _field(3, ge=1)
+    # Per Redis command of the durable queue: longer than the cache's, since a job must not be refused for a blip.
+    redis_timeout_s: float = _field(1.0, gt=0)
+    # HMAC-SHA256 key that signs job callbacks (X-Captioner-Signature); "" refuses callback_url. Never logged.
+    callback_secret: str = field(default="", repr=False, metadata=_rule())
 
 
 @dataclass(frozen=True)
@@ -446,6 +450,8 @@ def _check_cross_field(settings: Settings) -> None:
             f"config: health.respawn_max_backoff_s must be >= health.respawn_backoff_s "
             f"({health.respawn_backoff_s:g}), got {health.respawn_max_backoff_s:g}"
         )
+    if settings.jobs.queue == "redis" and not (settings.jobs.redis_url or settings.cache.redis_url):
+        raise ConfigError("config: jobs.queue: redis needs jobs.redis_url (or cache.redis_url)")
     webhook = settings.drift.webhook_url
     if webhook and not webhook.startswith(("http://", "https://")):
         # The value is not echoed: a webhook URL often carries a token.
@@ -459,4 +465,17 @@ def _check_cross_field(settings: Settings) -> None:
     if gen.min_length > gen.max_length:
         raise ConfigError(
             f"config: generation.min_length must be <= generation.max_length ({gen.max_length}), got {gen.min_length}"
+        )
+
+
+ROLES = ("all", "api", "worker")
+
+
+def check_role(role: str, settings: Settings) -> None:
+    """``serve --role api|worker`` splits accepting from captioning, which only a shared queue can join."""
+    if role not in ROLES:
+        raise ConfigError(f"config: --role must be one of {', '.join(ROLES)}, got {role!r}")
+    if role != "all" and settings.jobs.queue != "redis":
+        raise ConfigError(
+            f"config: --role {role} needs jobs.queue: redis (api and worker replicas meet only through that queue)"
         )

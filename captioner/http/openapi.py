@@ -14,6 +14,12 @@ from captioner.errors import error_codes
 from captioner.http import feedback_api, hf_api, paths
 
 _ERROR_CODES = error_codes()
+_CALLBACK_URL = {
+    "type": "string",
+    "format": "uri",
+    "description": "mode=async: POSTed the job's result when it ends, signed with X-Captioner-Signature: "
+    "sha256=<HMAC-SHA256 of the body under jobs.callback_secret>; retried with backoff",
+}
 
 
 def _error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
@@ -30,7 +36,8 @@ def _caption_request_body(settings: Settings, num_captions: dict[str, Any]) -> d
     """The ways to send an image. Exactly one of ``image`` and ``url`` (``url`` only when URL input is on)."""
 
     def image_or_url(image: dict[str, Any], url: dict[str, Any]) -> dict[str, Any]:
-        schema: dict[str, Any] = {"type": "object", "properties": {"image": image, "num_captions": num_captions}}
+        properties = {"image": image, "num_captions": num_captions, "callback_url": _CALLBACK_URL}
+        schema: dict[str, Any] = {"type": "object", "properties": properties}
         if settings.url_input.enabled:
             schema["properties"]["url"] = url
             schema["oneOf"] = [{"required": ["image"]}, {"required": ["url"]}]
@@ -72,8 +79,8 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
         "429": _error("rate_limited", retry_after=True),
         "500": _error("model_error"),
         "503": _error(
-            "overloaded: queue full, loading, draining, the model down or failing, or (fail-closed) rate limits "
-            "unavailable",
+            "overloaded: queue (or, mode=async, job queue) full, loading, draining, the model down or failing, or "
+            "(rate_limit.fail_open: false) rate limits unavailable",
             retry_after=True,
         ),
         "504": _error("timeout: the request deadline passed before inference"),
@@ -100,6 +107,15 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                             "GET /api/v1/caption/{job_id}",
                             "schema": {"enum": ["sync", "async"], "default": "sync"},
                         },
+                        {"name": "callback_url", "in": "query", "required": False, "schema": _CALLBACK_URL},
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": False,
+                            "description": "mode=async: the same key from the same API key within jobs.ttl_s "
+                            "answers the first request's job instead of making another",
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"},
+                        },
                     ],
                     "requestBody": _caption_request_body(settings, num_captions),
                     "responses": {
@@ -111,7 +127,13 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                         },
                         "202": {
                             "description": "mode=async: the job was accepted",
-                            "headers": {"Location": {"schema": {"type": "string"}, "description": "the job's URL"}},
+                            "headers": {
+                                "Location": {"schema": {"type": "string"}, "description": "the job's URL"},
+                                "Idempotent-Replayed": {
+                                    "schema": {"const": "true"},
+                                    "description": "an earlier request with this Idempotency-Key made the job",
+                                },
+                            },
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobAccepted"}}},
                         },
                         **errors,
@@ -132,7 +154,7 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                         "401": errors["401"],
                         "404": _error("not_found: unknown or expired job id, or another API key's job"),
                         "429": errors["429"],
-                        "503": _error("overloaded: the shared job store (Redis) is unavailable", retry_after=True),
+                        "503": _error("overloaded: the job queue or store (Redis) is unavailable", retry_after=True),
                     },
                 }
             },

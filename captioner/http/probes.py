@@ -16,10 +16,12 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    reason = app_state(request).not_ready_reason()
+    state = app_state(request)
+    role = {} if state.role == "all" else {"role": state.role}  # an api replica is ready with no model
+    reason = state.not_ready_reason()
     if reason is None:
-        return FastJSONResponse({"status": "ready"})
-    return FastJSONResponse({"status": reason}, status_code=503)
+        return FastJSONResponse({"status": "ready", **role})
+    return FastJSONResponse({"status": reason, **role}, status_code=503)
 
 
 async def metrics(request: Request) -> Response:

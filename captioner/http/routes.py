@@ -14,7 +14,15 @@ from captioner.http.variants_api import variants_report
 from captioner.http.web import index, static_files
 
 
-def routes() -> list[BaseRoute]:
+def routes(role: str = "all") -> list[BaseRoute]:
+    """The table for a ``serve --role``: a ``worker`` answers only probes and metrics (it takes no requests)."""
+    operations: list[BaseRoute] = [
+        Route(paths.HEALTHZ, probes.healthz, methods=["GET"]),
+        Route(paths.READYZ, probes.readyz, methods=["GET"]),
+        Route(paths.METRICS, probes.metrics, methods=["GET"]),
+    ]
+    if role == "worker":
+        return operations
     return [
         # The API, behind the gate (keys, rate limits).
         Route(paths.CAPTION, caption, methods=["POST"]),
@@ -25,9 +33,7 @@ def routes() -> list[BaseRoute]:
         Route(paths.HF_IMAGE_TO_TEXT, image_to_text, methods=["POST"]),
         Route(paths.VARIANTS, variants_report, methods=["GET"]),
         # Open: probes, metrics, the API's description, the web page.
-        Route(paths.HEALTHZ, probes.healthz, methods=["GET"]),
-        Route(paths.READYZ, probes.readyz, methods=["GET"]),
-        Route(paths.METRICS, probes.metrics, methods=["GET"]),
+        *operations,
         Route(paths.OPENAPI, probes.openapi, methods=["GET"]),
         Route(paths.INDEX, index, methods=["GET"], name="index"),
         Mount(paths.STATIC, app=static_files(), name="static"),

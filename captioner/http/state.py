@@ -15,10 +15,11 @@ from captioner.guard.shared_limiter import SharedRateLimiter
 from captioner.http.drift_webhook import DriftWebhook
 from captioner.http.urlfetch import UrlFetcher
 from captioner.observability.metrics import Metrics
+from captioner.serving.callbacks import CallbackSender
 from captioner.serving.canary_watch import CanaryWatch
 from captioner.serving.drift_watch import DriftWatch
 from captioner.serving.feedback import Feedback
-from captioner.serving.jobs import JobManager
+from captioner.serving.job_manager import JobManager
 from captioner.serving.registry_source import RegistrySource
 from captioner.serving.service import CaptionService
 from captioner.serving.variants import VariantPool
@@ -37,6 +38,8 @@ class AppState:
     feedback: Feedback
     page: str  # the web page, rendered once from the settings
     limiter: SharedRateLimiter
+    role: str = "all"  # serve --role: all (accept and caption), api (accept, no model), worker (caption the queue)
+    callbacks: CallbackSender | None = None  # None without jobs.callback_secret: callback_url is refused
     pool: VariantPool | None = None
     registry: RegistrySource | None = None  # registry.path set: the variants are its aliases
     canary: CanaryWatch | None = None  # made once the variants are up
@@ -60,9 +63,9 @@ class AppState:
             return "failed: " + self.load_error
         if self.draining:
             return "draining"
-        if not self.ready or self.pool is None:
+        if not self.ready:
             return "loading"
-        problems = self.pool.health_problems()
+        problems = self.pool.health_problems() if self.pool is not None else []  # an api replica has no model
         return "; ".join(problems) if problems else None
 
     @property
@@ -93,9 +96,11 @@ class AppState:
         queued requests back for their batch deadline (no new request will join them)."""
         self.draining = True
         self.set_ready(False)
-        if self.loop is not None and self.pool is not None:
+        if self.loop is not None:
             # A signal handler may run between any two bytecodes of the loop: hand the loop the work.
-            self.loop.call_soon_threadsafe(self.pool.expedite)
+            self.loop.call_soon_threadsafe(self.jobs.stop_claiming)
+            if self.pool is not None:
+                self.loop.call_soon_threadsafe(self.pool.expedite)
 
     def spawn(self, coroutine: Any, name: str) -> None:
         """Run ``coroutine`` in the background, holding a reference so it isn't garbage-collected mid-way."""

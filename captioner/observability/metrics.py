@@ -91,8 +91,36 @@ class Metrics:
         self.cache_backend_up = Gauge(
             "captioner_cache_backend_up", "1 while the shared (Redis) cache is in use, 0 while it is down.", registry=r
         )
-        self.jobs = Counter("captioner_jobs", "Async jobs finished, by outcome.", ["status"], registry=r)
-        self.jobs_running = Gauge("captioner_jobs_running", "Async jobs accepted and not yet finished.", registry=r)
+        self.jobs = Counter(
+            "captioner_jobs", "Async jobs finished by this replica, by outcome.", ["status"], registry=r
+        )
+        self.jobs_running = Gauge("captioner_jobs_running", "Async jobs this replica's worker is running.", registry=r)
+        # The queue as a whole (with jobs.queue: redis, the shared stream: every replica reports the same values).
+        self.job_queue_length = Gauge(
+            "captioner_job_queue_length", "Async jobs in the queue: waiting for a worker or running.", registry=r
+        )
+        self.job_queue_pending = Gauge(
+            "captioner_job_queue_pending", "Async jobs handed to a worker and not yet ended.", registry=r
+        )
+        self.job_queue_oldest_pending_seconds = Gauge(
+            "captioner_job_queue_oldest_pending_seconds",
+            "Age of the oldest job handed to a worker and not yet ended (0 when none).",
+            registry=r,
+        )
+        self.job_retries = Counter(
+            "captioner_job_retries",
+            "Job deliveries after the first (the worker before died, stalled or failed transiently).",
+            registry=r,
+        )
+        self.job_dead_letters = Counter(
+            "captioner_job_dead_letters", "Jobs ended with an error after jobs.max_attempts deliveries.", registry=r
+        )
+        self.job_callbacks = Counter(
+            "captioner_job_callbacks",
+            "Job callbacks, by outcome (delivered; failed after every retry; refused by the URL policy).",
+            ["outcome"],
+            registry=r,
+        )
         self.job_store_errors = Counter(
             "captioner_job_store_errors", "Job store (Redis) calls that failed.", ["operation"], registry=r
         )

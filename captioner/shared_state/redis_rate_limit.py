@@ -53,7 +53,7 @@ class RedisTokenBucket:
         self._prefix = prefix
         expiry_ms = math.ceil(capacity / rate_per_s * 1000) + 1000  # full again by then: forgetting it is exact
         self._args: list[str | int | float] = [repr(float(rate_per_s)), capacity, expiry_ms]
-        self._take = client.script(_TAKE)
+        self._take = client.script("rate_limit", _TAKE)
 
     async def take(self, key: str) -> float | None:
         """Take a token from ``key``'s bucket: None if taken, else the seconds until one is there.
