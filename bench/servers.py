@@ -32,8 +32,9 @@ CAPTION_PATH = "/api/v1/caption"
 
 def load_warm_captioner(settings: Settings) -> Any:
     """The server's own loader (honours model.worker), warmed up: every peer serves this same model."""
+    from captioner.model.loader import load_captioner
 
-    captioner = load_warm_captioner(settings)
+    captioner = load_captioner(settings)
     captioner.warm_up()
     return captioner
 

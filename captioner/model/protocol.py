@@ -11,7 +11,7 @@ from typing import Protocol
 
 import torch
 
-from captioner.model.preprocessing import PreparedImage
+from captioner.model.preprocessing import EncodedJpeg, PreparedImage
 
 
 @dataclass(frozen=True)
@@ -24,8 +24,9 @@ class Caption:
 class CaptionJob:
     """One image's share of a batch: its tensor and how many distinct captions it wants."""
 
-    pixel_values: torch.Tensor
+    pixel_values: torch.Tensor  # empty when ``jpeg`` is set (``model.jpeg_decode: device``)
     num_captions: int = 1
+    jpeg: EncodedJpeg | None = None
 
 
 class Captioner(Protocol):

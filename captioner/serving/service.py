@@ -144,7 +144,16 @@ class CaptionService:
         self.batcher.start()
 
     async def warm_up(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._model_pool, self.captioner.warm_up)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._model_pool, self.captioner.warm_up)
+        batching = self.settings.batching
+        # batching.auto_batch_size: the model measures what its device's memory holds (only BlipCaptioner on a
+        # GPU can; elsewhere max_batch_size stays as configured).
+        measure = getattr(self.captioner, "measure_batch_limit", None)
+        if batching.auto_batch_size and callable(measure):
+            size = await loop.run_in_executor(self._model_pool, measure, batching.max_auto_batch_size)
+            if isinstance(size, int) and size >= 1:
+                self.batcher.max_batch_size = size
 
     async def close(self, timeout_s: float) -> bool:
         """Finish everything accepted (up to ``timeout_s``), then stop the threads."""
@@ -225,7 +234,8 @@ class CaptionService:
             timeout_s = deadline - time.monotonic()
             if timeout_s <= 0:
                 raise RequestTimeout()
-        inferred = await self.batcher(CaptionJob(prepared.pixel_values, num_captions), timeout_s=timeout_s)
+        job = CaptionJob(prepared.pixel_values, num_captions, prepared.jpeg)
+        inferred = await self.batcher(job, timeout_s=timeout_s)
         self.drift.observe_output(inferred.captions)
         return _Computed(inferred.captions, prepared.info, inferred.batch_size)
 
