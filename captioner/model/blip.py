@@ -120,7 +120,7 @@ class BlipCaptioner(Preprocessing):
 
     def _apply_speedups(self, model: ModelSettings) -> None:
         if model.attention == "sdpa":
-            acceleration.use_sdpa_attention(self._model)
+            acceleration.use_sdpa_attention(self._model, text=self._device.type != "cpu")
         if model.quantize == "int8":
             if self._device.type != "cpu" or self._dtype != torch.float32:
                 raise ValueError(

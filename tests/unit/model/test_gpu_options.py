@@ -108,14 +108,22 @@ def test_sdpa_covers_both_towers_and_matches_eager(
 ) -> None:
     from transformers.models.blip.modeling_blip_text import BlipTextSelfAttention
 
+    def text_modules(captioner: BlipCaptioner) -> list[Any]:
+        return [m for m in captioner._model.modules() if type(m) is BlipTextSelfAttention]
+
+    # On the CPU the default switches the vision tower only (the text tower's SDPA measured no gain there).
+    assert all("forward" not in vars(m) for m in text_modules(reference))
     eager = _captioner(tiny_model_dir, attention="eager")
     _assert_same(eager.caption_batch(jobs), expected)
     config = reference._model.config
-    # Each text layer has a self- and a cross-attention module.
+    # Both towers, as on a GPU: each text layer has a self- and a cross-attention module.
     layers = config.vision_config.num_hidden_layers + 2 * config.text_config.num_hidden_layers
-    assert acceleration.use_sdpa_attention(eager._model) == layers
-    text_modules = [m for m in reference._model.modules() if type(m) is BlipTextSelfAttention]
-    assert text_modules and all(m.forward.__func__ is acceleration._text_sdpa_forward for m in text_modules)
+    assert acceleration.use_sdpa_attention(eager._model, text=True) == layers
+    assert all(m.forward.__func__ is acceleration._text_sdpa_forward for m in text_modules(eager))
+    _assert_same(eager.caption_batch(jobs), expected)
+    static = _captioner(tiny_model_dir, kv_cache="static")  # the fused text attention reads static caches too
+    acceleration.use_sdpa_attention(static._model, text=True)
+    _assert_same(static.caption_batch(jobs), expected)
 
 
 # ---- static KV cache, compiled decoding ----
