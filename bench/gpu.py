@@ -137,11 +137,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     batching = {"max_batch_size": chosen or s["max_batch"], "max_queue": 8 * s["max_batch"],
                 "request_timeout_s": 60}  # fmt: skip
     for model in ({"jpeg_decode": "device"}, {"jpeg_decode": "cpu"}):
-        results["server"].append(
-            phase(f"our server {model}", 2 * s["seconds"] + 60, gpu_phases.server, model_dir, device=device,
-                  model=model, batching=batching, concurrency=s["concurrency"], rate=s["rate"],
-                  seconds=s["seconds"], warmup_s=s["warmup_s"])  # fmt: skip
-        )
+        served = phase(
+            f"our server {model}", 2 * s["seconds"] + 60, gpu_phases.server, model_dir, device=device, model=model,
+            batching=batching, concurrency=s["concurrency"], rate=s["rate"], seconds=s["seconds"],
+            warmup_s=s["warmup_s"],
+        )  # fmt: skip
+        results["server"].append(served)
         save()
     f = p["finetune"]
     results["finetune"] = phase("fine-tune", 60, gpu_phases.finetune, model_dir, device=device, steps=f["steps"],
@@ -187,29 +188,36 @@ def render(results: dict[str, Any]) -> str:
             lines.append(f"| {option} | (reference for captions) | | | | | | |")
     jpeg = results.get("jpeg") or {}
     if "pillow_images_per_s" in jpeg:
-        lines += ["", f"JPEG decoding, {jpeg['images']} 640x480 photos: Pillow on {jpeg['threads']} threads "
-                  f"{_fmt(jpeg['pillow_images_per_s'])} img/s; on the device {_fmt(jpeg['device_decode_images_per_s'])} "
-                  f"img/s after the 1/8-scale check pass ({_fmt(jpeg['check_pass_images_per_s'])} img/s on the threads). "
-                  f"Pixels vs Pillow's default path: mean {_fmt(jpeg['mean_levels_vs_pillow_draft'], '.2f')}, max "
-                  f"{_fmt(jpeg['max_levels_vs_pillow_draft'])} grey levels; vs Pillow at full scale: mean "
-                  f"{_fmt(jpeg['mean_levels_vs_pillow_full'], '.2f')}, max {_fmt(jpeg['max_levels_vs_pillow_full'])}."]  # fmt: skip
+        lines += ["", (
+            f"JPEG decoding, {jpeg['images']} 640x480 photos: Pillow on {jpeg['threads']} threads "
+            f"{_fmt(jpeg['pillow_images_per_s'])} img/s; on the device "
+            f"{_fmt(jpeg['device_decode_images_per_s'])} img/s, after the 1/8-scale check pass on the threads "
+            f"({_fmt(jpeg['check_pass_images_per_s'])} img/s). Pixels against Pillow's default path: mean "
+            f"{_fmt(jpeg['mean_levels_vs_pillow_draft'], '.2f')}, max {_fmt(jpeg['max_levels_vs_pillow_draft'])} "
+            f"grey levels of 255; against Pillow at full scale: mean "
+            f"{_fmt(jpeg['mean_levels_vs_pillow_full'], '.2f')}, max {_fmt(jpeg['max_levels_vs_pillow_full'])}."
+        )]  # fmt: skip
     elif jpeg:
         lines += ["", f"JPEG decoding: {jpeg.get('skipped') or jpeg.get('error')}"]
     auto = results.get("auto_batch") or {}
-    if auto:
-        lines += ["", f"`batching.auto_batch_size`: chose {auto.get('chosen')} (limit {auto.get('limit')})"
-                  + (f", {_fmt(auto.get('free_gib'))} GiB free" if auto.get("free_gib") else "")
-                  + (f"; {auto.get('skipped') or auto.get('error')}" if "chosen" not in auto else "")]  # fmt: skip
+    if "chosen" in auto:
+        chosen = auto["chosen"] if auto["chosen"] is not None else "nothing (no GPU: max_batch_size stays)"
+        free_gib = f", {_fmt(auto['free_gib'])} GiB free" if auto.get("free_gib") else ""
+        lines += ["", f"`batching.auto_batch_size`: chose {chosen} (limit {auto['limit']}){free_gib}."]
+    elif auto:
+        lines += ["", f"`batching.auto_batch_size`: {auto.get('skipped') or auto.get('error')}"]
     for run in results.get("server", []):
         if "closed" not in run:
             lines += ["", f"Our server: {run.get('skipped') or run.get('error')}"]
             continue
         c, o = run["closed"], run["open"]
-        lines += ["", f"Our server {run['model']} (max_batch_size {run['batching']['max_batch_size']}): "
-                  f"{_fmt(c['throughput_rps'])} img/s at {c['concurrency']} clients (p99 {_fmt(c['p99_ms'], ',.0f')} ms, "
-                  f"mean batch {_fmt(c.get('mean_batch_size'))}); at {_fmt(o['offered_rps'], ',.0f')} img/s offered: "
-                  f"{_fmt(o['throughput_rps'])} served, p50 {_fmt(o['p50_ms'], ',.0f')} ms, p99 "
-                  f"{_fmt(o['p99_ms'], ',.0f')} ms. Goal: >= 1,000 img/s, p99 < 1 s at 500 img/s."]  # fmt: skip
+        lines += ["", (
+            f"Our server {run['model']} (max_batch_size {run['batching']['max_batch_size']}): "
+            f"{_fmt(c['throughput_rps'])} img/s at {c['concurrency']} clients (p99 {_fmt(c['p99_ms'], ',.0f')} ms, "
+            f"mean batch {_fmt(c.get('mean_batch_size'))}); at {_fmt(o['offered_rps'], ',.0f')} img/s offered: "
+            f"{_fmt(o['throughput_rps'])} served, p50 {_fmt(o['p50_ms'], ',.0f')} ms, p99 "
+            f"{_fmt(o['p99_ms'], ',.0f')} ms. Goal: >= 1,000 img/s, p99 < 1 s at 500 img/s."
+        )]  # fmt: skip
     tune = results.get("finetune") or {}
     if tune:
         text = (f"{tune['steps']} steps of batch {tune['batch']} in {_fmt(tune['seconds'])} s "

@@ -23,6 +23,7 @@ from bench import harness
 from bench.images import photo
 from bench.loadgen import BodySource
 
+
 def settings_for(model_dir: Path, device: str, **model: Any) -> Any:
     from captioner.config import load_settings
 

@@ -19,6 +19,7 @@ docs/benchmarks.md before it was kept.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import warnings
@@ -26,6 +27,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers.cache_utils import EncoderDecoderCache
+from transformers.models.blip.modeling_blip import BlipAttention
+from transformers.models.blip.modeling_blip_text import BlipTextSelfAttention
 
 logger = logging.getLogger("captioner.acceleration")
 
@@ -48,8 +52,6 @@ def _text_sdpa_forward(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """``BlipTextSelfAttention.forward`` (transformers 5.x, KV cache included) with one fused kernel."""
-    from transformers.cache_utils import EncoderDecoderCache
-
     head_size = self.attention_head_size
     query = self.query(hidden_states).view(*hidden_states.shape[:-1], -1, head_size).transpose(1, 2)
     is_cross = encoder_hidden_states is not None
@@ -76,19 +78,12 @@ def _text_sdpa_forward(
 
 def _text_attention_is_known() -> bool:
     """Whether the installed BLIP text attention is the one ``_text_sdpa_forward`` reimplements."""
-    import inspect
-
-    from transformers.models.blip.modeling_blip_text import BlipTextSelfAttention
-
     return "cache" in inspect.signature(BlipTextSelfAttention.forward).parameters
 
 
 def use_sdpa_attention(model: Any, *, text: bool = True) -> int:
     """Switch the vision tower's (and with ``text``, the text decoder's) attention modules to SDPA; returns how
     many were switched."""
-    from transformers.models.blip.modeling_blip import BlipAttention
-    from transformers.models.blip.modeling_blip_text import BlipTextSelfAttention
-
     if text and not _text_attention_is_known():
         text = False
         logger.warning("this transformers' BLIP text attention is not the one known here: it stays eager")
@@ -107,7 +102,7 @@ def use_sdpa_attention(model: Any, *, text: bool = True) -> int:
 
 def quantize_int8(model: Any) -> Any:
     """Every ``nn.Linear`` as a dynamically quantised INT8 linear (CPU); the model is changed in place."""
-    from torch.ao.quantization import quantize_dynamic
+    from torch.ao.quantization import quantize_dynamic  # only when int8 is asked for
 
     quantize: Any = quantize_dynamic  # untyped upstream
     with warnings.catch_warnings():

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from transformers import BlipForConditionalGeneration, BlipProcessor
 
 from captioner.config import GenerationSettings, ModelSettings
 from captioner.model import acceleration, budgets, device_jpeg, static_decoding
@@ -87,8 +88,6 @@ class BlipCaptioner(Preprocessing):
     """``BlipForConditionalGeneration`` plus its processor, on one device, ready to caption batches."""
 
     def __init__(self, model_dir: Path, model: ModelSettings, generation: GenerationSettings, max_pixels: int) -> None:
-        from transformers import BlipForConditionalGeneration, BlipProcessor
-
         self.name = model.name
         self.revision = model.revision
         self._device = resolve_device(model.device)

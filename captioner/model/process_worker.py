@@ -153,7 +153,7 @@ def _child_main(
     # Ctrl-C reaches the whole process group; the parent decides when the model stops (after its drain).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from captioner.model.blip import BlipCaptioner
+    from captioner.model.blip import BlipCaptioner  # in the child only: the parent never loads the model
 
     try:
         captioner = BlipCaptioner(Path(model_dir), model, generation, max_pixels)

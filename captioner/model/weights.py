@@ -25,7 +25,7 @@ def ensure_weights(model: ModelSettings) -> Path:
         return path
     logger.info("no weights in %s; downloading %s@%s from the model hub", path, model.name, model.revision)
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # only when weights are missing
 
         snapshot_download(
             repo_id=model.name,

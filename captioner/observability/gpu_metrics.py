@@ -43,7 +43,7 @@ def cuda_index(device: str) -> int | None:
 def torch_uuid(index: int) -> str | None:
     """NVML's UUID ("GPU-<uuid>") of CUDA device ``index`` as torch numbers it, or None if torch can't say."""
     try:
-        import torch
+        import torch  # only on a GPU node's first scrape
 
         if not torch.cuda.is_available():
             return None

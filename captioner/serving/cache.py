@@ -5,7 +5,7 @@ every generation setting, the prompt and the number of captions asked for. Two r
 would get the same captions, so the second one is served from the cache, or, while the first is still
 being computed, it waits for that same computation instead of starting another (single-flight).
 
-Two levels: the in-process LRU, then optionally a shared ``SecondLevel`` (Redis, see ``redis_cache.py``) that
+Two levels: the in-process LRU, then optionally a shared ``SecondLevel`` (Redis: ``shared_state/redis_cache.py``) that
 every replica reads and writes. A local miss asks the second level (inside the single-flight, so N identical
 concurrent requests cost one Redis round trip); a hit there fills the local level; a computed value is stored
 in both. The second level never raises: its failures read as misses.

@@ -1,4 +1,4 @@
-"""The drift monitor (``drift.py``) wired into the server: what is observed, when, and how it is read out.
+"""The drift monitor (``observability/psi.py``) wired into the server: what is observed, when, and how it is read out.
 
 - Inputs are observed after a successful decode, on the preprocessing thread that decoded them (the features
   come from ``PreparedImage.sample``, a 64 px pixel sample, in under a millisecond), never on the event loop.
@@ -25,8 +25,9 @@ from PIL import Image
 from captioner.config import ConfigError, DriftSettings
 from captioner.model.preprocessing import ImageInfo, PreparedImage
 from captioner.model.protocol import Caption
+from captioner.observability.drift_features import InputFeatures, input_features, output_features
 from captioner.observability.metrics import Metrics
-from captioner.observability.psi import DriftMonitor, InputFeatures, input_features, output_features
+from captioner.observability.psi import DriftMonitor
 
 log = logging.getLogger("captioner.drift")
 

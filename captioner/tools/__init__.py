@@ -1,0 +1,1 @@
+"""Offline commands: caption files, evaluate on a COCO set, save a drift reference, write an untrained model."""

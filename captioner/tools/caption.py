@@ -25,8 +25,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from captioner.config import Settings
-from captioner.tools.caption_backends import BackendUnavailable, CaptionBackend, FileFailed, default_api_key
+from captioner.errors import CaptionerError
+from captioner.serving.options import parse_num_captions
+from captioner.tools.caption_backends import (
+    BackendUnavailable,
+    CaptionBackend,
+    FileFailed,
+    LocalBackend,
+    ServerBackend,
+    default_api_key,
+    offline_settings,
+)
 from captioner.tools.caption_output import CaptionRecord, OutputError, open_output, path_key
 
 # What a folder search picks up. HEIC and AVIF are listed so that a phone's folder reports them (the server
@@ -112,9 +124,6 @@ async def open_backend(
     batch_size: int | None,
     concurrency: int,
 ) -> CaptionBackend:
-    from captioner.serving.options import parse_num_captions
-    from captioner.tools.caption_backends import LocalBackend, ServerBackend, offline_settings
-
     if server is not None:
         if batch_size is not None:
             print("note: --batch-size is for local captioning; the server batches by its own config", file=sys.stderr)
@@ -187,10 +196,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
-    from tqdm import tqdm
-
-    from captioner.errors import CaptionerError
-
     started = time.monotonic()
     try:
         output = open_output(args.out)

@@ -27,6 +27,8 @@ import httpx
 from captioner import __version__
 from captioner.config import Settings
 from captioner.errors import CaptionerError, TooLarge
+from captioner.model.weights import WeightsUnavailable
+from captioner.observability.metrics import Metrics
 from captioner.tools.caption_output import CaptionRecord, ScoredCaption
 
 if TYPE_CHECKING:
@@ -92,9 +94,8 @@ class LocalBackend:
     @classmethod
     async def start(cls, settings: Settings, num_captions: int) -> LocalBackend:
         """Load the model (downloading it first if ``model.path`` is empty) and start the batcher."""
+        # torch and transformers: kept off `captioner --help` and `caption --server`
         from captioner.model.loader import load_captioner
-        from captioner.model.weights import WeightsUnavailable
-        from captioner.observability.metrics import Metrics
         from captioner.serving.service import CaptionService
 
         try:

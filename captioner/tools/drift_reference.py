@@ -24,8 +24,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from captioner.config import Settings
-from captioner.observability.psi import DriftMonitor, InputFeatures
+from captioner.errors import CaptionerError
+from captioner.observability.drift_features import InputFeatures
+from captioner.observability.psi import DriftMonitor
 
 # Imported inside the functions that need them: images pulls in torch, which `captioner --help` should not pay.
 
@@ -61,7 +65,7 @@ def add_drift_commands(
 
 
 def save_reference(args: argparse.Namespace, settings: Settings) -> int:
-    from captioner.serving.drift_watch import write_reference
+    from captioner.serving.drift_watch import write_reference  # torch: kept off `captioner --help`
 
     try:
         if args.server:
@@ -83,8 +87,6 @@ def save_reference(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def reference_from_server(url: str, api_key: str | None) -> dict[str, Any]:
-    import httpx
-
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     target = url.rstrip("/") + "/api/v1/drift/reference"
     try:
@@ -107,7 +109,7 @@ def reference_from_server(url: str, api_key: str | None) -> dict[str, Any]:
 
 
 def reference_from_images(folder: Path, settings: Settings) -> dict[str, Any]:
-    from captioner.errors import CaptionerError
+    # torch: kept off `captioner --help`
     from captioner.model.preprocessing import ImagePreprocessor, pixel_sample
     from captioner.serving.drift_watch import features_of
 

@@ -19,7 +19,8 @@ from PIL import Image, ImageDraw
 from captioner.cli import main
 from captioner.config import ConfigError
 from captioner.model.preprocessing import ImagePreprocessor, pixel_sample
-from captioner.observability.psi import INPUT_NUMERIC, DriftMonitor
+from captioner.observability.drift_features import INPUT_NUMERIC
+from captioner.observability.psi import DriftMonitor
 from captioner.serving.drift_watch import features_of
 from captioner.tools.drift_reference import reference_from_images
 from tests.conftest import LiveServer, photo, tiny_settings

@@ -12,15 +12,14 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from captioner.observability.psi import (
+from captioner.observability.drift_features import (
     INPUT_NUMERIC,
-    DriftMonitor,
     InputFeatures,
     OutputFeatures,
     input_features,
     output_features,
-    psi,
 )
+from captioner.observability.psi import DriftMonitor, psi
 
 INPUTS = (*INPUT_NUMERIC, "format")
 
