@@ -100,6 +100,16 @@ def test_configure_logging_picks_the_format_and_silences_uvicorn_access() -> Non
     assert isinstance(root.handlers[0].formatter, JsonFormatter) and root.level == logging.DEBUG
 
 
+def test_request_header_and_path_helpers() -> None:
+    from captioner.http.access_log import _header, _shown_path
+
+    scope = {"headers": [(b"content-type", b"image/jpeg"), (b"x-request-id", b"first"), (b"x-request-id", b"2nd")]}
+    assert (_header(scope, b"x-request-id"), _header(scope, b"authorization")) == ("first", None)
+    assert _shown_path("/api/v1/caption") == "/api/v1/caption"  # the common case is passed through as is
+    assert _shown_path("/x\ninjected") == "/x\\ninjected"  # a decoded %0a cannot start a second line
+    assert _shown_path("/caf\u00e9") == "/caf\\xe9"
+
+
 def test_request_ids_are_kept_when_sane_and_replaced_otherwise() -> None:
     for good in ("abc-123", "0f8fad5b-d9cb-469f-a165-70867728950e", "Root=1-67891233-abcdef;Parent=53995c3f"):
         assert choose_request_id(good) == good
