@@ -12,6 +12,7 @@ from captioner.config import ConfigError, Settings, load_settings
 from captioner.tools.caption import add_caption_command
 from captioner.tools.drift_reference import add_drift_commands
 from captioner.tools.evaluate import add_eval_command
+from captioner.tools.feedback_export import add_feedback_commands
 
 
 def _add_config_argument(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_caption_command(commands, _add_config_argument, _settings)
     add_eval_command(commands, _add_config_argument, _settings)
+    add_feedback_commands(commands, _add_config_argument, _settings)
     return parser
 
 

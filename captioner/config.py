@@ -208,6 +208,10 @@ class FeedbackSettings:
     # Images sent with feedback are kept only when this is on, and never longer than retention_s.
     keep_images: bool = False
     retention_s: float = _field(2592000.0, gt=0)
+    # Without Redis (cache.redis_url / jobs.redis_url), ratings go to daily JSON Lines files in this folder.
+    path: str = "feedback"
+    # The most ratings kept (the oldest go first); with keep_images, at most one image each.
+    max_records: int = _field(1_000_000, ge=1)
 
 
 @dataclass(frozen=True)

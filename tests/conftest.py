@@ -6,6 +6,7 @@ import asyncio
 import io
 import re
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -129,6 +130,8 @@ def tiny_settings(model_dir: Path, **sections: dict[str, Any]) -> Settings:
     settings = load_settings(None, {})
     settings = settings.replace("model", path=str(model_dir), name="test/tiny-blip")
     settings = settings.replace("server", preprocess_workers=2)
+    # Ratings a test posts go to a folder of their own, never into the working directory.
+    settings = settings.replace("feedback", path=tempfile.mkdtemp(prefix="captioner-feedback-"))
     for section, values in sections.items():
         settings = settings.replace(section, **values)
     return settings

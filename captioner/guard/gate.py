@@ -1,4 +1,4 @@
-"""The gate in front of the API (``/api/*``): API keys first (401), then the caller's token bucket (429).
+"""The gate in front of the API (``/api/*`` and ``POST /``): API keys first (401), then the caller's token bucket (429).
 
 It is plain ASGI middleware rather than a check inside each route, so that every API route (captions, jobs,
 drift) gets the same rules and a refused request is answered before its body is read. Health, readiness and
@@ -6,6 +6,8 @@ metrics stay open: load balancers and Prometheus carry no keys.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -31,14 +33,16 @@ def key_principal(scope: Scope) -> str | None:
 class ApiGuard:
     """Sets ``scope["state"]["principal"]`` ("key:<id>" or "ip:<address>") for the routes behind it."""
 
-    def __init__(self, app: ASGIApp, *, keys: ApiKeys, limiter: RateLimiter, protected_prefix: str) -> None:
+    def __init__(
+        self, app: ASGIApp, *, keys: ApiKeys, limiter: RateLimiter, protects: Callable[[str, str], bool]
+    ) -> None:
         self.app = app
-        self.protected_prefix = protected_prefix
+        self.protects = protects  # (method, path) -> whether the request must pass the gate
         self.keys = keys
         self.limiter = limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(self.protected_prefix):
+        if scope["type"] != "http" or not self.protects(scope["method"], scope["path"]):
             await self.app(scope, receive, send)
             return
         try:

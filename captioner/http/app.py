@@ -23,6 +23,7 @@ from captioner.model.loader import load_captioner
 from captioner.model.protocol import Captioner
 from captioner.observability.metrics import Metrics
 from captioner.serving.drift_watch import DriftWatch
+from captioner.serving.feedback import build_feedback
 from captioner.serving.jobs import JobManager, build_job_store
 
 
@@ -43,6 +44,7 @@ def create_app(
         url_fetcher=UrlFetcher(settings.url_input, max_bytes=settings.limits.max_body_bytes),
         jobs=JobManager(build_job_store(settings, metrics), ttl_s=settings.jobs.ttl_s, metrics=metrics),
         drift=DriftWatch.from_settings(settings.drift, metrics),  # a bad reference file stops start-up here
+        feedback=build_feedback(settings, metrics),
         page=render_index(settings),
     )
 
@@ -58,7 +60,7 @@ def create_app(
                 ApiGuard,
                 keys=state.keys,
                 limiter=RateLimiter.from_settings(settings.rate_limit),
-                protected_prefix=paths.API_PREFIX,
+                protects=paths.is_protected,
             ),
         ],
         lifespan=lifespan(state, load_model, on_fatal, reload_settings),

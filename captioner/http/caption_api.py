@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from starlette.requests import ClientDisconnect, Request
@@ -14,7 +14,7 @@ from captioner.config import Settings
 from captioner.errors import Overloaded
 from captioner.guard.gate import key_principal
 from captioner.http.access_log import request_record
-from captioner.http.inputs import parse_caption_request
+from captioner.http.inputs import CaptionRequest, parse_caption_request
 from captioner.http.jobs_api import accept_job, wants_async
 from captioner.http.responses import FastJSONResponse
 from captioner.http.state import AppState, app_state
@@ -53,7 +53,20 @@ class Work:
         return self.run()
 
 
-async def prepare(request: Request, state: AppState, started: float) -> Work:
+# Turns a request into the image (or URL) and options; ``POST /`` (hf_api.py) brings its own.
+RequestParser = Callable[[Request, Settings], Awaitable[CaptionRequest]]
+
+
+async def parse_api_request(request: Request, settings: Settings) -> CaptionRequest:
+    return await parse_caption_request(
+        request,
+        max_body_bytes=settings.limits.max_body_bytes,
+        default_num_captions=settings.generation.num_captions,
+        max_num_captions=settings.generation.max_num_captions,
+    )
+
+
+async def prepare(request: Request, state: AppState, started: float, parse: RequestParser = parse_api_request) -> Work:
     """Admission and parsing, done while the client waits; returns the work that produces the captions."""
     settings = state.settings
     service, pool = state.service, state.pool
@@ -65,12 +78,7 @@ async def prepare(request: Request, state: AppState, started: float) -> Work:
     if batcher.queue_depth >= batcher.max_queue:
         # Refuse before reading the body: under overload the cheapest answer is the best one.
         raise Overloaded(retry_after_s=batcher.retry_after_s())
-    parsed = await parse_caption_request(
-        request,
-        max_body_bytes=settings.limits.max_body_bytes,
-        default_num_captions=settings.generation.num_captions,
-        max_num_captions=settings.generation.max_num_captions,
-    )
+    parsed = await parse(request, settings)
     deadline = started + settings.batching.request_timeout_s
     record = request_record(request.scope)  # for the request's log line
     record.num_captions = parsed.num_captions

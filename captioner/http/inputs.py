@@ -4,6 +4,8 @@ Accepted forms (the contract):
 - ``multipart/form-data`` with the file field ``image`` (or the field ``url``);
 - a raw body with ``Content-Type: image/*`` (``application/octet-stream`` is accepted too, since that is what
   many HTTP clients send for a file; the bytes are sniffed anyway);
+- a raw body with no Content-Type, or ``application/x-www-form-urlencoded`` (what ``curl --data-binary`` sends
+  without ``-H``), when its magic bytes name an image; otherwise 415, or the form it is;
 - JSON ``{"image": "<base64>"}`` (a ``data:`` URL is fine) or ``{"url": "https://..."}``.
 ``num_captions`` may be a query parameter or a form/JSON field.
 
@@ -26,6 +28,7 @@ from starlette.requests import Request
 
 from captioner.errors import InvalidImage, InvalidRequest, TooLarge, UnsupportedMediaType
 from captioner.http.body import body_limit, read_capped_body
+from captioner.model.preprocessing import sniff_format
 from captioner.serving.options import parse_num_captions
 
 _RAW_TYPES = ("image/", "application/octet-stream")
@@ -38,15 +41,16 @@ class CaptionRequest:
     num_captions: int
 
 
-def _decode_base64(text: Any) -> bytes:
+def decode_base64(text: Any, field: str = "image") -> bytes:
+    """The JSON field ``field``'s base64 image (a ``data:`` URL is fine); 422 when it isn't base64."""
     if not isinstance(text, str):
-        raise InvalidRequest("'image' must be a base64 string")
+        raise InvalidRequest(f"{field!r} must be a base64 string")
     if text.startswith("data:"):
         _, _, text = text.partition(",")
     try:
         return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise InvalidRequest("'image' is not valid base64") from exc
+        raise InvalidRequest(f"{field!r} is not valid base64") from exc
 
 
 # What each parser returns: the image bytes or the URL (at most one is set), and the fields holding options.
@@ -97,7 +101,7 @@ async def _parse_json(request: Request, limit: int, max_body_bytes: int) -> Pars
         # JSON has numbers: "2" is a client bug worth reporting, unlike in a query string or form.
         raise InvalidRequest(f"num_captions must be a JSON integer, got {count!r}")
     if "image" in payload:
-        return _decode_base64(payload["image"]), None, payload
+        return decode_base64(payload["image"]), None, payload
     if payload.get("url") is None:
         raise InvalidRequest('the JSON body needs "image" (base64) or "url"')
     return None, payload["url"], payload
@@ -108,24 +112,49 @@ async def _parse_raw(request: Request, limit: int, max_body_bytes: int) -> Parse
     return await read_capped_body(request, limit), None, {}
 
 
-_PARSERS: tuple[tuple[tuple[str, ...], Callable[[Request, int, int], Awaitable[Parsed]]], ...] = (
-    (("multipart/form-data", "application/x-www-form-urlencoded"), _parse_form),
+Parser = Callable[[Request, int, int], Awaitable[Parsed]]
+
+
+def _sniffed(otherwise: Parser | None) -> Parser:
+    """A body whose magic bytes name an image is that image, whatever its Content-Type; else ``otherwise``."""
+
+    async def parse(request: Request, limit: int, max_body_bytes: int) -> Parsed:
+        body = await read_capped_body(request, limit)  # kept on the request: ``otherwise`` reads it again
+        if sniff_format(body[:8192]) is not None:
+            return body, None, {}
+        if otherwise is None:
+            raise _unsupported("")
+        return await otherwise(request, limit, max_body_bytes)
+
+    return parse
+
+
+_PARSERS: tuple[tuple[tuple[str, ...], Parser], ...] = (
+    (("multipart/form-data",), _parse_form),
+    (("application/x-www-form-urlencoded",), _sniffed(_parse_form)),
     (("application/json",), _parse_json),
     (_RAW_TYPES, _parse_raw),
 )
+_NO_CONTENT_TYPE = _sniffed(None)
+
+
+def _unsupported(content_type: str) -> UnsupportedMediaType:
+    return UnsupportedMediaType(
+        f"unsupported Content-Type {content_type or 'none'!r}: send multipart/form-data (field 'image'), "
+        'a raw image/* body, or JSON {"image": "<base64>"}'
+    )
 
 
 async def parse_caption_request(
     request: Request, *, max_body_bytes: int, default_num_captions: int, max_num_captions: int
 ) -> CaptionRequest:
-    content_type = request.headers.get("content-type", "").lower()
-    parser = next((parse for types, parse in _PARSERS if content_type.startswith(types)), None)
-    if parser is None:
-        shown = content_type or "none"
-        raise UnsupportedMediaType(
-            f"unsupported Content-Type {shown!r}: send multipart/form-data (field 'image'), "
-            'a raw image/* body, or JSON {"image": "<base64>"}'
-        )
+    content_type = request.headers.get("content-type", "").strip().lower()
+    if content_type:
+        parser = next((parse for types, parse in _PARSERS if content_type.startswith(types)), None)
+        if parser is None:
+            raise _unsupported(content_type)
+    else:
+        parser = _NO_CONTENT_TYPE
     image, url, fields = await parser(request, body_limit(content_type, max_body_bytes), max_body_bytes)
     if image is not None and len(image) > max_body_bytes:
         raise TooLarge(f"the image is over the limit of {max_body_bytes} bytes")

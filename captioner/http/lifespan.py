@@ -46,6 +46,7 @@ def lifespan(
                     logger.warning("drain timed out after %.0f s", settings.server.drain_timeout_s)
             await state.jobs.close(settings.server.drain_timeout_s)  # accepted jobs were drained above
             await state.url_fetcher.aclose()
+            await state.feedback.store.aclose()
 
     return run
 

@@ -11,7 +11,7 @@ from typing import Any
 from captioner import __version__
 from captioner.config import Settings
 from captioner.errors import error_codes
-from captioner.http import paths
+from captioner.http import feedback_api, hf_api, paths
 
 _ERROR_CODES = error_codes()
 
@@ -132,6 +132,8 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                     },
                 }
             },
+            paths.HF_IMAGE_TO_TEXT: {"post": hf_api.openapi_operation(errors)},
+            paths.FEEDBACK: {"post": feedback_api.openapi_operation(errors)},
             paths.HEALTHZ: {
                 "get": {
                     "summary": "Liveness",

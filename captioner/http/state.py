@@ -14,6 +14,7 @@ from captioner.guard.api_keys import ApiKeys
 from captioner.http.urlfetch import UrlFetcher
 from captioner.observability.metrics import Metrics
 from captioner.serving.drift_watch import DriftWatch
+from captioner.serving.feedback import Feedback
 from captioner.serving.jobs import JobManager
 from captioner.serving.service import CaptionService
 from captioner.serving.variants import VariantPool
@@ -29,6 +30,7 @@ class AppState:
     url_fetcher: UrlFetcher
     jobs: JobManager
     drift: DriftWatch
+    feedback: Feedback
     page: str  # the web page, rendered once from the settings
     pool: VariantPool | None = None
     loop: asyncio.AbstractEventLoop | None = None

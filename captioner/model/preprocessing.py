@@ -284,6 +284,11 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def sniff_format(data: bytes) -> str | None:
+    """The image format the magic bytes name, decodable here or not; None when they name no image."""
+    return _sniff_supported(data) or _sniff_unsupported(data)
+
+
 def _sniff_supported(data: bytes) -> str | None:
     """Name a format we decode when its signature is there, to tell "corrupt PNG" from "not an image"."""
     for signature, kind in _SIGNATURES:

@@ -104,6 +104,9 @@ class Metrics:
         self.feedback = Counter(
             "captioner_feedback", "Caption ratings received, by variant and rating.", ["variant", "rating"], registry=r
         )
+        self.feedback_store_errors = Counter(
+            "captioner_feedback_store_errors", "Feedback store (Redis) calls that failed.", ["operation"], registry=r
+        )
         self.rollbacks = Counter(
             "captioner_rollbacks", "Canaries rolled back automatically, by variant and reason.",
             ["variant", "reason"], registry=r,

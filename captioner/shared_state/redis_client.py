@@ -148,6 +148,10 @@ class RedisClient:
     async def delete(self, key: str) -> None:
         await self._call("delete", lambda: self._client.delete(key))
 
+    async def execute(self, operation: str, command: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+        """Any other command (streams, say) on the client, under the same deadline and breaker."""
+        return await self._call(operation, lambda: command(self._client))
+
     async def ping(self) -> bool:
         try:
             await self._call("ping", lambda: self._client.ping())

@@ -5,9 +5,10 @@ preprocessing threads, the dynamic ``Batcher``, one model thread) over ``BlipCap
 from a window of ``2 x batch size`` concurrent requests, so each ``generate`` call gets a full batch while the
 next one is being decoded, exactly as under load on the server, and the captions are the server's.
 
-``ServerBackend`` posts each file to ``POST /api/v1/caption`` of a running server over a pool of keep-alive
-connections. It honours ``Retry-After`` on 429/503 and retries transport errors a few times with backoff, so a
-rolling restart or a busy server slows a long batch down rather than failing it.
+``ServerBackend`` posts each file to ``POST /api/v1/caption`` of a running server with the public client
+(``captioner.client``) over a pool of keep-alive connections. It honours ``Retry-After`` on 429/503 and retries
+connection errors a few times with backoff, so a rolling restart or a busy server slows a long batch down
+rather than failing it.
 
 Either way a file that can't be captioned raises ``FileFailed`` (with the API's error code), and the caller
 records it and goes on.
@@ -16,17 +17,17 @@ records it and goes on.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import httpx
 
 from captioner import __version__
+from captioner.client import ApiError, AsyncClient, CaptionerClientError, ConnectionFailed, UnexpectedResponse
 from captioner.config import Settings
-from captioner.errors import CaptionerError, TooLarge
+from captioner.errors import CaptionerError
 from captioner.model.weights import WeightsUnavailable
 from captioner.observability.metrics import Metrics
 from captioner.tools.caption_output import CaptionRecord, ScoredCaption
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 
 # Offline, nothing waits on a client: a request may queue behind many batches on a slow CPU.
 OFFLINE_REQUEST_TIMEOUT_S = 7 * 24 * 3600.0
-_MAX_RETRY_WAIT_S = 30.0
+_MAX_RETRY_WAIT_S = 150.0  # all the waits for one file: five retries of up to 30 s
 
 
 class FileFailed(Exception):
@@ -65,8 +66,8 @@ def read_image_file(path: Path, max_bytes: int) -> bytes:
     """The file's bytes, refusing (like the server's body cap) files over ``max_bytes`` before reading them."""
     try:
         size = path.stat().st_size
-        if size > max_bytes:
-            raise TooLarge(f"the file is {size} bytes; limits.max_body_bytes is {max_bytes}")
+        if size > max_bytes:  # a FileFailed, so that the batch goes on without it
+            raise FileFailed("too_large", f"the file is {size} bytes; limits.max_body_bytes is {max_bytes}")
         return path.read_bytes()
     except OSError as exc:
         raise FileFailed("unreadable", exc.strerror or str(exc)) from exc
@@ -126,6 +127,8 @@ class LocalBackend:
 
 
 class ServerBackend:
+    """Files posted to a running server with ``captioner.client.AsyncClient``, which does the retrying."""
+
     def __init__(
         self,
         url: str,
@@ -141,68 +144,44 @@ class ServerBackend:
         self.model = "unknown"  # the server names it in every response
         self.concurrency = concurrency
         self.num_captions = num_captions
-        self.max_retries = max_retries
         self._max_bytes = max_bytes
-        headers = {"User-Agent": f"captioner-batch/{__version__}", "Accept": "application/json"}
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
-        self._client = httpx.AsyncClient(
-            base_url=self.url,
-            headers=headers,
+        self._http = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        )
+        self._client = AsyncClient(
+            self.url,
+            api_key=api_key or "",  # "": exactly the key given, none when none
             timeout=httpx.Timeout(timeout_s, connect=10.0),
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            max_retries=max_retries,
+            max_retry_wait=_MAX_RETRY_WAIT_S,
+            headers={"User-Agent": f"captioner-batch/{__version__}"},
+            http_client=self._http,
         )
 
     async def check(self) -> None:
         """Fail fast, with one clear line, when the server can't be reached at all."""
         try:
-            response = await self._client.get("/healthz")
-        except httpx.HTTPError as exc:
-            raise BackendUnavailable(f"cannot reach the server at {self.url}: {exc or type(exc).__name__}") from exc
-        if response.status_code != 200:
-            raise BackendUnavailable(f"{self.url}/healthz answered HTTP {response.status_code}: is it a captioner?")
+            await self._client.health()
+        except ConnectionFailed as exc:
+            raise BackendUnavailable(f"cannot reach the server at {self.url}: {exc.__cause__ or exc}") from exc
+        except ApiError as exc:
+            raise BackendUnavailable(f"{self.url}/healthz answered HTTP {exc.status_code}: is it a captioner?") from exc
+        except UnexpectedResponse:
+            pass  # a 200 all the same: whatever answers may still take captions
 
     async def caption(self, path: Path) -> CaptionRecord:
         data = await asyncio.to_thread(read_image_file, path, self._max_bytes)
-        params = {"num_captions": self.num_captions} if self.num_captions is not None else {}
-        headers = {"Content-Type": "application/octet-stream"}
-        for attempt in range(self.max_retries + 1):
-            last = attempt == self.max_retries
-            try:
-                response = await self._client.post("/api/v1/caption", params=params, content=data, headers=headers)
-            except httpx.TransportError as exc:
-                if last:
-                    raise FileFailed("connection_error", f"{type(exc).__name__}: {exc}") from exc
-                await asyncio.sleep(min(_MAX_RETRY_WAIT_S, 0.5 * 2**attempt))
-                continue
-            if response.status_code in (429, 503) and not last:
-                await asyncio.sleep(_retry_after(response, attempt))
-                continue
-            return self._record(path, response)
-        raise AssertionError("unreachable")  # the loop always returns or raises
-
-    def _record(self, path: Path, response: httpx.Response) -> CaptionRecord:
         try:
-            body: Any = response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            body = None
-        if response.status_code != 200 or not isinstance(body, dict) or body.get("status") != "success":
-            error = body.get("error") if isinstance(body, dict) else None
-            if isinstance(error, dict) and "code" in error:
-                raise FileFailed(str(error["code"]), str(error.get("message", "")))
-            raise FileFailed(f"http_{response.status_code}", response.text[:200].strip() or "no body")
-        self.model = str(body.get("model", self.model))
-        captions = [ScoredCaption(str(c["text"]), float(c["confidence"])) for c in body.get("captions", [])]
-        return CaptionRecord(str(path), captions, str(body.get("image_sha256", "")), self.model)
+            result = await self._client.caption(data, self.num_captions)
+        except CaptionerClientError as exc:
+            raise FileFailed(exc.code, exc.message) from exc
+        self.model = result.model
+        captions = [ScoredCaption(c.text, c.confidence) for c in result.captions]
+        return CaptionRecord(str(path), captions, result.image_sha256, self.model)
 
     async def aclose(self) -> None:
         await self._client.aclose()
-
-
-def _retry_after(response: httpx.Response, attempt: int) -> float:
-    value = response.headers.get("Retry-After", "")
-    wait = float(value) if value.isdigit() else 2.0**attempt
-    return min(_MAX_RETRY_WAIT_S, max(0.1, wait))
+        await self._http.aclose()
 
 
 def default_api_key() -> str | None:

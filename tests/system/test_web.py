@@ -6,13 +6,16 @@ text, the error message from the JSON body. The page must load nothing from anyw
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
+import hashlib
 import http.server
 import os
 import shutil
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +118,8 @@ def test_page_is_served_with_its_assets_and_settings(server: LiveServer) -> None
     assert page.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
     assert 'data-max-captions="3"' in page.text and 'data-default-captions="1"' in page.text
     assert "{{" not in page.text  # every placeholder filled
-    for asset, kind in (("/static/app.js", "javascript"), ("/static/app.css", "text/css")):
+    assets = (("/static/app.js", "javascript"), ("/static/feedback.js", "javascript"), ("/static/app.css", "text/css"))
+    for asset, kind in assets:
         response = httpx.get(server.url + asset)
         assert response.status_code == 200 and kind in response.headers["content-type"], asset
     assert httpx.get(server.url + "/static/nope.js").status_code == 404
@@ -248,6 +252,41 @@ def test_copy_button_puts_the_caption_on_the_clipboard(browser: Browser, server:
         web.context.close()
 
 
+def test_feedback_buttons_rate_and_correct_captions(web: PageOnServer, tmp_path: Path) -> None:
+    image = photo(18)
+    path = tmp_path / "photo.png"
+    path.write_bytes(image)
+    server, page = web.server, web.page
+    good, bad = (server.metric("captioner_feedback_total", f'rating="{r}"') for r in (5, 1))
+    page.select_option("#num-captions", "2")
+    page.set_input_files("#file", str(path))
+    expect(page.locator("#captions li")).to_have_count(2)
+    first, second = page.locator("#captions li").nth(0), page.locator("#captions li").nth(1)
+    shown = shown_captions(page)
+
+    first.get_by_role("button", name="Good caption: caption 1").click()
+    second.get_by_role("button", name="Correct caption 2").click()
+    second.get_by_label("Corrected caption 2", exact=True).fill("a red circle on a blue square")
+    second.get_by_role("button", name="Send the corrected caption 2").click()
+
+    expect(first.locator(".feedback-status")).to_have_text("Thanks: marked as a good caption.")
+    expect(first.get_by_role("button", name="Good caption: caption 1")).to_have_attribute("aria-pressed", "true")
+    expect(first.get_by_role("button", name="Wrong caption: caption 1")).to_be_disabled()  # one rating each
+    expect(second.locator(".feedback-status")).to_have_text("Thanks: correction sent.")
+    assert server.metric("captioner_feedback_total", 'rating="5"') == good + 1
+    assert server.metric("captioner_feedback_total", 'rating="1"') == bad + 1
+    with ThreadPoolExecutor(1) as thread:  # Playwright's own loop runs on this one
+        records = thread.submit(asyncio.run, server.app.state.captioner.feedback.store.records()).result()
+    assert sorted((r.caption, r.rating, r.correction, r.image_sha256) for r in records[-2:]) == sorted(
+        [
+            (shown[0], 5, None, hashlib.sha256(image).hexdigest()),
+            (shown[1], 1, "a red circle on a blue square", hashlib.sha256(image).hexdigest()),
+        ]
+    )
+    assert web.foreign_requests() == []
+    assert web.console_errors == []
+
+
 def test_every_control_has_a_label(web: PageOnServer) -> None:
     page = web.page
     for control in ("#file", "#url", "#num-captions", "#api-key"):
@@ -277,6 +316,9 @@ def test_api_key_is_sent_and_kept_for_the_tab(browser: Browser, keyed_server: Li
         expect(page.locator("#captions li")).to_have_count(1)
         expect(page.locator("#error")).to_be_empty()
         assert page.evaluate("sessionStorage.getItem('captioner.apiKey')") == API_KEY
+
+        page.get_by_role("button", name="Wrong caption: caption 1").click()  # feedback carries the key too
+        expect(page.locator("#captions .feedback-status")).to_have_text("Thanks: marked as a wrong caption.")
 
         page.reload()  # same tab: the key is still there
         expect(page.locator("#api-key")).to_have_value(API_KEY)
@@ -311,6 +353,8 @@ def test_static_files_ship_in_the_package() -> None:
     package = Path(captioner.__file__).parent
     static = package / "http" / "static"
     files = sorted(p.relative_to(package).as_posix() for p in static.rglob("*") if p.is_file())
-    assert {"http/static/index.html", "http/static/app.js", "http/static/app.css"} <= set(files)
+    assert {"http/static/index.html", "http/static/app.js", "http/static/feedback.js", "http/static/app.css"} <= set(
+        files
+    )
     unshipped = [f for f in files if not any(fnmatch.fnmatchcase(f, pattern) for pattern in patterns)]
     assert unshipped == []  # a wheel without them would serve 404s for its own page

@@ -1,6 +1,8 @@
-// The captioner web page: a plain client of POST /api/v1/caption. No framework, no build step, no
-// third-party code; everything it loads comes from this server.
+// The captioner web page: a plain client of POST /api/v1/caption (and /api/v1/feedback, in feedback.js). No
+// framework, no build step, no third-party code; everything it loads comes from this server.
 "use strict";
+
+import { feedbackControls } from "./feedback.js";
 
 (() => {
   const API = "/api/v1/caption";
@@ -134,9 +136,7 @@
     inFlight = controller;
 
     const numCaptions = Number(numSelect.value);
-    const headers = { Accept: "application/json" };
-    const apiKey = apiKeyInput.value.trim();
-    if (apiKey) headers.Authorization = `Bearer ${apiKey}`;
+    const headers = { Accept: "application/json", ...authHeaders() };
     let body;
     if (source.kind === "file") {
       body = new FormData();
@@ -177,6 +177,11 @@
     }
   }
 
+  function authHeaders() {
+    const apiKey = apiKeyInput.value.trim();
+    return apiKey ? { Authorization: `Bearer ${apiKey}` } : {};
+  }
+
   async function readJson(response) {
     try {
       return await response.json();
@@ -204,7 +209,7 @@
 
   function render(payload, elapsedMs) {
     const captions = Array.isArray(payload.captions) ? payload.captions : [];
-    const items = captions.map((item, index) => captionItem(item, index));
+    const items = captions.map((item, index) => captionItem(item, index, payload.image_sha256));
     captionList.replaceChildren(...items);
     const top = captions.length ? captions[0].text : "";
     preview.alt = top || "An image the model found no caption for";
@@ -216,7 +221,7 @@
     meta.textContent = parts.join(" · ");
   }
 
-  function captionItem(item, index) {
+  function captionItem(item, index, imageSha256) {
     const confidence = Math.min(1, Math.max(0, Number(item.confidence) || 0));
     const li = document.createElement("li");
     li.className = "caption";
@@ -251,6 +256,7 @@
     row.className = "confidence";
     row.append(bar, value, copy);
     li.append(text, row);
+    if (imageSha256) li.append(feedbackControls({ imageSha256, caption: item.text, index, authHeaders }));
     return li;
   }
 

@@ -224,6 +224,19 @@ def test_server_mode_sends_the_key_and_honours_retry_after(
     assert "failed: photos/a.png: unauthorized: invalid API key" in capsys.readouterr().err
 
 
+def test_a_file_over_the_size_limit_fails_alone(
+    photos: Path, live_server: LiveServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CAPTIONER_LIMITS__MAX_BODY_BYTES", str(len(GOOD["photos/a.png"])))
+    (photos / "big.png").write_bytes(photo(7, size=(640, 480)))
+
+    code = main(["caption", "photos/a.png", "photos/big.png", "--server", live_server.url, "--out", "sized.jsonl"])
+
+    assert code == 1
+    assert [r["path"] for r in read_jsonl(photos.parent / "sized.jsonl")] == ["photos/a.png"]
+    assert "failed: photos/big.png: too_large: the file is" in capsys.readouterr().err
+
+
 def test_unreachable_server_is_one_clear_line(photos: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from tests.conftest import free_port
 
