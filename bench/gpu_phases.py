@@ -58,11 +58,7 @@ def sync(device: str) -> None:
 def jobs_for(captioner: Any, images: list[bytes]) -> list[Any]:
     from captioner.model.protocol import CaptionJob
 
-    jobs = []
-    for data in images:
-        prepared = captioner.preprocess(data)
-        jobs.append(CaptionJob(prepared.pixel_values, 1, prepared.jpeg))
-    return jobs
+    return [CaptionJob.of(captioner.preprocess(data)) for data in images]
 
 
 def parity(got: list[list[Any]], want: list[list[Any]]) -> dict[str, Any]:

@@ -64,7 +64,7 @@ def naive_app(settings: Settings) -> Starlette:
 
     def caption_one(data: bytes) -> Any:
         prepared = captioner.preprocess(data)
-        return captioner.caption_batch([CaptionJob(prepared.pixel_values)])[0]
+        return captioner.caption_batch([CaptionJob.of(prepared)])[0]
 
     async def caption(request: Request) -> Response:
         captions = await run_in_threadpool(caption_one, await image_bytes(request))

@@ -28,6 +28,11 @@ class CaptionJob:
     num_captions: int = 1
     jpeg: EncodedJpeg | None = None
 
+    @classmethod
+    def of(cls, prepared: PreparedImage, num_captions: int = 1) -> CaptionJob:
+        """The job for an image as ``Captioner.preprocess`` left it (decoded, or a JPEG still encoded)."""
+        return cls(prepared.pixel_values, num_captions, prepared.jpeg)
+
 
 class Captioner(Protocol):
     """What the server needs from a model. ``BlipCaptioner`` is the real one; tests may fake it."""

@@ -234,8 +234,7 @@ class CaptionService:
             timeout_s = deadline - time.monotonic()
             if timeout_s <= 0:
                 raise RequestTimeout()
-        job = CaptionJob(prepared.pixel_values, num_captions, prepared.jpeg)
-        inferred = await self.batcher(job, timeout_s=timeout_s)
+        inferred = await self.batcher(CaptionJob.of(prepared, num_captions), timeout_s=timeout_s)
         self.drift.observe_output(inferred.captions)
         return _Computed(inferred.captions, prepared.info, inferred.batch_size)
 
