@@ -27,7 +27,8 @@ if [ "${1:-}" = "--fetch-wheels" ]; then
   exit 0
 fi
 
-if [ -d bench/wheels ] && ls bench/wheels/*.whl >/dev/null 2>&1; then
+# The carried wheels, on the GPU image only (it has no Starlette; a checkout's own .venv has everything).
+if ! "$PY" -c 'import starlette, orjson' 2>/dev/null && ls bench/wheels/*.whl >/dev/null 2>&1; then
   site="${TMPDIR:-/tmp}/captioner-site"
   "$PY" -m pip install --quiet --no-index --no-deps --target "$site" bench/wheels/*.whl
   export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
