@@ -47,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     from .batch import add_batch_commands
 
     add_batch_commands(commands, _add_config_argument, _settings)
+
+    # These modules import torch and transformers only inside their commands: `captioner --help` stays fast.
+    from .tools.synth import add_data_commands
+    from .tools.train import add_train_commands
+
+    add_data_commands(commands)
+    add_train_commands(commands, _add_config_argument, _settings)
     return parser
 
 

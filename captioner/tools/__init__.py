@@ -1,0 +1,1 @@
+"""Offline commands: synthetic data, training, evaluation and model tools."""
