@@ -21,7 +21,6 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,15 +42,17 @@ def measure_model(
     import torch
 
     from bench.images import photo
-    from captioner import acceleration
     from captioner.config import load_settings
-    from captioner.model import BlipCaptioner, CaptionJob
+    from captioner.model import acceleration
+    from captioner.model.blip import BlipCaptioner
+    from captioner.model.loader import load_captioner
+    from captioner.model.protocol import CaptionJob
 
-    settings = load_settings(None, {})
-    model_settings = replace(settings.model, path=str(model_dir), device=device, dtype=dtype)
+    settings = load_settings(None, {}).replace("model", path=str(model_dir), device=device, dtype=dtype)
     loaded = time.perf_counter()
-    captioner = BlipCaptioner(model_dir, model_settings, settings.generation, settings.limits.max_pixels)
+    captioner = load_captioner(settings)
     if compile_backend:
+        assert isinstance(captioner, BlipCaptioner)  # compile applies to the in-process model
         acceleration.compile_model(captioner._model, backend=compile_backend)
     out: dict[str, Any] = {"load_s": time.perf_counter() - loaded, "points": {}}
     tensors = [captioner.preprocess(photo(seed)).pixel_values for seed in range(min(32, max(batches)))]

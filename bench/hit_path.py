@@ -15,11 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from captioner.app import create_app
 from captioner.config import load_settings
-from captioner.init_model import write_untrained_model
-
-from .images import photo
+from captioner.http.app import create_app
+from captioner.model.preprocessing import photo
+from captioner.tools.init_model import write_untrained_model
 
 
 async def _call(app: Any, body: bytes) -> int:

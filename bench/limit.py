@@ -15,7 +15,6 @@ import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from bench.images import photo
 from captioner.config import load_settings
@@ -34,13 +33,12 @@ class LimitResult:
 def measure(
     config: str | None, *, duration_s: float, batch_size: int | None = None, min_batches: int = 2
 ) -> LimitResult:
-    from captioner.model import BlipCaptioner, CaptionJob
+    from captioner.model.loader import load_captioner
+    from captioner.model.protocol import CaptionJob
 
     settings = load_settings(config)
     size = batch_size or settings.batching.max_batch_size
-    captioner = BlipCaptioner(
-        Path(settings.model.path), settings.model, settings.generation, settings.limits.max_pixels
-    )
+    captioner = load_captioner(settings)
     tensors = [captioner.preprocess(photo(seed)).pixel_values for seed in range(max(size, 64))]
     started = time.perf_counter()
     captioner.caption_batch([CaptionJob(t) for t in tensors[:size]])

@@ -19,9 +19,10 @@ class BlipLitAPI(ls.LitAPI):  # type: ignore[misc]
         self.settings = settings
 
     def setup(self, device: str) -> None:
-        from bench.servers import load_captioner
+        from captioner.model.loader import load_captioner
 
         self.captioner = load_captioner(self.settings)
+        self.captioner.warm_up()
 
     # No annotation on ``request`` on purpose: LitServe reads it to pick the FastAPI body type, and the default
     # (a Request, parsed as JSON) is the documented way to take a base64 image.
@@ -32,7 +33,7 @@ class BlipLitAPI(ls.LitAPI):  # type: ignore[misc]
         return list(inputs)  # caption_batch stacks the tensors itself, once
 
     def predict(self, x: list[Any]) -> list[Any]:
-        from captioner.model import CaptionJob
+        from captioner.model.protocol import CaptionJob
 
         result: list[Any] = self.captioner.caption_batch([CaptionJob(tensor) for tensor in x])
         return result

@@ -19,7 +19,7 @@ _STAGES = (
     *((needle, "model") for needle in _MODEL),
     ("ImagePreprocessor", "decode+resize"),
     ("DriftWatch", "drift features"),
-    ("captioner/images.py", "decode+resize"),
+    ("captioner/model/preprocessing.py", "decode+resize"),
     ("sha256", "hashing"),
     ("parse_caption_request", "HTTP parsing"),
     ("b64decode", "HTTP parsing"),

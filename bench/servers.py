@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import base64
 import sys
-from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -31,12 +30,10 @@ from captioner.config import Settings, load_settings
 CAPTION_PATH = "/api/v1/caption"
 
 
-def load_captioner(settings: Settings) -> Any:
-    from captioner.model import BlipCaptioner
+def load_warm_captioner(settings: Settings) -> Any:
+    """The server's own loader (honours model.worker), warmed up: every peer serves this same model."""
 
-    captioner = BlipCaptioner(
-        Path(settings.model.path), settings.model, settings.generation, settings.limits.max_pixels
-    )
+    captioner = load_warm_captioner(settings)
     captioner.warm_up()
     return captioner
 
@@ -60,9 +57,9 @@ def response_body(captions: Any, settings: Settings) -> dict[str, Any]:
 
 def naive_app(settings: Settings) -> Starlette:
     """What a user writes by hand: decode and generate() per request in Starlette's thread pool, no batching."""
-    from captioner.model import CaptionJob
+    from captioner.model.protocol import CaptionJob
 
-    captioner = load_captioner(settings)
+    captioner = load_warm_captioner(settings)
 
     def caption_one(data: bytes) -> Any:
         prepared = captioner.preprocess(data)
@@ -138,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.kind == "bare":
         app = bare_app(args.response_bytes)
     else:
-        from captioner.app import create_app
+        from captioner.http.app import create_app
 
         app = create_app(settings)
     # Same uvicorn set-up as `captioner serve`: uvloop and httptools when installed, no access log.

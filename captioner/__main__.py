@@ -1,5 +1,5 @@
 """``python -m captioner`` behaves exactly like the ``captioner`` console script."""
 
-from .cli import main
+from captioner.cli import main
 
 raise SystemExit(main())

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
-from . import __version__
-from .config import ConfigError, Settings, load_settings
+from captioner import __version__
+from captioner.config import ConfigError, Settings, load_settings
+from captioner.tools.caption import add_caption_command
+from captioner.tools.drift_reference import add_drift_commands
+from captioner.tools.evaluate import add_eval_command
+from captioner.tools.feedback_export import add_feedback_commands
+from captioner.tools.synth import add_data_commands
+from captioner.tools.train import add_train_commands
 
 
 def _add_config_argument(parser: argparse.ArgumentParser) -> None:
@@ -15,8 +22,6 @@ def _add_config_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    import os
-
     path = args.config
     if path is None and os.path.exists("config.yaml"):
         path = "config.yaml"
@@ -40,18 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--seed", type=int, default=0)
     init.set_defaults(run=_init_model)
 
-    from .drift_cli import add_drift_commands
-
     add_drift_commands(commands, _add_config_argument, _settings)
 
-    from .batch import add_batch_commands
-
-    add_batch_commands(commands, _add_config_argument, _settings)
-
-    # These modules import torch and transformers only inside their commands: `captioner --help` stays fast.
-    from .tools.synth import add_data_commands
-    from .tools.train import add_train_commands
-
+    add_caption_command(commands, _add_config_argument, _settings)
+    add_eval_command(commands, _add_config_argument, _settings)
+    add_feedback_commands(commands, _add_config_argument, _settings)
     add_data_commands(commands)
     add_train_commands(commands, _add_config_argument, _settings)
     return parser
@@ -69,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _init_model(args: argparse.Namespace) -> int:
-    from .init_model import write_untrained_model
+    from captioner.tools.init_model import write_untrained_model  # torch: kept off `captioner --help`
 
     out = write_untrained_model(args.out, size=args.size, seed=args.seed)
     print(f"wrote an untrained BLIP ({args.size}, seed {args.seed}) to {out}")
@@ -78,12 +76,12 @@ def _init_model(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .server import serve
+    from captioner.server import serve  # torch and the app: kept off the light commands
 
     def load() -> Settings:
         settings = _settings(args)
         overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
         return settings.replace("server", **overrides) if overrides else settings
 
-    # SIGHUP re-reads the same file, environment and flags (A/B weights; see captioner/variants.py).
+    # SIGHUP re-reads the same file, environment and flags (A/B weights; see captioner/serving/variants.py).
     return serve(load(), reload_settings=load)

@@ -42,6 +42,8 @@ class ServerSettings:
     drain_timeout_s: float = _field(30.0, ge=0)
     # Threads that decode and resize images; the model has its own dedicated thread.
     preprocess_workers: int = _field(2, ge=1)
+    # Most connections served at once (uvicorn's limit_concurrency); 0: auto.
+    limit_concurrency: int = _field(0, ge=0)
 
 
 @dataclass(frozen=True)
@@ -98,17 +100,27 @@ class JobsSettings:
     max_jobs: int = _field(10000, ge=1)
     # Empty: cache.redis_url if set (so any replica can answer), else in-process only.
     redis_url: str = ""
+    # memory: jobs live in the accepting process. redis: a durable queue (Redis Streams) any replica consumes.
+    queue: str = _field("memory", choices=("memory", "redis"))
+    # A job claimed by a replica that then stops answering is handed to another after this long.
+    lease_s: float = _field(30.0, gt=0)
+    # Tries per job before it ends with an error result (a poison image can't loop for ever).
+    max_attempts: int = _field(3, ge=1)
 
 
 @dataclass(frozen=True)
 class LimitsSettings:
     max_body_bytes: int = _field(10 * 1024 * 1024, ge=1)
     max_pixels: int = _field(40_000_000, ge=1)
+    # A request body that has not fully arrived by then is answered 408.
+    body_timeout_s: float = _field(30.0, gt=0)
 
 
 @dataclass(frozen=True)
 class AuthSettings:
     api_keys: list[str] = field(default_factory=list)
+    # Serving a non-loopback address with no keys must be asked for on purpose.
+    allow_anonymous: bool = False
 
 
 @dataclass(frozen=True)
@@ -148,6 +160,45 @@ class DriftSettings:
 
 
 @dataclass(frozen=True)
+class RegistrySettings:
+    # "" = off; else serve `name`'s `production` alias (and its `canary`, at the canary's weight) from here.
+    path: str = ""
+    name: str = "captioner"
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    """The deploy gate: a candidate is scored against production on this set before it may be promoted."""
+
+    annotations: str = ""
+    images: str = ""
+    min_cider: float = _field(0.0, ge=0)
+    max_regression: float = _field(0.02, ge=0)
+
+
+@dataclass(frozen=True)
+class CanarySettings:
+    """When a canary is worse than production by more than these, it is rolled back automatically."""
+
+    min_requests: int = _field(200, ge=1)
+    max_error_ratio_increase: float = _field(0.01, ge=0)
+    max_p95_ratio: float = _field(1.5, gt=0)
+    max_confidence_drop: float = _field(0.1, ge=0)
+
+
+@dataclass(frozen=True)
+class FeedbackSettings:
+    enabled: bool = True
+    # Images sent with feedback are kept only when this is on, and never longer than retention_s.
+    keep_images: bool = False
+    retention_s: float = _field(2592000.0, gt=0)
+    # Without Redis (cache.redis_url / jobs.redis_url), ratings go to daily JSON Lines files in this folder.
+    path: str = "feedback"
+    # The most ratings kept (the oldest go first); with keep_images, at most one image each.
+    max_records: int = _field(1_000_000, ge=1)
+
+
+@dataclass(frozen=True)
 class VariantSettings:
     """One A/B variant: a name, a traffic weight and the `model` section with this variant's overrides."""
 
@@ -170,6 +221,10 @@ class Settings:
     url_input: UrlInputSettings = field(default_factory=UrlInputSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     drift: DriftSettings = field(default_factory=DriftSettings)
+    registry: RegistrySettings = field(default_factory=RegistrySettings)
+    gate: GateSettings = field(default_factory=GateSettings)
+    canary: CanarySettings = field(default_factory=CanarySettings)
+    feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
     # A/B variants (top-level `models:` list); empty means one variant, "default", made of `model`.
     models: tuple[VariantSettings, ...] = ()
     # Where the settings came from, for the start-up log line; not a config key.

@@ -1,13 +1,16 @@
 """Every failure a client can see, as plain data.
 
-Each error carries its HTTP status and its stable ``code`` (the contract's error table); ``app.py`` turns
-them into responses in exactly one place. Code anywhere in the package raises these and never builds an
-HTTP response itself.
+Each error carries its HTTP status and its stable ``code`` (the contract's error table); ``error_response``
+below turns one into a response, the only place that does. Code anywhere in the package raises these and
+never builds an error response itself: the app's exception handlers and the ASGI gate both call it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+
+import orjson
+from starlette.responses import Response
 
 
 class CaptionerError(Exception):
@@ -114,3 +117,28 @@ class ModelError(CaptionerError):
     status_code = 500
     code = "model_error"
     default_message = "the model failed to caption this image"
+
+
+# Codes of the errors Starlette and uvicorn raise themselves, by status (routing, request heads).
+HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 431: "headers_too_large"}
+
+
+def error_codes() -> list[str]:
+    """Every ``code`` a client can see, for the OpenAPI document."""
+    found: list[str] = []
+    pending: list[type[CaptionerError]] = [CaptionerError]
+    while pending:
+        cls = pending.pop(0)
+        pending.extend(cls.__subclasses__())
+        found.append(cls.code)
+    return list(dict.fromkeys([*found, *HTTP_ERROR_CODES.values()]))
+
+
+def error_response(error: CaptionerError) -> Response:
+    """The contract's error body, status and headers (Retry-After, WWW-Authenticate) for ``error``."""
+    return Response(
+        orjson.dumps(error.to_dict()),
+        status_code=error.status_code,
+        headers=error.headers,
+        media_type="application/json",
+    )

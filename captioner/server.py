@@ -17,12 +17,12 @@ from types import FrameType
 
 import uvicorn
 
-from . import __version__
-from .app import create_app
-from .config import Settings
-from .httplimits import MAX_HEAD_BYTES, http_protocol
-from .logs import configure_logging
-from .weights import WeightsUnavailable, ensure_weights
+from captioner import __version__
+from captioner.config import Settings
+from captioner.http.app import create_app
+from captioner.http.header_limits import MAX_HEAD_BYTES, http_protocol
+from captioner.model.weights import WeightsUnavailable, ensure_weights
+from captioner.observability.logs import configure_logging
 
 logger = logging.getLogger("captioner.server")
 

@@ -18,7 +18,7 @@ _preprocessor: Any = None
 def _load() -> Any:
     global _preprocessor
     if _preprocessor is None:
-        from captioner.images import ImagePreprocessor
+        from captioner.model.preprocessing import ImagePreprocessor
 
         _preprocessor = ImagePreprocessor(
             height=SIDE,
@@ -62,7 +62,7 @@ def main() -> None:
     with atheris.instrument_imports(include=["PIL", "captioner"]):
         import PIL.Image  # noqa: F401
 
-        import captioner.images  # noqa: F401
+        import captioner.model.preprocessing  # noqa: F401
     _load()
     atheris.Setup(sys.argv, TestOneInput)
     atheris.Fuzz()

@@ -6,6 +6,7 @@ import asyncio
 import io
 import re
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -17,9 +18,22 @@ import pytest
 import uvicorn
 from PIL import Image, ImageDraw
 
-from captioner.app import create_app
 from captioner.config import Settings, load_settings
-from captioner.metrics import Metrics
+from captioner.http.app import create_app
+from captioner.observability.metrics import Metrics
+
+# The repository's root, for tests that read deploy/, fuzz/, docs/ or config.yaml.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+SYSTEM_DIR = Path(__file__).resolve().parent / "system"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Everything under tests/system starts processes, servers, Redis, nginx or Chromium: mark it ``system``."""
+    for item in items:
+        if SYSTEM_DIR in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.system)
 
 
 @pytest.fixture
@@ -29,7 +43,7 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from captioner.init_model import write_untrained_model
+    from captioner.tools.init_model import write_untrained_model
 
     return write_untrained_model(tmp_path_factory.mktemp("models") / "tiny", size="tiny", seed=0)
 
@@ -116,6 +130,8 @@ def tiny_settings(model_dir: Path, **sections: dict[str, Any]) -> Settings:
     settings = load_settings(None, {})
     settings = settings.replace("model", path=str(model_dir), name="test/tiny-blip")
     settings = settings.replace("server", preprocess_workers=2)
+    # Ratings a test posts go to a folder of their own, never into the working directory.
+    settings = settings.replace("feedback", path=tempfile.mkdtemp(prefix="captioner-feedback-"))
     for section, values in sections.items():
         settings = settings.replace(section, **values)
     return settings

@@ -19,6 +19,7 @@ from typing import Any
 
 from captioner import __version__
 from captioner.config import Settings
+from captioner.model.weights import is_untrained
 from captioner.tools.train_data import CaptionSet
 
 CARD_NAME = "training.json"
@@ -104,8 +105,6 @@ def build_card(
     val_set: CaptionSet | None,
 ) -> dict[str, Any]:
     """The card of a finished run, from its arguments, its data and the Trainer's state."""
-    from captioner.init_model import is_untrained
-
     state, targs = trainer.state, trainer.args
     loss, validation = curves(state.log_history)
     summary: dict[str, Any] = next((e for e in reversed(state.log_history) if "train_runtime" in e), {})

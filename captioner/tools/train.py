@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from captioner.config import Settings
+from captioner.model.weights import UNTRAINED_MARKER, WeightsUnavailable, ensure_weights, has_weights
 
-# torch and transformers are imported inside train(): `captioner --help` should not pay for them.
+# torch, transformers and the modules that import them load inside the functions: `captioner --help` stays light.
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Files a processor's save_pretrained may leave out that older readers of a BLIP folder look for.
@@ -174,9 +175,9 @@ def train(args: argparse.Namespace, settings: Settings) -> Path | None:
     import torch
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
-    from captioner import acceleration
-    from captioner.images import ImagePreprocessor
-    from captioner.model import resolve_device
+    from captioner.model import acceleration
+    from captioner.model.blip import resolve_device
+    from captioner.model.preprocessing import ImagePreprocessor
     from captioner.tools.train_data import CaptionCollator, CaptionDataset, CaptionSet
     from captioner.tools.train_eval import CaptioningTrainer, CaptionScorer
 
@@ -244,8 +245,6 @@ def train(args: argparse.Namespace, settings: Settings) -> Path | None:
 
 
 def _base_model(args: argparse.Namespace, settings: Settings) -> Path:
-    from captioner.weights import WeightsUnavailable, ensure_weights, has_weights
-
     if args.base is not None:
         if not has_weights(args.base):
             raise TrainError(f"--base {args.base}: no model there (config.json and weights)")
@@ -258,8 +257,6 @@ def _base_model(args: argparse.Namespace, settings: Settings) -> Path:
 
 def _finish_folder(out: Path, base: Path, processor: Any) -> None:
     """Make OUT a complete model folder: tokenizer and processor files, and no stale markers."""
-    from captioner.init_model import UNTRAINED_MARKER
-
     processor.save_pretrained(out)
     processor.image_processor.save_pretrained(out)  # preprocessor_config.json, for readers older than v5
     for name in _EXTRA_PROCESSOR_FILES:

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from captioner.evaluate import EvalImage, load_annotations
-from captioner.images import ImagePreprocessor
+from captioner.model.preprocessing import ImagePreprocessor
+from captioner.tools.evaluate import EvalImage, load_annotations
 
 IGNORE_INDEX = -100  # what torch's CrossEntropyLoss (and BLIP's LM head) leaves out of the loss
 # BLIP's own fine-tuning caps captions at 30 words (pre_caption's max_words); 64 tokens leave room for sub-words.

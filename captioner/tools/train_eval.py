@@ -18,12 +18,14 @@ from collections.abc import Hashable, Sequence
 from typing import Any
 
 import torch
+from accelerate.utils import gather_object
 from torch.utils.data import DataLoader
 from transformers import Trainer
 from transformers.trainer_utils import EvalLoopOutput
 
 from captioner.config import GenerationSettings
-from captioner.images import ImagePreprocessor
+from captioner.model.preprocessing import ImagePreprocessor
+from captioner.tools.coco_scores import score_captions
 from captioner.tools.train_data import CaptionSet, ImageDataset, clean_caption, collate_images
 
 # The scorer's metric names -> the keys logged (after Trainer's "eval_" prefix) and kept in the model card.
@@ -88,8 +90,6 @@ class CaptionScorer:
         return captions
 
     def score(self, captions: dict[Hashable, str]) -> dict[str, float]:
-        from captioner.coco_scores import score_captions
-
         scores = score_captions(self.references, captions, java=None)
         return {key: scores.metrics[name] for name, key in _METRICS.items()}
 
@@ -117,8 +117,6 @@ class CaptioningTrainer(Trainer):
         return output
 
     def _gathered_captions(self, scorer: CaptionScorer) -> dict[Hashable, str]:
-        from accelerate.utils import gather_object
-
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         model: Any = self.accelerator.unwrap_model(self.model)
         was_training = model.training

@@ -1,0 +1,69 @@
+"""``create_app``: the Starlette app wired from the settings. Endpoints: ``routes.py``; start-up: ``lifespan.py``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+
+from captioner.config import Settings
+from captioner.guard.api_keys import ApiKeys
+from captioner.guard.gate import ApiGuard
+from captioner.guard.rate_limit import RateLimiter
+from captioner.http import paths
+from captioner.http.access_log import RequestObserver
+from captioner.http.exception_handlers import EXCEPTION_HANDLERS
+from captioner.http.lifespan import lifespan
+from captioner.http.routes import routes
+from captioner.http.state import AppState
+from captioner.http.urlfetch import UrlFetcher
+from captioner.http.web import render_index
+from captioner.model.loader import load_captioner
+from captioner.model.protocol import Captioner
+from captioner.observability.metrics import Metrics
+from captioner.serving.drift_watch import DriftWatch
+from captioner.serving.feedback import build_feedback
+from captioner.serving.jobs import JobManager, build_job_store
+
+
+def create_app(
+    settings: Settings,
+    captioner: Captioner | None = None,
+    *,
+    metrics: Metrics | None = None,
+    on_fatal: Callable[[], None] | None = None,
+    reload_settings: Callable[[], Settings] | None = None,
+) -> Starlette:
+    """The app. Without ``captioner`` the model named by ``settings.model`` is loaded at start-up."""
+    metrics = metrics or Metrics()
+    state = AppState(
+        settings=settings,
+        metrics=metrics,
+        keys=ApiKeys.from_settings(settings.auth),  # a bad entry stops start-up here, naming its position
+        url_fetcher=UrlFetcher(settings.url_input, max_bytes=settings.limits.max_body_bytes),
+        jobs=JobManager(build_job_store(settings, metrics), ttl_s=settings.jobs.ttl_s, metrics=metrics),
+        drift=DriftWatch.from_settings(settings.drift, metrics),  # a bad reference file stops start-up here
+        feedback=build_feedback(settings, metrics),
+        page=render_index(settings),
+    )
+
+    def load_model(variant_settings: Settings) -> Captioner:
+        return captioner if captioner is not None else load_captioner(variant_settings)
+
+    app = Starlette(
+        routes=routes(),
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[
+            Middleware(RequestObserver, metrics=metrics),  # outermost: sees every answer, 401/429 too
+            Middleware(
+                ApiGuard,
+                keys=state.keys,
+                limiter=RateLimiter.from_settings(settings.rate_limit),
+                protects=paths.is_protected,
+            ),
+        ],
+        lifespan=lifespan(state, load_model, on_fatal, reload_settings),
+    )
+    app.state.captioner = state
+    return app

@@ -1,0 +1,164 @@
+"""``POST /api/v1/feedback``: a user's rating of a caption, and the caption they would have wanted.
+
+JSON ``{"image_sha256": "<64 hex>" | "job_id": "<id>", "caption": "...", "rating": 1..5, "correction": "..."}``
+(``correction`` optional; ``image``, base64, optional and kept only when ``feedback.keep_images`` is on) ->
+202 ``{"status": "accepted"}``. Every missing, malformed or unknown field is a 422 ``invalid_request`` naming
+it. A ``job_id`` must be a finished, successful job of the caller's (404 otherwise, as for the GET).
+
+The variant credited is the one that served the caption: the job's, or for an ``image_sha256`` the one that
+A/B routing assigns to this caller and image (assignment is sticky, so that is the one that answered).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from captioner.errors import InvalidRequest, NotFound, Overloaded, UnsupportedMediaType
+from captioner.http.body import body_limit, read_capped_body
+from captioner.http.caption_api import sticky_key
+from captioner.http.inputs import decode_base64
+from captioner.http.jobs_api import owner
+from captioner.http.responses import FastJSONResponse
+from captioner.http.state import AppState, app_state
+from captioner.serving.feedback import UNKNOWN_VARIANT
+from captioner.serving.feedback_store import FeedbackRecord
+
+SHA256 = re.compile(r"[0-9a-f]{64}")
+JOB_ID = re.compile(r"[0-9a-f]{32}")
+MAX_TEXT = 1000  # characters in a caption or a correction
+FIELDS = ("image_sha256", "job_id", "caption", "rating", "correction", "image")
+
+
+@dataclass(frozen=True)
+class FeedbackRequest:
+    image_sha256: str | None  # exactly one of image_sha256 and job_id
+    job_id: str | None
+    caption: str
+    rating: int
+    correction: str | None
+    image: bytes | None
+
+
+async def feedback(request: Request) -> Response:
+    state = app_state(request)
+    if not state.settings.feedback.enabled:
+        raise NotFound("feedback is off here (feedback.enabled: false)")
+    content_type = request.headers.get("content-type", "").lower()
+    if not content_type.startswith("application/json"):
+        raise UnsupportedMediaType('send JSON: {"image_sha256": ..., "caption": ..., "rating": 1..5}')
+    body = await read_capped_body(request, body_limit(content_type, state.settings.limits.max_body_bytes))
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest("the body is not valid JSON") from exc
+    asked = parse_feedback(payload)
+    image_sha256, variant = await _rated_image(request, state, asked)
+    if asked.image is not None and hashlib.sha256(asked.image).hexdigest() != image_sha256:
+        raise InvalidRequest("'image' is not the image that was captioned")
+    record = FeedbackRecord(
+        image_sha256=image_sha256,
+        caption=asked.caption,
+        rating=asked.rating,
+        variant=variant,
+        job_id=asked.job_id,
+        correction=asked.correction,
+    )
+    await state.feedback.add(record, asked.image)
+    return FastJSONResponse({"status": "accepted"}, status_code=202)
+
+
+def parse_feedback(payload: Any) -> FeedbackRequest:
+    """The request's fields, each checked; 422 naming the first that is missing, malformed or unknown."""
+    if not isinstance(payload, dict):
+        raise InvalidRequest('the JSON body must be an object such as {"image_sha256": ..., "rating": 5, ...}')
+    unknown = sorted(set(payload) - set(FIELDS))
+    if unknown:
+        raise InvalidRequest(f"unknown field {unknown[0]!r}; the fields are {', '.join(FIELDS)}")
+    if ("image_sha256" in payload) == ("job_id" in payload):
+        raise InvalidRequest("send exactly one of 'image_sha256' and 'job_id'")
+    image_sha256, job_id = payload.get("image_sha256"), payload.get("job_id")
+    if "image_sha256" in payload and not (isinstance(image_sha256, str) and SHA256.fullmatch(image_sha256)):
+        raise InvalidRequest("'image_sha256' must be 64 lowercase hex digits (the caption response's image_sha256)")
+    if "job_id" in payload and not (isinstance(job_id, str) and JOB_ID.fullmatch(job_id)):
+        raise InvalidRequest("'job_id' must be an async job's id (32 lowercase hex digits)")
+    rating = payload.get("rating")
+    if not isinstance(rating, int) or isinstance(rating, bool) or not 1 <= rating <= 5:
+        raise InvalidRequest(f"'rating' must be an integer from 1 to 5 (5 best), got {rating!r}")
+    return FeedbackRequest(
+        image_sha256=image_sha256,
+        job_id=job_id,
+        caption=_text(payload, "caption"),
+        rating=rating,
+        correction=_text(payload, "correction") if "correction" in payload else None,
+        image=decode_base64(payload["image"]) if "image" in payload else None,
+    )
+
+
+def _text(payload: dict[str, Any], name: str) -> str:
+    value = payload.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRequest(f"'{name}' must be a non-empty string")
+    if len(value) > MAX_TEXT:
+        raise InvalidRequest(f"'{name}' is over {MAX_TEXT} characters")
+    return value.strip()
+
+
+async def _rated_image(request: Request, state: AppState, asked: FeedbackRequest) -> tuple[str, str]:
+    """The rated image's SHA-256 and the variant that captioned it."""
+    if asked.job_id is not None:
+        job = await state.jobs.get(asked.job_id, principal=owner(request, state))  # 404: unknown or not yours
+        result = job.result or {}
+        if job.status != "success" or not isinstance(result.get("image_sha256"), str):
+            raise InvalidRequest(f"job {asked.job_id} has no caption to rate ({job.status})")
+        return result["image_sha256"], str(result.get("variant") or UNKNOWN_VARIANT)
+    assert asked.image_sha256 is not None
+    if state.pool is None:
+        return asked.image_sha256, UNKNOWN_VARIANT
+    try:
+        variant = state.pool.choose(sticky_key(request, asked.image_sha256)).name
+    except Overloaded:  # no variant takes traffic now
+        variant = UNKNOWN_VARIANT
+    return asked.image_sha256, variant
+
+
+def openapi_operation(errors: dict[str, Any]) -> dict[str, Any]:
+    """This endpoint in the OpenAPI document; ``errors`` are the shared error responses."""
+    text = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT, "pattern": r"\S"}
+    fields = {
+        "image_sha256": {"type": "string", "pattern": f"^{SHA256.pattern}$"},
+        "job_id": {"type": "string", "pattern": f"^{JOB_ID.pattern}$"},
+        "caption": text,
+        "rating": {"type": "integer", "minimum": 1, "maximum": 5},
+        "correction": text,
+        "image": {"type": "string", "description": "base64; kept only with feedback.keep_images"},
+    }
+    schema = {
+        "type": "object",
+        "properties": fields,
+        "required": ["caption", "rating"],
+        "oneOf": [{"required": ["image_sha256"]}, {"required": ["job_id"]}],
+        "additionalProperties": False,
+    }
+    accepted = {"type": "object", "properties": {"status": {"const": "accepted"}}, "required": ["status"]}
+    return {
+        "summary": "Rate a caption (1..5, 5 best), optionally with a corrected caption",
+        "operationId": "feedback",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
+        "responses": {
+            "202": {"description": "kept", "content": {"application/json": {"schema": accepted}}},
+            "401": errors["401"],
+            "404": {**errors["401"], "description": "not_found: no such job (or another key's), or feedback is off"},
+            "413": errors["413"],
+            "415": errors["415"],
+            "422": errors["422"],
+            "429": errors["429"],
+            "503": errors["503"],
+        },
+    }

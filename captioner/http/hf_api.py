@@ -1,0 +1,81 @@
+"""``POST /``: Hugging Face's image-to-text convention, so ``huggingface_hub.InferenceClient`` works unchanged.
+
+``InferenceClient(base_url=URL)`` and ``InferenceClient(model=URL)`` both post the image's raw bytes, with no
+Content-Type, to the URL itself, and read ``[{"generated_text": "..."}]``. HF Inference Endpoints also take JSON
+``{"inputs": "<base64>"}`` (``parameters`` is accepted and ignored: generation is the server's config).
+The request takes the same path as ``POST /api/v1/caption``: the gate (keys as ``Authorization: Bearer``, rate
+limits), the body and pixel limits, the cache and the batcher; errors keep the contract's JSON shape.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from captioner.config import Settings
+from captioner.errors import InvalidImage, InvalidRequest, TooLarge
+from captioner.http.body import body_limit, read_capped_body
+from captioner.http.caption_api import cancel_on_disconnect, prepare
+from captioner.http.inputs import CaptionRequest, decode_base64
+from captioner.http.responses import FastJSONResponse
+from captioner.http.state import app_state
+
+
+async def image_to_text(request: Request) -> Response:
+    started = time.monotonic()
+    state = app_state(request)
+    work = await prepare(request, state, started, parse=parse_hf_request)
+    outcome = work.hit if work.hit is not None else await cancel_on_disconnect(request, work())
+    return FastJSONResponse([{"generated_text": outcome.captions[0].text}])
+
+
+async def parse_hf_request(request: Request, settings: Settings) -> CaptionRequest:
+    """JSON ``{"inputs": "<base64>"}``, or else the body is the image, whatever its Content-Type says."""
+    max_bytes = settings.limits.max_body_bytes
+    content_type = request.headers.get("content-type", "").strip().lower()
+    body = await read_capped_body(request, body_limit(content_type, max_bytes))
+    image = _json_inputs(body) if content_type.startswith("application/json") else body
+    if len(image) > max_bytes:
+        raise TooLarge(f"the image is over the limit of {max_bytes} bytes")
+    if not image:
+        raise InvalidImage("the image is empty")
+    return CaptionRequest(image=image, url=None, num_captions=1)  # one caption: the answer holds one
+
+
+def _json_inputs(body: bytes) -> bytes:
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest("the body is not valid JSON") from exc
+    if not isinstance(payload, dict) or "inputs" not in payload:
+        raise InvalidRequest('the JSON body must be {"inputs": "<base64 image>"}')
+    return decode_base64(payload["inputs"], "inputs")
+
+
+def openapi_operation(errors: dict[str, Any]) -> dict[str, Any]:
+    """This endpoint in the OpenAPI document; ``errors`` are the shared error responses."""
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    inputs = {
+        "type": "object",
+        "properties": {"inputs": {"type": "string", "description": "base64 image bytes"}, "parameters": {}},
+        "required": ["inputs"],
+    }
+    text = {"type": "object", "properties": {"generated_text": {"type": "string"}}, "required": ["generated_text"]}
+    generated = {"type": "array", "items": text, "minItems": 1, "maxItems": 1}
+    return {
+        "summary": "The best caption, in Hugging Face's image-to-text shape (huggingface_hub.InferenceClient)",
+        "description": 'The raw image bytes with any or no Content-Type, or JSON {"inputs": "<base64>"}.',
+        "operationId": "hf_image_to_text",
+        "requestBody": {
+            "required": True,
+            "content": {"image/*": binary, "application/octet-stream": binary, "application/json": {"schema": inputs}},
+        },
+        "responses": {
+            "200": {"description": "[{generated_text}]", "content": {"application/json": {"schema": generated}}},
+            **errors,  # 415 too: a format recognised but not decoded (HEIC, SVG, PDF)
+        },
+    }

@@ -1,0 +1,84 @@
+"""``AppState``: what the endpoints share, built once by ``create_app`` and read through ``app_state(request)``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import HTTPConnection
+
+from captioner.config import Settings, to_dict
+from captioner.guard.api_keys import ApiKeys
+from captioner.http.urlfetch import UrlFetcher
+from captioner.observability.metrics import Metrics
+from captioner.serving.drift_watch import DriftWatch
+from captioner.serving.feedback import Feedback
+from captioner.serving.jobs import JobManager
+from captioner.serving.service import CaptionService
+from captioner.serving.variants import VariantPool
+
+logger = logging.getLogger("captioner.app")
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    metrics: Metrics
+    keys: ApiKeys
+    url_fetcher: UrlFetcher
+    jobs: JobManager
+    drift: DriftWatch
+    feedback: Feedback
+    page: str  # the web page, rendered once from the settings
+    pool: VariantPool | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    ready: bool = False
+    draining: bool = False
+    load_error: str | None = None
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    @property
+    def service(self) -> CaptionService | None:
+        """A live variant's service, for what every variant does alike (admission, queue estimates)."""
+        return self.pool.router.any_service() if self.pool is not None else None
+
+    async def reload(self, new: Settings) -> None:
+        """SIGHUP: apply the new `models:` list (weights, added or removed variants) without dropping requests.
+
+        Other sections are read at start-up only (they size thread pools, queues and sockets); a change to
+        them is logged, not applied.
+        """
+        if self.pool is None:
+            logger.warning("reload ignored: the model is still loading")
+            return
+        running = to_dict(self.settings)
+        ignored = [k for k, v in to_dict(new).items() if k != "models" and v != running[k]]
+        if ignored:
+            logger.warning("reload applies `models` only; restart to change: %s", ", ".join(ignored))
+        await self.pool.reload(new)
+
+    def set_ready(self, ready: bool) -> None:
+        self.ready = ready
+        self.metrics.ready.set(1 if ready else 0)
+
+    def start_draining(self) -> None:
+        """Called on SIGTERM, before anything else: stop looking ready, refuse new work, and stop holding
+        queued requests back for their batch deadline (no new request will join them)."""
+        self.draining = True
+        self.set_ready(False)
+        if self.loop is not None and self.pool is not None:
+            # A signal handler may run between any two bytecodes of the loop: hand the loop the work.
+            self.loop.call_soon_threadsafe(self.pool.expedite)
+
+    def spawn(self, coroutine: Any, name: str) -> None:
+        """Run ``coroutine`` in the background, holding a reference so it isn't garbage-collected mid-way."""
+        task = asyncio.create_task(coroutine, name=name)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+
+def app_state(connection: HTTPConnection) -> AppState:
+    state: AppState = connection.app.state.captioner
+    return state

@@ -1,0 +1,150 @@
+"""Prometheus series, as prometheus_client objects in a registry of their own (one per app, no globals).
+
+Most series are updated where things happen; GPU health and drift scores are computed when Prometheus scrapes
+(collectors), so they cost nothing between scrapes and are never stale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from captioner.observability.gpu_metrics import GpuCollector
+
+DriftScores = Callable[[], Mapping[str, "float | None"]]
+
+# Latency buckets span a cache hit (sub-millisecond) to a slow CPU batch (tens of seconds).
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None, *, gpu: GpuCollector | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "captioner_requests", "Caption requests answered, by HTTP status.", ["status"], registry=r
+        )
+        self.request_seconds = Histogram(
+            "captioner_request_seconds",
+            "Caption request latency, body read to response.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.errors = Counter("captioner_errors", "Caption requests failed, by error code.", ["code"], registry=r)
+        # The model-side series are labelled by A/B variant (each variant has its own model and batcher);
+        # with no `models:` list the one variant is "default".
+        variant = ["variant"]
+        self.images = Counter(
+            "captioner_images", "Images captioned by the model (cache hits excluded).", variant, registry=r
+        )
+        self.batch_size = Histogram(
+            "captioner_batch_size", "Images per generate() call.", variant, buckets=BATCH_SIZE_BUCKETS, registry=r
+        )
+        self.batch_wait_seconds = Histogram(
+            "captioner_batch_wait_seconds",
+            "How long the first request of a batch waited for the batch to start.",
+            variant,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge("captioner_queue_depth", "Requests waiting for a batch.", variant, registry=r)
+        self.queue_capacity = Gauge("captioner_queue_capacity", "batching.max_queue.", variant, registry=r)
+        self.inference_seconds = Histogram(
+            "captioner_inference_seconds",
+            "Time of one batched generate() call.",
+            variant,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.variant_requests = Counter(
+            "captioner_variant_requests",
+            "Successful caption requests, by the A/B variant that answered and whether it was a cache hit.",
+            ["variant", "cached"],
+            registry=r,
+        )
+        self.variant_weight = Gauge(
+            "captioner_variant_weight", "Traffic weight of each A/B variant (0: rolled back).", variant, registry=r
+        )
+        self.caption_confidence = Histogram(
+            "captioner_caption_confidence",
+            "Confidence of the top caption, by variant: compare models on live traffic.",
+            variant,
+            buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+            registry=r,
+        )
+        self.cache_hits = Counter("captioner_cache_hits", "Caption cache hits.", registry=r)
+        self.cache_misses = Counter("captioner_cache_misses", "Caption cache misses.", registry=r)
+        # Kept apart from captioner_cache_hits_total so that series stays unlabelled, as the contract names it.
+        self.cache_level_hits = Counter(
+            "captioner_cache_level_hits", "Caption cache hits, by level (local, redis).", ["level"], registry=r
+        )
+        self.cache_backend_errors = Counter(
+            "captioner_cache_backend_errors",
+            "Shared (Redis) cache calls that failed or were skipped while it was down; the request went on.",
+            ["operation"],
+            registry=r,
+        )
+        self.cache_backend_up = Gauge(
+            "captioner_cache_backend_up", "1 while the shared (Redis) cache is in use, 0 while it is down.", registry=r
+        )
+        self.jobs = Counter("captioner_jobs", "Async jobs finished, by outcome.", ["status"], registry=r)
+        self.jobs_running = Gauge("captioner_jobs_running", "Async jobs accepted and not yet finished.", registry=r)
+        self.job_store_errors = Counter(
+            "captioner_job_store_errors", "Job store (Redis) calls that failed.", ["operation"], registry=r
+        )
+        self.ready = Gauge(
+            "captioner_ready", "1 once the model is loaded and warmed up, 0 before and while draining.", registry=r
+        )
+        self.model_info = Info("captioner_model", "The model each variant serves.", variant, registry=r)
+        # User ratings of captions (1..5, 5 best), per variant: the canary analysis reads the approval from here.
+        self.feedback = Counter(
+            "captioner_feedback", "Caption ratings received, by variant and rating.", ["variant", "rating"], registry=r
+        )
+        self.feedback_store_errors = Counter(
+            "captioner_feedback_store_errors", "Feedback store (Redis) calls that failed.", ["operation"], registry=r
+        )
+        self.rollbacks = Counter(
+            "captioner_rollbacks", "Canaries rolled back automatically, by variant and reason.",
+            ["variant", "reason"], registry=r,
+        )  # fmt: skip
+        self.drift_psi_threshold = Gauge(
+            "captioner_drift_psi_threshold", "drift.psi_alert: a PSI above it is drift worth a look.", registry=r
+        )
+        self._drift = _DriftCollector()
+        r.register(self._drift)
+        self.gpu = gpu if gpu is not None else GpuCollector()
+        r.register(self.gpu)
+
+    def watch_gpu(self, device: str) -> bool:
+        """Export GPU utilisation and memory for the torch ``device`` the model runs on (absent if no GPU)."""
+        return self.gpu.watch(device)
+
+    def watch_drift(self, scores: DriftScores, psi_alert: float) -> None:
+        """Export ``captioner_drift_psi{feature}`` from ``scores()`` at each scrape; a None score is left out."""
+        self._drift.scores = scores
+        self.drift_psi_threshold.set(psi_alert)
+
+
+class _DriftCollector(Collector):
+    def __init__(self) -> None:
+        self.scores: DriftScores | None = None
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        if self.scores is None:
+            return
+        family = GaugeMetricFamily(
+            "captioner_drift_psi",
+            "Population Stability Index of each input/output feature, current window vs the reference.",
+            labels=["feature"],
+        )
+        for feature, value in sorted(self.scores().items()):
+            if value is not None:  # not enough observations yet: absent rather than a misleading 0
+                family.add_metric([feature], value)
+        yield family

@@ -1,0 +1,267 @@
+"""The data path after HTTP parsing: hash -> cache (single-flight) -> preprocess -> batcher -> model.
+
+``CaptionService`` owns the pieces with a lifetime (thread pools, batcher, cache) and knows nothing of HTTP.
+The event loop only schedules: hashing of big bodies, decoding and the model all run on threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+
+from captioner.config import DEFAULT_VARIANT, Settings
+from captioner.errors import RequestTimeout
+from captioner.model.preprocessing import ImageInfo, PreparedImage
+from captioner.model.protocol import Caption, Captioner, CaptionJob
+from captioner.observability.metrics import Metrics
+from captioner.serving.batcher import Batcher, BatchInfo
+from captioner.serving.cache import CaptionCache, Lookup, cache_key
+from captioner.serving.drift_watch import DriftWatch
+from captioner.shared_state.redis_cache import RedisCacheLevel
+from captioner.shared_state.redis_client import RedisClient
+
+logger = logging.getLogger("captioner.service")
+
+# Hashing is ~1 GB/s; below this size a thread hop costs more than hashing inline.
+_INLINE_HASH_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class CaptionOutcome:
+    captions: list[Caption]
+    cached: bool
+    image_sha256: str
+    info: ImageInfo | None  # None on a cache hit: the image was never decoded
+    batch_size: int | None = None  # images in the generate() call that captioned it; None on a cache hit
+    variant: str = DEFAULT_VARIANT  # the A/B variant that answered
+    model: str = ""  # its model name
+
+
+@dataclass(frozen=True)
+class _Computed:
+    captions: list[Caption]
+    info: ImageInfo | None  # None when read back from the shared cache
+    batch_size: int | None = None
+
+
+@dataclass(frozen=True)
+class _Inferred:
+    captions: list[Caption]
+    batch_size: int  # for the request log: how many images shared this one's generate() call
+
+
+def _encode(value: _Computed) -> bytes:
+    return orjson.dumps({"captions": [[c.text, c.confidence] for c in value.captions]})
+
+
+def _decode(raw: bytes) -> _Computed:
+    captions = [Caption(str(text), float(confidence)) for text, confidence in orjson.loads(raw)["captions"]]
+    if not captions:
+        raise ValueError("no captions")
+    return _Computed(captions, info=None)
+
+
+class _VariantSeries:
+    """This variant's labelled children, looked up once: ``.labels()`` costs more than the update itself."""
+
+    def __init__(self, metrics: Metrics, variant: str) -> None:
+        self.cache_hits = metrics.cache_hits
+        self.cache_misses = metrics.cache_misses
+        self.served_cached = metrics.variant_requests.labels(variant, "true")
+        self.served_computed = metrics.variant_requests.labels(variant, "false")
+        self.confidence = metrics.caption_confidence.labels(variant)
+        self.inference_seconds = metrics.inference_seconds.labels(variant)
+        self.images = metrics.images.labels(variant)
+        self.batch_size = metrics.batch_size.labels(variant)
+        self.batch_wait_seconds = metrics.batch_wait_seconds.labels(variant)
+        self._level_hits = metrics.cache_level_hits
+        self._level_children: dict[str, Any] = {}
+
+    def level_hits(self, level: str) -> Any:
+        child = self._level_children.get(level)
+        if child is None:
+            child = self._level_children[level] = self._level_hits.labels(level)
+        return child
+
+
+class CaptionService:
+    def __init__(
+        self,
+        settings: Settings,
+        captioner: Captioner,
+        metrics: Metrics,
+        *,
+        drift: DriftWatch | None = None,
+        variant: str = DEFAULT_VARIANT,
+    ) -> None:
+        self.settings = settings
+        self.variant = variant
+        self._series = _VariantSeries(metrics, variant)
+        self._settings_keys: dict[int, str] = {}
+        self.captioner = captioner
+        self.metrics = metrics
+        self.drift = drift if drift is not None else DriftWatch(None)
+        gen = settings.generation
+        self._model_id = {
+            "variant": variant,
+            "name": captioner.name,
+            "revision": captioner.revision,
+            "prompt": settings.model.prompt,
+            # float16 and int8 (model.quantize) captions differ from float32 ones: never serve one for another.
+            "dtype": captioner.dtype,
+        }
+        self._generation = {k: v for k, v in asdict(gen).items() if k not in ("num_captions", "max_num_captions")}
+        self._model_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captioner-model")
+        self._preprocess_pool = ThreadPoolExecutor(
+            max_workers=settings.server.preprocess_workers, thread_name_prefix="captioner-preprocess"
+        )
+        batching = settings.batching
+        self.batcher: Batcher[CaptionJob, _Inferred] = Batcher(
+            self._run_batch,
+            max_batch_size=batching.max_batch_size,
+            max_wait_s=batching.max_wait_ms / 1000,
+            max_queue=batching.max_queue,
+            request_timeout_s=batching.request_timeout_s,
+            on_batch=self._observe_batch,
+        )
+        self._shared_cache = _shared_cache(settings, metrics)
+        self.cache: CaptionCache[_Computed] = CaptionCache(
+            max_entries=settings.cache.max_entries, ttl_s=settings.cache.ttl_s, second_level=self._shared_cache
+        )
+        metrics.queue_depth.labels(variant).set_function(lambda: self.batcher.queue_depth)
+        metrics.queue_capacity.labels(variant).set(batching.max_queue)
+        metrics.watch_gpu(captioner.device)
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    async def warm_up(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._model_pool, self.captioner.warm_up)
+
+    async def close(self, timeout_s: float) -> bool:
+        """Finish everything accepted (up to ``timeout_s``), then stop the threads."""
+        finished = await self.batcher.drain(timeout_s)
+        self._preprocess_pool.shutdown(wait=False, cancel_futures=True)
+        self._model_pool.shutdown(wait=False, cancel_futures=True)
+        if self._shared_cache is not None:
+            await self._shared_cache.aclose()
+        close_model = getattr(self.captioner, "close", None)  # model.worker: process holds a child process
+        if callable(close_model):
+            await asyncio.to_thread(close_model)
+        return finished
+
+    async def sha256(self, data: bytes) -> str:
+        if len(data) <= _INLINE_HASH_BYTES:
+            return hashlib.sha256(data).hexdigest()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._preprocess_pool, lambda: hashlib.sha256(data).hexdigest())
+
+    def key_for(self, image_sha256: str, num_captions: int) -> str:
+        # The settings part of the key is the same for every request: build it once per num_captions, so the
+        # cache-hit path hashes nothing but the image.
+        settings_key = self._settings_keys.get(num_captions)
+        if settings_key is None:
+            generation = {**self._generation, "num_captions": num_captions}
+            settings_key = cache_key("", model_id=self._model_id, generation=generation)
+            self._settings_keys[num_captions] = settings_key
+        return f"{settings_key}:{image_sha256}"
+
+    def cached(self, image_sha256: str, num_captions: int) -> CaptionOutcome | None:
+        """The answer from the in-process cache, without waiting for anything; None on a miss.
+
+        The cache-hit fast path: it costs a dict lookup, so the caller can skip the machinery (disconnect
+        watcher, single-flight, shared cache) that only a miss needs.
+        """
+        hit = self.cache.peek(self.key_for(image_sha256, num_captions))
+        return None if hit is None else self._outcome(hit, image_sha256)
+
+    async def caption(
+        self, data: bytes, num_captions: int, *, deadline: float | None = None, image_sha256: str | None = None
+    ) -> CaptionOutcome:
+        """Captions for one image; 504 if inference can't start by ``deadline`` (a ``time.monotonic()`` instant).
+
+        ``image_sha256`` saves hashing again when the caller already has it (the A/B router does).
+        """
+        digest = image_sha256 or await self.sha256(data)
+        key = self.key_for(digest, num_captions)
+        lookup = await self.cache.get_or_compute(key, lambda: self._compute(data, num_captions, deadline))
+        return self._outcome(lookup, digest)
+
+    def _outcome(self, lookup: Lookup[_Computed], digest: str) -> CaptionOutcome:
+        series = self._series
+        if lookup.cached:
+            series.cache_hits.inc()
+            series.served_cached.inc()
+        else:
+            series.cache_misses.inc()
+            series.served_computed.inc()
+        if lookup.value.captions:
+            series.confidence.observe(lookup.value.captions[0].confidence)
+        if lookup.level is not None:
+            series.level_hits(lookup.level).inc()
+        return CaptionOutcome(
+            captions=lookup.value.captions,
+            cached=lookup.cached,
+            image_sha256=digest,
+            info=None if lookup.cached else lookup.value.info,
+            batch_size=None if lookup.cached else lookup.value.batch_size,
+            variant=self.variant,
+            model=self.settings.model.name,
+        )
+
+    async def _compute(self, data: bytes, num_captions: int, deadline: float | None) -> _Computed:
+        loop = asyncio.get_running_loop()
+        prepared = await loop.run_in_executor(self._preprocess_pool, self._preprocess, data)
+        timeout_s = None
+        if deadline is not None:
+            timeout_s = deadline - time.monotonic()
+            if timeout_s <= 0:
+                raise RequestTimeout()
+        inferred = await self.batcher(CaptionJob(prepared.pixel_values, num_captions), timeout_s=timeout_s)
+        self.drift.observe_output(inferred.captions)
+        return _Computed(inferred.captions, prepared.info, inferred.batch_size)
+
+    def _preprocess(self, data: bytes) -> PreparedImage:
+        """On a preprocessing thread: decode, then the drift monitor's input features (~0.5 ms more)."""
+        prepared = self.captioner.preprocess(data)
+        self.drift.observe_input(prepared, len(data))
+        return prepared
+
+    async def _run_batch(self, jobs: Sequence[CaptionJob]) -> list[_Inferred]:
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        results = await loop.run_in_executor(self._model_pool, self.captioner.caption_batch, jobs)
+        self._series.inference_seconds.observe(time.perf_counter() - started)
+        self._series.images.inc(len(jobs))
+        return [_Inferred(captions, len(jobs)) for captions in results]
+
+    def _observe_batch(self, info: BatchInfo) -> None:
+        self._series.batch_size.observe(info.size)
+        self._series.batch_wait_seconds.observe(info.waited_s)
+
+
+def _shared_cache(settings: Settings, metrics: Metrics) -> RedisCacheLevel[_Computed] | None:
+    """Redis behind the local cache when ``cache.redis_url`` is set; every failure there reads as a miss."""
+    if not settings.cache.redis_url:
+        return None
+
+    def count_error(operation: str) -> None:
+        metrics.cache_backend_errors.labels(operation).inc()
+
+    metrics.cache_backend_up.set(1)
+    store = RedisClient(
+        settings.cache.redis_url,
+        name="cache",
+        timeout_s=settings.cache.redis_timeout_s,
+        on_error=count_error,
+        on_state=lambda up: metrics.cache_backend_up.set(1 if up else 0),
+    )
+    return RedisCacheLevel(store, ttl_s=settings.cache.ttl_s, encode=_encode, decode=_decode, on_error=count_error)

@@ -1,0 +1,220 @@
+"""A/B variants: several models served side by side, each with its own batcher, traffic split by weight.
+
+Assignment is sticky: the same caller (API key) or, without keys, the same image always lands on the same
+variant while the weights stay put, so a user never sees captions flip between models from one call to the
+next. ``pick`` is a pure function of the weights and the sticky key (rendezvous over a hash), which makes the
+split testable without traffic.
+
+Rollback is a config change: set a variant's weight to 0 and send SIGHUP. New weights apply to the next
+request; requests already routed to a variant finish there; a removed variant is drained, then closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from captioner.config import Settings
+from captioner.errors import Overloaded
+from captioner.model.protocol import Captioner
+from captioner.observability.metrics import Metrics
+from captioner.serving.drift_watch import DriftWatch
+from captioner.serving.service import CaptionService
+
+logger = logging.getLogger("captioner.variants")
+
+
+def _unit_interval(text: str) -> float:
+    """A uniform number in [0, 1) from ``text``, the same on every replica and every run."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64
+
+
+def pick(weights: Sequence[tuple[str, float]], sticky_key: str) -> str:
+    """The variant ``sticky_key`` is assigned to: variant ``i`` with probability ``w_i / sum(w)``.
+
+    Weighted rendezvous hashing: each variant scores ``-ln(u) / w`` with ``u`` derived from (key, variant),
+    and the lowest score wins. Unlike cumulative ranges, changing one variant's weight only moves keys to or
+    from that variant, never between the others, and a weight of 0 takes a variant out entirely.
+    """
+    best_name, best_score = "", math.inf
+    for name, weight in weights:
+        if weight <= 0:
+            continue
+        u = _unit_interval(f"{name}\0{sticky_key}")
+        score = -math.log(1.0 - u) / weight  # 1 - u is in (0, 1]: no log(0)
+        if score < best_score:
+            best_name, best_score = name, score
+    if not best_name:
+        raise ValueError("no variant has a weight above 0")
+    return best_name
+
+
+@dataclass
+class Variant:
+    name: str
+    weight: float
+    settings: Settings  # the app's settings with this variant's `model` section
+    service: CaptionService
+
+
+class VariantRouter:
+    """The live variants and their weights; swapped under SIGHUP without stopping traffic."""
+
+    def __init__(self) -> None:
+        self._variants: dict[str, Variant] = {}
+
+    def __len__(self) -> int:
+        return len(self._variants)
+
+    def __iter__(self) -> Iterator[Variant]:
+        return iter(list(self._variants.values()))  # a copy: a reload may change the dict meanwhile
+
+    def get(self, name: str) -> Variant | None:
+        return self._variants.get(name)
+
+    def add(self, variant: Variant) -> Variant | None:
+        """Add or replace a variant; returns the one it replaced (to be drained by the caller)."""
+        previous = self._variants.get(variant.name)
+        self._variants[variant.name] = variant
+        return previous
+
+    def remove(self, name: str) -> Variant | None:
+        return self._variants.pop(name, None)
+
+    def set_weight(self, name: str, weight: float) -> None:
+        self._variants[name].weight = weight
+
+    @property
+    def weights(self) -> list[tuple[str, float]]:
+        return [(v.name, v.weight) for v in self._variants.values()]
+
+    def choose(self, sticky_key: str) -> Variant:
+        weights = self.weights
+        if not any(weight > 0 for _, weight in weights):
+            raise Overloaded("no model variant is taking traffic", retry_after_s=5)
+        return self._variants[pick(weights, sticky_key)]
+
+    def any_service(self) -> CaptionService | None:
+        """A service for work that is the same on every variant (hashing, admission checks)."""
+        for variant in self._variants.values():
+            if variant.weight > 0:
+                return variant.service
+        return next(iter(self._variants.values())).service if self._variants else None
+
+
+@dataclass(frozen=True)
+class ReloadPlan:
+    """What a new config means for the live variants."""
+
+    reweight: dict[str, float]  # same model: only the weight changes (may be 0)
+    load: list[tuple[str, float, Settings]]  # new, or the model settings changed: load, warm up, then swap in
+    remove: list[str]  # gone from the config: stop routing, drain, close
+
+
+def plan_reload(router: VariantRouter, settings: Settings) -> ReloadPlan:
+    reweight: dict[str, float] = {}
+    load: list[tuple[str, float, Settings]] = []
+    wanted = settings.variants()
+    for name, weight, variant_settings in wanted:
+        live = router.get(name)
+        if live is not None and live.settings.model == variant_settings.model:
+            reweight[name] = weight
+        else:
+            load.append((name, weight, variant_settings))
+    names = {name for name, _, _ in wanted}
+    remove = [variant.name for variant in router if variant.name not in names]
+    return ReloadPlan(reweight=reweight, load=load, remove=remove)
+
+
+LoadModel = Callable[[Settings], Captioner]
+
+
+class VariantPool:
+    """Starts, reloads and stops the variants' services (model + batcher + cache each)."""
+
+    def __init__(
+        self, settings: Settings, metrics: Metrics, *, load_model: LoadModel, drift: DriftWatch | None = None
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.router = VariantRouter()
+        self._load_model = load_model
+        self._drift = drift
+        self._retired: set[asyncio.Task[bool]] = set()
+
+    async def start(self) -> None:
+        """Load and warm up every configured variant (one after the other: they share the device)."""
+        for name, weight, variant_settings in self.settings.variants():
+            self._install(await self._start_variant(name, weight, variant_settings))
+
+    async def _start_variant(self, name: str, weight: float, settings: Settings) -> Variant:
+        model = await asyncio.to_thread(self._load_model, settings)
+        labels = {"name": model.name, "revision": model.revision, "device": model.device, "dtype": model.dtype}
+        self.metrics.model_info.labels(name).info(labels)
+        if model.untrained:
+            logger.warning(
+                "variant %s serves an UNTRAINED model (random weights from captioner init-model): "
+                "its captions are meaningless", name,
+                extra={"variant": name, "untrained": True},
+            )  # fmt: skip
+        service = CaptionService(settings, model, self.metrics, drift=self._drift, variant=name)
+        service.start()
+        try:
+            await service.warm_up()
+        except BaseException:
+            await service.close(0)
+            raise
+        logger.info(
+            "variant %s ready: model %s on %s (%s), weight %g", name, model.name, model.device, model.dtype, weight,
+            extra={"model": model.name, "revision": model.revision, "device": model.device, "dtype": model.dtype,
+                   "variant": name, "weight": weight, "untrained": model.untrained},
+        )  # fmt: skip
+        return Variant(name=name, weight=weight, settings=settings, service=service)
+
+    def _install(self, variant: Variant) -> None:
+        replaced = self.router.add(variant)
+        self.metrics.variant_weight.labels(variant.name).set(variant.weight)
+        if replaced is not None:
+            self._retire(replaced)
+
+    def _retire(self, variant: Variant) -> None:
+        """Stop routing to ``variant`` (done by the caller), then let what it accepted finish, then close it."""
+        task = asyncio.create_task(variant.service.close(self.settings.server.drain_timeout_s))
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
+
+    async def reload(self, settings: Settings) -> ReloadPlan:
+        """Apply a new `models:` list: reweight at once, load changed variants in the background of traffic."""
+        plan = plan_reload(self.router, settings)
+        for name, weight in plan.reweight.items():
+            self.router.set_weight(name, weight)
+            self.metrics.variant_weight.labels(name).set(weight)
+        for name in plan.remove:
+            removed = self.router.remove(name)
+            if removed is not None:
+                self.metrics.variant_weight.labels(name).set(0)
+                self._retire(removed)
+        for name, weight, variant_settings in plan.load:
+            # The old variant (if any) keeps serving until its replacement is warm.
+            self._install(await self._start_variant(name, weight, variant_settings))
+        self.settings = settings
+        logger.info("reloaded variants: %s", ", ".join(f"{n}={w:g}" for n, w in self.router.weights))
+        return plan
+
+    def choose(self, sticky_key: str) -> Variant:
+        return self.router.choose(sticky_key)
+
+    def expedite(self) -> None:
+        """Draining: every variant dispatches what it has queued without waiting for its batch deadline."""
+        for variant in self.router:
+            variant.service.batcher.expedite()
+
+    async def close(self, timeout_s: float) -> bool:
+        """Drain every variant (in parallel) and any still retiring; True if all finished in time."""
+        closing = [v.service.close(timeout_s) for v in self.router]
+        results = await asyncio.gather(*closing, *self._retired)
+        return all(results)

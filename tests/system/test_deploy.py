@@ -1,0 +1,230 @@
+"""deploy/: nginx.conf run by the real nginx, compose.yaml against the Compose spec's schema, the Kubernetes
+manifests against Kubernetes' own schemas (kubernetes-validate, offline, strict), and the numbers the three
+must share with config.yaml (ports, body limit, drain time, the HPA's metric) kept in step."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import kubernetes_validate
+import pytest
+import yaml
+
+from captioner.config import Settings, load_settings
+from captioner.http.body import body_limit
+from captioner.observability.metrics import Metrics
+from tests.conftest import REPO_ROOT, free_port
+from tests.system.nginx_proc import DEPLOY_NGINX_CONF, Nginx
+
+DEPLOY = REPO_ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+DEFAULTS = Settings()
+
+
+def nginx_directive(name: str) -> list[str]:
+    """The values of every ``name ...;`` directive in deploy/nginx.conf."""
+    return re.findall(rf"^\s*{name}\s+([^;]+);", DEPLOY_NGINX_CONF.read_text(), flags=re.MULTILINE)
+
+
+def upstream_servers() -> list[str]:
+    """The ``server host:port params`` lines of the upstream block (not the ``server {`` block)."""
+    return re.findall(r"^\s*server\s+([\w.-]+:\d+[^;]*);", DEPLOY_NGINX_CONF.read_text(), flags=re.MULTILINE)
+
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((DEPLOY / "compose.yaml").read_text())  # type: ignore[no-any-return]
+
+
+def replica_services() -> dict[str, Any]:
+    return {name: spec for name, spec in compose()["services"].items() if name.startswith("captioner-")}
+
+
+def k8s_documents() -> dict[str, dict[str, Any]]:
+    documents: dict[str, dict[str, Any]] = {}
+    for path in sorted(K8S.glob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            if document:
+                documents[f"{path.name}:{document['kind']}"] = document
+    return documents
+
+
+def k8s(kind: str) -> dict[str, Any]:
+    (document,) = [d for key, d in k8s_documents().items() if key.endswith(":" + kind)]
+    return document
+
+
+# --- nginx.conf --------------------------------------------------------------------------------------------
+
+
+def test_nginx_accepts_the_config(tmp_path: Path) -> None:
+    result = Nginx(tmp_path, upstream_ports=[free_port(), free_port()]).check()
+    assert result.returncode == 0, result.stderr
+    assert "syntax is ok" in result.stderr
+
+
+def test_nginx_body_limit_is_the_largest_body_the_server_accepts() -> None:
+    (size,) = nginx_directive("client_max_body_size")
+    expected = body_limit("application/json", DEFAULTS.limits.max_body_bytes)
+    assert int(size) == expected
+    assert f"over the limit of {expected} bytes" in DEPLOY_NGINX_CONF.read_text()  # its own 413 body says so
+
+
+def test_nginx_balances_retries_and_health_checks_as_intended() -> None:
+    assert re.search(r"^\s*least_conn;", DEPLOY_NGINX_CONF.read_text(), flags=re.MULTILINE)
+    (next_upstream,) = nginx_directive("proxy_next_upstream")
+    assert {"error", "timeout", "http_503", "non_idempotent"} <= set(next_upstream.split())
+    servers = upstream_servers()
+    assert servers and all("max_fails=" in s and "fail_timeout=" in s for s in servers)
+    (read_timeout,) = nginx_directive("proxy_read_timeout")
+    assert float(read_timeout.rstrip("s")) > DEFAULTS.batching.request_timeout_s  # the server's 504 comes first
+    assert "X-Request-ID $captioner_request_id" in nginx_directive("proxy_set_header")
+
+
+def test_nginx_upstreams_compose_services_and_prometheus_targets_agree() -> None:
+    upstreams = {s.split()[0] for s in upstream_servers()}
+    services = replica_services()
+    port = {spec["environment"]["CAPTIONER_SERVER__PORT"] for spec in services.values()}
+    assert port == {str(DEFAULTS.server.port)}
+    assert upstreams == {f"{name}:{DEFAULTS.server.port}" for name in services}
+    prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    (job,) = [j for j in prometheus["scrape_configs"] if j["job_name"] == "captioner"]
+    targets = {t for group in job["static_configs"] for t in group["targets"]}
+    assert targets == upstreams
+    (listen,) = nginx_directive("listen")
+    assert any(p.endswith(f":{listen}") for p in compose()["services"]["nginx"]["ports"])
+
+
+def test_nginx_answers_its_own_errors_in_the_api_error_shape(tmp_path: Path) -> None:
+    # Both upstreams are closed ports: every replica is down.
+    with Nginx(tmp_path, upstream_ports=[free_port(), free_port()]) as nginx:
+        down = httpx.post(nginx.url + "/api/v1/caption", content=b"x", headers={"Content-Type": "image/png"})
+        assert down.status_code == 503
+        assert down.headers["retry-after"] == "1"
+        assert down.json() == {
+            "status": "error",
+            "error": {"code": "overloaded", "message": "no captioner replica is available, retry later"},
+        }
+        limit = body_limit("application/json", DEFAULTS.limits.max_body_bytes)
+        too_big = httpx.post(
+            nginx.url + "/api/v1/caption", content=b"0" * (limit + 1), headers={"Content-Type": "application/json"}
+        )
+        assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "too_large"
+        metrics = httpx.get(nginx.url + "/metrics")
+        assert metrics.status_code == 404 and metrics.json()["error"]["code"] == "not_found"
+        assert down.headers.get("server") == "nginx"  # server_tokens off: no version
+
+
+# --- compose.yaml ------------------------------------------------------------------------------------------
+
+
+def test_compose_file_validates_against_the_compose_spec() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
+         str(DEPLOY / "compose.yaml")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_schema_check_catches_a_mistake(tmp_path: Path) -> None:
+    broken = compose()
+    broken["services"]["nginx"]["depends_on"] = {"captioner-1": {"condition": "when_it_feels_like_it"}}
+    path = tmp_path / "compose.yaml"
+    path.write_text(yaml.safe_dump(broken))
+    result = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec", str(path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode != 0
+
+
+def test_compose_gives_each_replica_its_own_gpu_and_a_drain_long_enough() -> None:
+    services = replica_services()
+    assert len(services) >= 2
+    gpus = []
+    for spec in services.values():
+        (device,) = spec["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+        gpus.extend(device["device_ids"])
+        drain = float(spec["environment"]["CAPTIONER_SERVER__DRAIN_TIMEOUT_S"])
+        assert float(spec["stop_grace_period"].rstrip("s")) > drain
+        assert "/readyz" in " ".join(spec["healthcheck"]["test"])
+    assert len(gpus) == len(set(gpus)) == len(services)  # one GPU each, none shared
+    everything = compose()["services"]
+    assert everything["redis"]["profiles"] == ["redis"]  # optional
+    assert "./nginx.conf:/etc/nginx/nginx.conf:ro" in everything["nginx"]["volumes"]
+    assert "./prometheus:/etc/prometheus:ro" in everything["prometheus"]["volumes"]
+
+
+def test_compose_environment_is_a_valid_captioner_config() -> None:
+    (spec, *_) = replica_services().values()
+    # ${VAR:-default} -> default, as Compose does with the variable unset.
+    environ = {k: re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(v)) for k, v in spec["environment"].items()}
+    settings = load_settings(None, environ)
+    assert settings.server.port == DEFAULTS.server.port
+    assert settings.cache.redis_url == ""
+    with_redis = load_settings(None, {**environ, "CAPTIONER_CACHE__REDIS_URL": "redis://redis:6379/0"})
+    assert with_redis.cache.redis_url == "redis://redis:6379/0"
+
+
+# --- Kubernetes --------------------------------------------------------------------------------------------
+
+
+def test_every_manifest_validates_strictly_against_the_kubernetes_schemas() -> None:
+    documents = k8s_documents()
+    kinds = {d["kind"] for d in documents.values()}
+    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "ConfigMap"} <= kinds
+    for document in documents.values():
+        if document["kind"] == "Kustomization":
+            continue  # a kustomize file, not an API object
+        kubernetes_validate.validate(document, kubernetes_validate.utils.latest_version(), strict=True)
+
+
+def test_the_schema_check_catches_a_typo() -> None:
+    deployment = k8s("Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGett"] = {"path": "/readyz"}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, kubernetes_validate.utils.latest_version(), strict=True)
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    listed = set(k8s("Kustomization")["resources"])
+    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == on_disk
+
+
+def test_configmap_is_a_valid_config_and_the_pod_outlasts_its_drain(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(k8s("ConfigMap")["data"]["config.yaml"])
+    settings = load_settings(config, {})
+    pod = k8s("Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["ports"][0]["containerPort"] == settings.server.port
+    assert container["command"][-2:] == ["--config", "/etc/captioner/config.yaml"]
+    assert {"mountPath": "/etc/captioner", "name": "config", "readOnly": True} in container["volumeMounts"]
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    assert pod["terminationGracePeriodSeconds"] > int(pre_stop[1]) + settings.server.drain_timeout_s
+    service = k8s("Service")
+    assert service["spec"]["ports"][0]["targetPort"] == container["ports"][0]["name"]
+    pod_labels = k8s("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+
+
+def test_hpa_scales_on_a_metric_the_server_exports() -> None:
+    hpa = k8s("HorizontalPodAutoscaler")
+    (metric,) = hpa["spec"]["metrics"]
+    name = metric["pods"]["metric"]["name"]
+    assert name == "captioner_queue_depth"
+    exported = {m.name for m in Metrics().registry.collect()}
+    assert name in exported
+    assert hpa["spec"]["scaleTargetRef"]["name"] == k8s("Deployment")["metadata"]["name"]
+    assert hpa["spec"]["minReplicas"] >= 2  # never down to a single point of failure

@@ -1,0 +1,123 @@
+"""SIGTERM drain, on the real ``python -m captioner serve`` process: nothing accepted is lost.
+
+The batcher is made to hold requests (a long ``max_wait_ms`` and a batch size they can't fill), so that when
+SIGTERM arrives several requests are accepted and still unanswered (and, the queue being full, one more is
+refused with 503 ``overloaded``). Then: /readyz says 503 at once while the port stays open, new requests get
+503 ``overloaded``, every accepted request still gets its 200 (at once: a draining batcher no longer waits
+for its batch deadline), and the process exits 0 before ``server.drain_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import photo
+from tests.system.serverproc import ServerProcess
+
+CAPTION = "/api/v1/caption"
+IN_FLIGHT = 4
+MAX_WAIT_S = 8.0
+DRAIN_TIMEOUT_S = 20.0
+
+
+def post(url: str, data: bytes) -> httpx.Response:
+    return httpx.post(url + CAPTION, content=data, headers={"Content-Type": "image/png"}, timeout=60)
+
+
+def wait_for(condition: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_sigterm_answers_everything_accepted_then_exits_0(tiny_model_dir: Path) -> None:
+    env = {
+        "CAPTIONER_BATCHING__MAX_WAIT_MS": str(int(MAX_WAIT_S * 1000)),
+        "CAPTIONER_BATCHING__MAX_BATCH_SIZE": "16",
+        "CAPTIONER_BATCHING__MAX_QUEUE": str(IN_FLIGHT),
+        "CAPTIONER_SERVER__DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S),
+        # A generate() of a few seconds: the accepted requests are still in flight while we probe the drain.
+        "CAPTIONER_GENERATION__NUM_BEAMS": "8",
+        "CAPTIONER_GENERATION__MIN_LENGTH": "300",
+        "CAPTIONER_GENERATION__MAX_LENGTH": "300",
+    }
+    with ServerProcess(tiny_model_dir, env=env) as server, ThreadPoolExecutor(IN_FLIGHT) as pool:
+        accepted: list[Future[httpx.Response]] = [
+            pool.submit(post, server.url, photo(500 + i)) for i in range(IN_FLIGHT)
+        ]
+        # Accepted = decoded and waiting in the batcher's queue for a batch that won't fill.
+        wait_for(lambda: server.metric("captioner_queue_depth") == IN_FLIGHT, 15, "requests to be queued")
+        assert not any(f.done() for f in accepted)
+
+        # Backpressure first: the queue is full, so one more request is refused at once, with a Retry-After.
+        overflow = post(server.url, photo(550))
+        assert overflow.status_code == 503, overflow.text
+        assert overflow.json()["error"]["code"] == "overloaded"
+        assert int(overflow.headers["Retry-After"]) >= 1
+
+        signalled = time.monotonic()
+        os.kill(server.pid, signal.SIGTERM)
+
+        # The port stays open; readiness flips at once.
+        wait_for(lambda: httpx.get(server.url + "/readyz", timeout=2).status_code == 503, 1.0, "/readyz 503")
+        ready = httpx.get(server.url + "/readyz", timeout=2)
+        assert ready.status_code == 503 and ready.json()["status"] == "draining"
+        assert httpx.get(server.url + "/healthz", timeout=2).status_code == 200
+        refused = post(server.url, photo(600))
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "overloaded"
+        assert int(refused.headers["Retry-After"]) >= 1
+
+        responses = [f.result(timeout=DRAIN_TIMEOUT_S) for f in accepted]
+        answered = time.monotonic()
+        assert [r.status_code for r in responses] == [200] * IN_FLIGHT, [r.text for r in responses]
+        # The queued batch was dispatched on SIGTERM, not when its 8 s deadline came.
+        assert answered - signalled < MAX_WAIT_S
+        assert all(r.json()["captions"] for r in responses)
+
+        assert server.process is not None
+        returncode = server.process.wait(timeout=DRAIN_TIMEOUT_S)
+        exited_after = time.monotonic() - signalled
+        assert returncode == 0, server.log()
+        assert exited_after < DRAIN_TIMEOUT_S
+        assert time.monotonic() - answered < 5  # once the last answer is out, the process does not linger
+        print(f"answered {answered - signalled:.1f} s and exited {exited_after:.1f} s after SIGTERM")
+
+
+def test_a_drain_that_cannot_finish_still_exits_at_the_deadline(tiny_model_dir: Path) -> None:
+    """Accepted work that outlives ``drain_timeout_s`` (here: a generate() of 500 tokens with 16 beams, several
+    seconds even for the tiny model) does not hold the process: it exits, with status 1, once the deadline
+    passes."""
+    drain_timeout_s = 1.0
+    env = {
+        "CAPTIONER_GENERATION__NUM_BEAMS": "16",
+        "CAPTIONER_GENERATION__MIN_LENGTH": "500",
+        "CAPTIONER_GENERATION__MAX_LENGTH": "500",
+        "CAPTIONER_BATCHING__MAX_WAIT_MS": "500",  # both requests in one batch
+        "CAPTIONER_SERVER__DRAIN_TIMEOUT_S": str(drain_timeout_s),
+    }
+    with ServerProcess(tiny_model_dir, env=env) as server, ThreadPoolExecutor(2) as pool:
+        stuck = [pool.submit(post, server.url, photo(650 + i)) for i in range(2)]
+        wait_for(lambda: server.metric("captioner_batch_size_sum") == 2, 15, "the batch to start")
+        signalled = time.monotonic()
+        os.kill(server.pid, signal.SIGTERM)
+        wait_for(lambda: httpx.get(server.url + "/readyz", timeout=2).status_code == 503, 1.0, "/readyz 503")
+        assert server.process is not None
+        returncode = server.process.wait(timeout=drain_timeout_s + 10)
+        exited_after = time.monotonic() - signalled
+        assert returncode == 1, server.log()
+        assert drain_timeout_s <= exited_after < drain_timeout_s + 2
+        log = server.log(tail=1_000_000)
+        assert "drain timed out after 1 s with 2 requests in flight" in log
+        assert "Traceback" not in log
+        for future in stuck:  # cut off, not left hanging
+            assert isinstance(future.exception(timeout=5), httpx.TransportError)

@@ -1,0 +1,60 @@
+"""The Dockerfile, the CLI and the config defaults must agree (no Docker engine runs here)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from captioner.cli import build_parser
+from captioner.config import load_settings
+from tests.conftest import REPO_ROOT
+
+ROOT = REPO_ROOT
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+
+
+def instruction(name: str) -> str:
+    """The instruction's arguments, with backslash-continued lines joined."""
+    joined = re.sub(r"\\\n\s*", " ", DOCKERFILE)
+    match = re.search(rf"^{name}\s+(.+)$", joined, re.MULTILINE)
+    assert match, f"Dockerfile has no {name}"
+    return match.group(1).strip()
+
+
+def test_cmd_runs_the_serve_subcommand_of_the_console_script() -> None:
+    cmd = json.loads(instruction("CMD"))
+    assert cmd[0] == "captioner"
+    args = build_parser().parse_args(cmd[1:])
+    assert args.command == "serve"
+
+
+def test_exposed_port_and_healthcheck_match_the_config_default() -> None:
+    port = load_settings(ROOT / "config.yaml", {}).server.port
+    assert instruction("EXPOSE") == str(port)
+    assert f"127.0.0.1:{port}/readyz" in instruction("HEALTHCHECK")
+
+
+def test_runs_as_non_root_with_a_weights_volume() -> None:
+    assert instruction("USER") not in ("root", "0")
+    assert "/app/weights" in instruction("VOLUME")
+    settings = load_settings(ROOT / "config.yaml", {})
+    assert settings.model.path.startswith("weights/")  # relative to WORKDIR /app -> the volume
+    assert instruction("WORKDIR") == "/app"
+
+
+def test_python_dash_m_behaves_like_the_console_script() -> None:
+    out = subprocess.run([sys.executable, "-m", "captioner", "--help"], capture_output=True, text=True, check=True)
+    assert "serve" in out.stdout and "init-model" in out.stdout
+
+
+def test_serve_without_weights_and_without_network_fails_with_one_clear_line(tmp_path: Path) -> None:
+    env = {"CAPTIONER_MODEL__PATH": str(tmp_path / "empty"), "CAPTIONER_MODEL__NAME": "nobody/no-such-model",
+           "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-m", "captioner", "serve", "--port", "8799"], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert out.returncode == 1
+    last = out.stderr.strip().splitlines()[-1]
+    assert "captioner init-model" in last and str(tmp_path / "empty") in last

@@ -1,0 +1,180 @@
+"""The circuit breaker (pure, with a fake clock) and RedisClient against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from captioner.shared_state.redis_client import CircuitBreaker, RedisClient, RedisUnavailable
+from tests.conftest import free_port
+from tests.system.redis_server import RedisServer
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path) as server:
+        yield server
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_opens_after_the_threshold_and_backs_off_exponentially() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(failure_threshold=2, min_backoff_s=1, max_backoff_s=4, clock=clock)
+    assert breaker.allow()
+    assert breaker.record_failure() is False  # one failure is not an outage
+    assert breaker.allow()
+    assert breaker.record_failure() is True  # the second opens it
+    assert not breaker.allow()
+    clock.now += 0.99
+    assert not breaker.allow()
+    clock.now += 0.02
+    assert breaker.allow()  # the probe
+    assert not breaker.allow()  # only one probe at a time
+    assert breaker.record_failure() is False  # a failed probe keeps it open, for twice as long
+    clock.now += 1.5
+    assert not breaker.allow()
+    clock.now += 0.6
+    assert breaker.allow()
+    breaker.record_failure()
+    assert breaker.retry_in_s == pytest.approx(4.0)  # 1 -> 2 -> 4, capped at max_backoff_s
+    clock.now += 4.01
+    assert breaker.allow()
+    breaker.record_failure()
+    assert breaker.retry_in_s == pytest.approx(4.0)
+
+
+def test_breaker_success_closes_and_resets_the_backoff() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(failure_threshold=1, min_backoff_s=1, max_backoff_s=30, clock=clock)
+    breaker.record_failure()
+    clock.now += 1.01
+    assert breaker.allow()
+    assert breaker.record_success() is True  # recovered
+    assert breaker.allow() and breaker.allow()
+    assert breaker.record_failure() is True
+    assert breaker.retry_in_s == pytest.approx(1.0)  # back to the shortest backoff
+
+
+def test_breaker_a_cancelled_probe_frees_the_slot() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(failure_threshold=1, min_backoff_s=1, clock=clock)
+    breaker.record_failure()
+    clock.now += 2
+    assert breaker.allow()
+    breaker.release_probe()
+    assert breaker.allow()
+
+
+async def test_get_set_with_ttl_against_real_redis(redis: RedisServer) -> None:
+    store = RedisClient(redis.url, name="test", timeout_s=1.0)
+    try:
+        assert await store.get("k") is None
+        await store.set("k", b"value", ttl_s=60)
+        assert await store.get("k") == b"value"
+        ttl_ms = int(redis.command("PTTL", "k").strip()[1:])
+        assert 59_000 < ttl_ms <= 60_000
+        await store.set("short", b"x", ttl_s=0.05)
+        await asyncio.sleep(0.2)
+        assert await store.get("short") is None
+        await store.delete("k")
+        assert await store.get("k") is None
+    finally:
+        await store.aclose()
+
+
+async def test_a_dead_redis_fails_fast_then_is_skipped_then_recovers(redis: RedisServer) -> None:
+    errors: list[str] = []
+    states: list[bool] = []
+    breaker = CircuitBreaker(failure_threshold=2, min_backoff_s=0.3, max_backoff_s=1)
+    store = RedisClient(
+        redis.url, name="test", timeout_s=0.5, on_error=errors.append, on_state=states.append, breaker=breaker
+    )
+    try:
+        await store.set("k", b"v", ttl_s=60)
+        redis.kill()
+        for _ in range(2):
+            with pytest.raises(RedisUnavailable):
+                await store.get("k")
+        assert breaker.is_open and states == [False]
+        # While open, calls don't touch the network at all: a thousand cost well under the timeout of one.
+        started = time.perf_counter()
+        for _ in range(1000):
+            with pytest.raises(RedisUnavailable):
+                await store.get("k")
+        assert time.perf_counter() - started < 0.25
+        assert len(errors) == 1002
+        redis.start()  # same port, empty (no persistence)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                assert await store.get("k") is None
+                break
+            except RedisUnavailable:
+                await asyncio.sleep(0.05)
+        assert not breaker.is_open and states == [False, True]
+        await store.set("k", b"again", ttl_s=60)
+        assert await store.get("k") == b"again"
+    finally:
+        await store.aclose()
+
+
+async def test_an_unreachable_redis_costs_at_most_the_timeout() -> None:
+    # Nothing listens on this port: connection refused at once, and the breaker opens after two calls.
+    store = RedisClient(f"redis://127.0.0.1:{free_port()}/0", name="test", timeout_s=0.2)
+    try:
+        started = time.perf_counter()
+        for _ in range(50):
+            with pytest.raises(RedisUnavailable):
+                await store.get("k")
+        assert time.perf_counter() - started < 1.0
+        assert store.breaker.is_open
+        assert await store.ping() is False
+    finally:
+        await store.aclose()
+
+
+def test_password_is_not_logged() -> None:
+    from captioner.shared_state.redis_client import _without_password
+
+    assert _without_password("redis://:s3cret@cache:6379/0") == "redis://***@cache:6379/0"
+    assert _without_password("redis://user:s3cret@cache:6379/0") == "redis://***@cache:6379/0"
+    assert _without_password("redis://cache:6379/0") == "redis://cache:6379/0"
+
+
+async def test_a_redis_that_accepts_but_never_answers_costs_one_timeout_per_call_until_the_breaker_opens() -> None:
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # the kernel completes the handshakes; nobody ever reads or writes
+    port = silent.getsockname()[1]
+    store = RedisClient(f"redis://127.0.0.1:{port}/0", name="test", timeout_s=0.1)
+    try:
+        started = time.perf_counter()
+        for _ in range(20):
+            with pytest.raises(RedisUnavailable):
+                await store.get("k")
+        elapsed = time.perf_counter() - started
+        # Two timed-out calls open the breaker; the other 18 are skipped at once.
+        assert 0.18 < elapsed < 0.6, elapsed
+    finally:
+        await store.aclose()
+        silent.close()

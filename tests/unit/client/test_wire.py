@@ -1,0 +1,111 @@
+"""What the client puts on the wire and how it reads answers that aren't the captioner's, against a stand-in app.
+
+The stand-in (a real Starlette app over real sockets) records what it receives: ``submit``'s idempotency key and
+callback URL, which the server doesn't act on yet; and it answers like a proxy's error page or a web server
+that isn't a captioner.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from captioner import errors as server_errors
+from captioner.client import ApiError, UnexpectedResponse
+from captioner.client.errors import ERRORS
+from tests.conftest import free_port, photo
+from tests.unit.client.conftest import Connect
+
+
+class AppServer:
+    """uvicorn serving any ASGI app on a background thread."""
+
+    def __init__(self, app: Starlette) -> None:
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> AppServer:
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline, "the app server did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def stand_in() -> Iterator[tuple[AppServer, list[dict[str, Any]]]]:
+    """A stand-in for what the captioner doesn't act on yet (job callbacks), and for a proxy's error page."""
+    received: list[dict[str, Any]] = []
+
+    async def caption(request: Request) -> Response:
+        if request.query_params.get("mode") != "async":
+            return HTMLResponse("<html><body>502 Bad Gateway</body></html>", status_code=502)
+        received.append({"params": dict(request.query_params), "key": request.headers.get("idempotency-key")})
+        return JSONResponse({"status": "processing", "job_id": "f" * 32, "estimated_time_seconds": 0.5}, 202)
+
+    async def not_json(request: Request) -> Response:
+        return HTMLResponse("<html>it works</html>")
+
+    app = Starlette(
+        routes=[
+            Route("/api/v1/caption", caption, methods=["POST"]),
+            Route("/healthz", not_json),
+        ]
+    )
+    with AppServer(app) as server:
+        yield server, received
+
+
+def test_submit_sends_the_idempotency_key_and_the_callback_url(
+    connect: Connect, stand_in: tuple[AppServer, list[dict[str, Any]]]
+) -> None:
+    server, received = stand_in
+    client = connect(server.url)
+    received.clear()
+
+    job = client.submit(photo(109), 2, idempotency_key="order-17", callback_url="https://example.com/done")
+
+    assert (job.job_id, job.estimated_time_s) == ("f" * 32, 0.5)
+    params = {"mode": "async", "num_captions": "2", "callback_url": "https://example.com/done"}
+    assert received == [{"params": params, "key": "order-17"}]
+
+
+def test_answers_that_are_not_the_apis(connect: Connect, stand_in: tuple[AppServer, list[dict[str, Any]]]) -> None:
+    server, _ = stand_in
+    client = connect(server.url)
+
+    with pytest.raises(ApiError) as proxy:
+        client.caption(photo(109))
+    assert (proxy.value.status_code, proxy.value.code) == (502, "http_502")
+    assert "502 Bad Gateway" in proxy.value.message
+    with pytest.raises(UnexpectedResponse):
+        client.health()
+
+
+def test_every_server_error_code_has_its_exception() -> None:
+    def subclasses(cls: type[server_errors.CaptionerError]) -> list[type[server_errors.CaptionerError]]:
+        return [cls, *(sub for direct in cls.__subclasses__() for sub in subclasses(direct))]
+
+    statuses: dict[str, set[int]] = {}
+    for cls in subclasses(server_errors.CaptionerError):
+        statuses.setdefault(cls.code, set()).add(cls.status_code)
+    for code, seen in statuses.items():
+        assert code in ERRORS, f"the client has no exception for the server's {code!r}"
+        assert ERRORS[code][1] in seen, f"{code}: the client says {ERRORS[code][1]}, the server {seen}"
