@@ -1,6 +1,6 @@
 """The synthetic CPU training run of docs/training.md, and its learning-curve plot, rerunnable.
 
-    .venv/bin/python -m bench.training_curve [--steps 1500] [--eval-steps 100] [--work /tmp/captioner-curve]
+    .venv/bin/python -m bench.training_curve [--steps 1000] [--eval-steps 100] [--work /tmp/captioner-curve]
     .venv/bin/python -m bench.training_curve --card MODEL/training.json      # re-plot a finished run only
 
 It makes a synthetic set (``captioner data synth``), an untrained tiny BLIP (``captioner init-model``), trains
@@ -102,7 +102,7 @@ def summary(card_path: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("/tmp/captioner-curve"), help="data and models go here")
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--eval-steps", type=int, default=100)
     parser.add_argument("--train-images", type=int, default=2000)
     parser.add_argument("--val-images", type=int, default=200)

@@ -19,14 +19,21 @@ from captioner.model.weights import UNTRAINED_MARKER
 from captioner.tools.synth import COLORS, SHAPES, write_dataset
 from tests.conftest import LiveServer, tiny_settings
 
-# The learning test's schedule and thresholds; the figures they rest on are measured in the test's docstring.
+# The learning test's schedule and thresholds. Measured with this schedule on the 2-core development machine
+# (2026-12-01), seeds 0, 1, 2: validation CIDEr 3.248, 2.968, 2.893 (untrained: 0.0036); fresh images
+# named right (colour and shape) 14, 14, 14 of 20. On one machine a seed gives the same figures every
+# run (training is deterministic on the CPU); the spread over seeds is what the margins below allow for.
 STEPS = 600
 LEARNING_RATE = "2e-3"
 SEED = 0
+# The best caption that ignores the image (one fixed caption for all 60 validation images, the best of their
+# 300 references) scores CIDEr 0.70: 1.5 is twice that, and about half the lowest measured run.
 MIN_CIDER = 1.5
 MAX_UNTRAINED_CIDER = 0.05
 FRESH_IMAGES = 20
-MIN_NAMED_RIGHT = 14
+# Colour is learnt first and almost always right; a model that knew colours but guessed shapes would name about
+# a third of the images right (7 of 20, rarely over 10). 11 needs shapes learnt, 3 below every measured run.
+MIN_NAMED_RIGHT = 11
 
 
 @pytest.fixture
@@ -83,12 +90,9 @@ def test_the_same_seed_gives_the_same_weights_and_resume_continues_exactly(workd
 def test_training_teaches_the_tiny_model_to_name_colour_and_shape(
     workdir: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Untrained CIDEr ~0 -> trained CIDEr well above MIN_CIDER on a held-out set; fresh images named right.
+    """Untrained CIDEr ~0 -> well above MIN_CIDER on a held-out set; a server names fresh images' colour and shape.
 
-    Measured (400 steps, batch 32, lr 2e-3, 1000 training images, 2-core CPU; see the note in the report):
-    FIGURES. A caption that ignores the image does badly here: every caption names one of 15 colour-shape kinds,
-    so the best constant caption scores about BLIND on this validation set. MIN_CIDER = 1.0 sits well above
-    that and well below every trained run; MIN_RIGHT_OF_TEN likewise.
+    About 65 s of CPU time in all (most of it the 600 steps); the figures behind the thresholds are at the top.
     """
     write_dataset(workdir / "train", 1000, seed=1)
     write_dataset(workdir / "val", 60, seed=2)
