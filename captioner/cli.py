@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from captioner import __version__
-from captioner.config import ConfigError, Settings, load_settings
+from captioner.config import ROLES, ConfigError, Settings, check_role, load_settings
 from captioner.tools.caption import add_caption_command
 from captioner.tools.drift_reference import add_drift_commands
 from captioner.tools.evaluate import add_eval_command
@@ -37,6 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_argument(serve)
     serve.add_argument("--host", help="listen address (overrides server.host)")
     serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    serve.add_argument(
+        "--role",
+        choices=ROLES,
+        default="all",
+        help="all: accept and caption; api: accept and answer, no model; worker: caption the job queue "
+        "(api and worker need jobs.queue: redis)",
+    )
     serve.set_defaults(run=_serve)
 
     init = commands.add_parser("init-model", help="write an untrained BLIP (random weights) for tests and benchmarks")
@@ -52,12 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_feedback_commands(commands, _add_config_argument, _settings)
     add_data_commands(commands)
     add_train_commands(commands, _add_config_argument, _settings)
+
+    from captioner.tools.models_cli import add_models_command
+
+    add_models_command(commands, _add_config_argument, _settings)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # for records of who ran what (models)
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         return run(args)
@@ -76,12 +88,14 @@ def _init_model(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from captioner.server import serve  # torch and the app: kept off the light commands
-
     def load() -> Settings:
         settings = _settings(args)
         overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
         return settings.replace("server", **overrides) if overrides else settings
 
+    settings = load()
+    check_role(args.role, settings)  # a role the config can't serve stops here, in one line
+    from captioner.server import serve  # torch and the app: kept off the light commands and a refused start
+
     # SIGHUP re-reads the same file, environment and flags (A/B weights; see captioner/serving/variants.py).
-    return serve(load(), reload_settings=load)
+    return serve(settings, reload_settings=load, role=args.role)

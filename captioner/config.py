@@ -106,6 +106,10 @@ class JobsSettings:
     lease_s: float = _field(30.0, gt=0)
     # Tries per job before it ends with an error result (a poison image can't loop for ever).
     max_attempts: int = _field(3, ge=1)
+    # Per Redis command of the durable queue: longer than the cache's, since a job must not be refused for a blip.
+    redis_timeout_s: float = _field(1.0, gt=0)
+    # HMAC-SHA256 key that signs job callbacks (X-Captioner-Signature); "" refuses callback_url. Never logged.
+    callback_secret: str = field(default="", repr=False, metadata=_rule())
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,11 @@ class DriftSettings:
     # No score until the window holds this many: with 12 bins, PSI's sampling noise alone is ~11/n.
     min_window: int = _field(200, ge=1)
     bins: int = _field(10, ge=2)
+    # POSTed the drift report (JSON) once per alert episode, e.g. to start a retraining job; "" = off.
+    # The URL input's SSRF policy applies (url_input.allow_private_networks, or the flag below for this URL only).
+    webhook_url: str = ""
+    webhook_allow_private_networks: bool = False
+    webhook_timeout_s: float = _field(10.0, gt=0)
 
 
 @dataclass(frozen=True)
@@ -164,6 +173,8 @@ class RegistrySettings:
     # "" = off; else serve `name`'s `production` alias (and its `canary`, at the canary's weight) from here.
     path: str = ""
     name: str = "captioner"
+    # How often a server re-reads the aliases file (a stat, then a read only when it changed).
+    poll_s: float = _field(2.0, gt=0)
 
 
 @dataclass(frozen=True)
@@ -184,6 +195,12 @@ class CanarySettings:
     max_error_ratio_increase: float = _field(0.01, ge=0)
     max_p95_ratio: float = _field(1.5, gt=0)
     max_confidence_drop: float = _field(0.1, ge=0)
+    # User feedback: the canary's approval (share of ratings >= 4) may fall this far below production's, once
+    # both have min_feedback ratings.
+    max_approval_drop: float = _field(0.1, ge=0)
+    min_feedback: int = _field(20, ge=1)
+    # How often the server compares the canary with production.
+    interval_s: float = _field(5.0, gt=0)
 
 
 @dataclass(frozen=True)
@@ -295,7 +312,11 @@ def load_settings(path: str | os.PathLike[str] | None = None, environ: Mapping[s
         raw[section][key] = value
     if overrides:
         source += " + environment"
-    return _build(raw, source)
+    settings = _build(raw, source)
+    if settings.registry.path and settings.models:
+        # (Checked here, not in _build: serving from the registry fills `models` from its aliases itself.)
+        raise ConfigError("config: registry.path and models are exclusive: the registry's aliases choose the variants")
+    return settings
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[tuple[str, str], Any]:
@@ -398,6 +419,12 @@ def _check_cross_field(settings: Settings) -> None:
         if url and not url.startswith(_REDIS_SCHEMES):
             # The value is not echoed: it may hold a password.
             raise ConfigError(f"config: {name} must start with {', '.join(_REDIS_SCHEMES)} or be empty")
+    if settings.jobs.queue == "redis" and not (settings.jobs.redis_url or settings.cache.redis_url):
+        raise ConfigError("config: jobs.queue: redis needs jobs.redis_url (or cache.redis_url)")
+    webhook = settings.drift.webhook_url
+    if webhook and not webhook.startswith(("http://", "https://")):
+        # The value is not echoed: a webhook URL often carries a token.
+        raise ConfigError("config: drift.webhook_url must be an http(s) URL or empty")
     gen = settings.generation
     if gen.num_captions > gen.max_num_captions:
         raise ConfigError(
@@ -407,4 +434,17 @@ def _check_cross_field(settings: Settings) -> None:
     if gen.min_length > gen.max_length:
         raise ConfigError(
             f"config: generation.min_length must be <= generation.max_length ({gen.max_length}), got {gen.min_length}"
+        )
+
+
+ROLES = ("all", "api", "worker")
+
+
+def check_role(role: str, settings: Settings) -> None:
+    """``serve --role api|worker`` splits accepting from captioning, which only a shared queue can join."""
+    if role not in ROLES:
+        raise ConfigError(f"config: --role must be one of {', '.join(ROLES)}, got {role!r}")
+    if role != "all" and settings.jobs.queue != "redis":
+        raise ConfigError(
+            f"config: --role {role} needs jobs.queue: redis (api and worker replicas meet only through that queue)"
         )

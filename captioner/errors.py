@@ -134,6 +134,21 @@ def error_codes() -> list[str]:
     return list(dict.fromkeys([*found, *HTTP_ERROR_CODES.values()]))
 
 
+def error_from_body(body: Mapping[str, object]) -> CaptionerError:
+    """The error an error body describes (a job's stored result, answered synchronously); internal_error if
+    the body names no known code."""
+    error = body.get("error")
+    code = error.get("code") if isinstance(error, Mapping) else None
+    message = error.get("message") if isinstance(error, Mapping) else None
+    pending: list[type[CaptionerError]] = [CaptionerError]
+    while pending:
+        cls = pending.pop(0)
+        pending.extend(cls.__subclasses__())
+        if cls.code == code and not cls.__name__.startswith("_"):
+            return cls(str(message) if message else None)
+    return InternalError()
+
+
 def error_response(error: CaptionerError) -> Response:
     """The contract's error body, status and headers (Retry-After, WWW-Authenticate) for ``error``."""
     return Response(

@@ -23,6 +23,7 @@ from captioner.http.app import create_app
 from captioner.http.header_limits import MAX_HEAD_BYTES, http_protocol
 from captioner.model.weights import WeightsUnavailable, ensure_weights
 from captioner.observability.logs import configure_logging
+from captioner.serving.registry_source import RegistrySource
 
 logger = logging.getLogger("captioner.server")
 
@@ -96,13 +97,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve(settings: Settings, reload_settings: Callable[[], Settings] | None = None) -> int:
-    """Run until SIGTERM. Exit status: 0 after a clean drain, 1 if the model failed to load or the drain timed out."""
+def serve(settings: Settings, reload_settings: Callable[[], Settings] | None = None, role: str = "all") -> int:
+    """Run until SIGTERM. Exit status: 0 after a clean drain, 1 if the model failed to load or the drain timed out.
+
+    ``role``: ``all`` (accept and caption), ``api`` (accept and answer; never loads a model), ``worker``
+    (captions the job queue; serves only health, readiness and metrics)."""
     log_config = configure_logging(settings.logging.format, settings.logging.level)
     logger.info(
-        "starting captioner %s: model %s from %s, config from %s",
-        __version__, settings.model.name, settings.model.path, settings.source,
-        extra={"version": __version__, "model": settings.model.name, "model_path": settings.model.path,
+        "starting captioner %s (role %s): model %s from %s, config from %s",
+        __version__, role, settings.model.name, settings.model.path, settings.source,
+        extra={"version": __version__, "role": role, "model": settings.model.name, "model_path": settings.model.path,
                "device": settings.model.device, "dtype": settings.model.dtype, "config_source": settings.source,
                "host": settings.server.host, "port": settings.server.port},
     )  # fmt: skip
@@ -112,8 +116,13 @@ def serve(settings: Settings, reload_settings: Callable[[], Settings] | None = N
             settings.server.host,
             extra={"event": "no_auth", "host": settings.server.host},
         )
+    variants = settings
+    if settings.registry.path:  # the registry's versions are on disk by construction; its fallback may not be
+        source = RegistrySource(settings)
+        source.refresh()
+        variants = source.resolve(settings)
     try:
-        for _, _, variant in settings.variants():  # every A/B variant's weights, before binding the port
+        for _, _, variant in variants.variants() if role != "api" else []:  # weights first, then bind the port
             ensure_weights(variant.model)
     except WeightsUnavailable as exc:
         print(str(exc), file=sys.stderr)
@@ -128,7 +137,7 @@ def serve(settings: Settings, reload_settings: Callable[[], Settings] | None = N
         if server is not None:
             server.should_exit = True
 
-    app = create_app(settings, on_fatal=fatal, reload_settings=reload_settings)
+    app = create_app(settings, on_fatal=fatal, reload_settings=reload_settings, role=role)
     config = uvicorn.Config(
         app,
         host=settings.server.host,

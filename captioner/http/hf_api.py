@@ -19,7 +19,7 @@ from starlette.responses import Response
 from captioner.config import Settings
 from captioner.errors import InvalidImage, InvalidRequest, TooLarge
 from captioner.http.body import body_limit, read_capped_body
-from captioner.http.caption_api import cancel_on_disconnect, prepare
+from captioner.http.caption_api import cancel_on_disconnect, prepare, relayed
 from captioner.http.inputs import CaptionRequest, decode_base64
 from captioner.http.responses import FastJSONResponse
 from captioner.http.state import app_state
@@ -28,6 +28,9 @@ from captioner.http.state import app_state
 async def image_to_text(request: Request) -> Response:
     started = time.monotonic()
     state = app_state(request)
+    if state.role == "api":  # no model here: through the job queue (serve --role api)
+        body = await relayed(request, state, started, parse=parse_hf_request)
+        return FastJSONResponse([{"generated_text": body["captions"][0]["text"]}])
     work = await prepare(request, state, started, parse=parse_hf_request)
     outcome = work.hit if work.hit is not None else await cancel_on_disconnect(request, work())
     return FastJSONResponse([{"generated_text": outcome.captions[0].text}])

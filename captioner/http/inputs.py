@@ -7,7 +7,7 @@ Accepted forms (the contract):
 - a raw body with no Content-Type, or ``application/x-www-form-urlencoded`` (what ``curl --data-binary`` sends
   without ``-H``), when its magic bytes name an image; otherwise 415, or the form it is;
 - JSON ``{"image": "<base64>"}`` (a ``data:`` URL is fine) or ``{"url": "https://..."}``.
-``num_captions`` may be a query parameter or a form/JSON field.
+``num_captions`` (and, for async jobs, ``callback_url``) may be a query parameter or a form/JSON field.
 
 One small parser per content type; the body is read with a byte cap (``body.py``).
 """
@@ -39,6 +39,7 @@ class CaptionRequest:
     image: bytes | None  # exactly one of image and url is set
     url: str | None
     num_captions: int
+    callback_url: str | None = None  # async jobs: POSTed the result when the job ends
 
 
 def decode_base64(text: Any, field: str = "image") -> bytes:
@@ -67,7 +68,7 @@ async def _parse_form(request: Request, limit: int, max_body_bytes: int) -> Pars
     except HTTPException as exc:  # Starlette turns MultiPartException into a 400 inside an app; ours is 422
         raise InvalidRequest(f"malformed multipart body: {exc.detail}") from exc
     try:
-        repeated = [name for name in ("image", "url", "num_captions") if len(form.getlist(name)) > 1]
+        repeated = [name for name in ("image", "url", "num_captions", "callback_url") if len(form.getlist(name)) > 1]
         if repeated:  # which one would count is a guess; say so instead
             raise InvalidRequest(f"the form field {repeated[0]!r} is given more than once")
         fields = dict(form)
@@ -166,7 +167,21 @@ async def parse_caption_request(
         image=image,
         url=url or None,
         num_captions=_num_captions(request, fields, default_num_captions, max_num_captions),
+        callback_url=_callback_url(request, fields),
     )
+
+
+def _callback_url(request: Request, fields: Mapping[str, Any]) -> str | None:
+    """A query parameter, form field or JSON field; its policy is checked where jobs are accepted."""
+    values = request.query_params.getlist("callback_url")
+    if len(values) > 1:
+        raise InvalidRequest("the query parameter 'callback_url' is given more than once")
+    value = values[0] if values else fields.get("callback_url")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest("'callback_url' must be an http(s) URL")
+    return value
 
 
 def _num_captions(request: Request, fields: Mapping[str, Any], default: int, maximum: int) -> int:

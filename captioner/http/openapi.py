@@ -14,6 +14,12 @@ from captioner.errors import error_codes
 from captioner.http import feedback_api, hf_api, paths
 
 _ERROR_CODES = error_codes()
+_CALLBACK_URL = {
+    "type": "string",
+    "format": "uri",
+    "description": "mode=async: POSTed the job's result when it ends, signed with X-Captioner-Signature: "
+    "sha256=<HMAC-SHA256 of the body under jobs.callback_secret>; retried with backoff",
+}
 
 
 def _error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
@@ -30,7 +36,8 @@ def _caption_request_body(settings: Settings, num_captions: dict[str, Any]) -> d
     """The ways to send an image. Exactly one of ``image`` and ``url`` (``url`` only when URL input is on)."""
 
     def image_or_url(image: dict[str, Any], url: dict[str, Any]) -> dict[str, Any]:
-        schema: dict[str, Any] = {"type": "object", "properties": {"image": image, "num_captions": num_captions}}
+        properties = {"image": image, "num_captions": num_captions, "callback_url": _CALLBACK_URL}
+        schema: dict[str, Any] = {"type": "object", "properties": properties}
         if settings.url_input.enabled:
             schema["properties"]["url"] = url
             schema["oneOf"] = [{"required": ["image"]}, {"required": ["url"]}]
@@ -71,7 +78,7 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
         "422": _error("invalid_request"),
         "429": _error("rate_limited", retry_after=True),
         "500": _error("model_error"),
-        "503": _error("overloaded: queue full, loading or draining", retry_after=True),
+        "503": _error("overloaded: queue (or, mode=async, job queue) full, loading or draining", retry_after=True),
         "504": _error("timeout: the request deadline passed before inference"),
     }
     return {
@@ -96,6 +103,15 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                             "GET /api/v1/caption/{job_id}",
                             "schema": {"enum": ["sync", "async"], "default": "sync"},
                         },
+                        {"name": "callback_url", "in": "query", "required": False, "schema": _CALLBACK_URL},
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": False,
+                            "description": "mode=async: the same key from the same API key within jobs.ttl_s "
+                            "answers the first request's job instead of making another",
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"},
+                        },
                     ],
                     "requestBody": _caption_request_body(settings, num_captions),
                     "responses": {
@@ -107,7 +123,13 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                         },
                         "202": {
                             "description": "mode=async: the job was accepted",
-                            "headers": {"Location": {"schema": {"type": "string"}, "description": "the job's URL"}},
+                            "headers": {
+                                "Location": {"schema": {"type": "string"}, "description": "the job's URL"},
+                                "Idempotent-Replayed": {
+                                    "schema": {"const": "true"},
+                                    "description": "an earlier request with this Idempotency-Key made the job",
+                                },
+                            },
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobAccepted"}}},
                         },
                         **errors,
@@ -128,7 +150,7 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                         "401": errors["401"],
                         "404": _error("not_found: unknown or expired job id, or another API key's job"),
                         "429": errors["429"],
-                        "503": _error("overloaded: the shared job store (Redis) is unavailable", retry_after=True),
+                        "503": _error("overloaded: the job queue or store (Redis) is unavailable", retry_after=True),
                     },
                 }
             },
@@ -198,6 +220,22 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                     },
                 }
             },
+            paths.VARIANTS: {
+                "get": {
+                    "summary": "The live A/B variants and the canary analysis (registry serving: production, canary)",
+                    "operationId": "get_variants",
+                    "responses": {
+                        "200": {
+                            "description": "variants (weight, model, revision, stats: requests, errors, error_ratio, "
+                            "p95_s, mean_confidence), canary (state: none, paused, waiting, healthy or rolled_back; "
+                            "reason, detail, the signals compared), registry (name, production, canary) or null",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Variants"}}},
+                        },
+                        "401": errors["401"],
+                        "429": errors["429"],
+                    },
+                }
+            },
         },
         "components": {
             "schemas": {
@@ -258,6 +296,31 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                         },
                     },
                     "required": ["enabled", "features"],
+                },
+                "Variants": {
+                    "type": "object",
+                    "properties": {
+                        "variants": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "variant": {"type": "string"},
+                                    "weight": {"type": "number", "minimum": 0},
+                                    "model": {"type": "string"},
+                                    "stats": {"type": "object", "required": ["requests", "errors"]},
+                                },
+                                "required": ["variant", "weight", "model", "stats"],
+                            },
+                        },
+                        "canary": {
+                            "type": "object",
+                            "properties": {"state": {"type": "string"}},
+                            "required": ["state"],
+                        },
+                        "registry": {"type": ["object", "null"]},
+                    },
+                    "required": ["variants", "canary", "registry"],
                 },
                 "Error": {
                     "type": "object",

@@ -11,6 +11,7 @@ JOB = "/api/v1/caption/{job_id}"
 DRIFT = "/api/v1/drift"
 DRIFT_REFERENCE = "/api/v1/drift/reference"
 FEEDBACK = "/api/v1/feedback"
+VARIANTS = "/api/v1/variants"
 
 HEALTHZ = "/healthz"
 READYZ = "/readyz"

@@ -17,10 +17,11 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     state = app_state(request)
+    role = {} if state.role == "all" else {"role": state.role}  # an api replica is ready with no model
     if state.ready and not state.draining:
-        return FastJSONResponse({"status": "ready"})
+        return FastJSONResponse({"status": "ready", **role})
     reason = "draining" if state.draining else ("failed: " + state.load_error if state.load_error else "loading")
-    return FastJSONResponse({"status": reason}, status_code=503)
+    return FastJSONResponse({"status": reason, **role}, status_code=503)
 
 
 async def metrics(request: Request) -> Response:

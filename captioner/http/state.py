@@ -11,11 +11,15 @@ from starlette.requests import HTTPConnection
 
 from captioner.config import Settings, to_dict
 from captioner.guard.api_keys import ApiKeys
+from captioner.http.drift_webhook import DriftWebhook
 from captioner.http.urlfetch import UrlFetcher
 from captioner.observability.metrics import Metrics
+from captioner.serving.callbacks import CallbackSender
+from captioner.serving.canary_watch import CanaryWatch
 from captioner.serving.drift_watch import DriftWatch
 from captioner.serving.feedback import Feedback
-from captioner.serving.jobs import JobManager
+from captioner.serving.job_manager import JobManager
+from captioner.serving.registry_source import RegistrySource
 from captioner.serving.service import CaptionService
 from captioner.serving.variants import VariantPool
 
@@ -32,7 +36,12 @@ class AppState:
     drift: DriftWatch
     feedback: Feedback
     page: str  # the web page, rendered once from the settings
+    role: str = "all"  # serve --role: all (accept and caption), api (accept, no model), worker (caption the queue)
+    callbacks: CallbackSender | None = None  # None without jobs.callback_secret: callback_url is refused
     pool: VariantPool | None = None
+    registry: RegistrySource | None = None  # registry.path set: the variants are its aliases
+    canary: CanaryWatch | None = None  # made once the variants are up
+    webhook: DriftWebhook | None = None  # drift.webhook_url set
     loop: asyncio.AbstractEventLoop | None = None
     ready: bool = False
     draining: bool = False
@@ -57,7 +66,7 @@ class AppState:
         ignored = [k for k, v in to_dict(new).items() if k != "models" and v != running[k]]
         if ignored:
             logger.warning("reload applies `models` only; restart to change: %s", ", ".join(ignored))
-        await self.pool.reload(new)
+        await self.pool.reload(self.registry.resolve(new) if self.registry is not None else new)
 
     def set_ready(self, ready: bool) -> None:
         self.ready = ready
@@ -68,9 +77,11 @@ class AppState:
         queued requests back for their batch deadline (no new request will join them)."""
         self.draining = True
         self.set_ready(False)
-        if self.loop is not None and self.pool is not None:
+        if self.loop is not None:
             # A signal handler may run between any two bytecodes of the loop: hand the loop the work.
-            self.loop.call_soon_threadsafe(self.pool.expedite)
+            self.loop.call_soon_threadsafe(self.jobs.stop_claiming)
+            if self.pool is not None:
+                self.loop.call_soon_threadsafe(self.pool.expedite)
 
     def spawn(self, coroutine: Any, name: str) -> None:
         """Run ``coroutine`` in the background, holding a reference so it isn't garbage-collected mid-way."""

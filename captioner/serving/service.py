@@ -18,13 +18,14 @@ from typing import Any
 import orjson
 
 from captioner.config import DEFAULT_VARIANT, Settings
-from captioner.errors import RequestTimeout
+from captioner.errors import CaptionerError, RequestTimeout
 from captioner.model.preprocessing import ImageInfo, PreparedImage
 from captioner.model.protocol import Caption, Captioner, CaptionJob
 from captioner.observability.metrics import Metrics
 from captioner.serving.batcher import Batcher, BatchInfo
 from captioner.serving.cache import CaptionCache, Lookup, cache_key
 from captioner.serving.drift_watch import DriftWatch
+from captioner.serving.live_stats import VariantStats
 from captioner.shared_state.redis_cache import RedisCacheLevel
 from captioner.shared_state.redis_client import RedisClient
 
@@ -82,8 +83,14 @@ class _VariantSeries:
         self.images = metrics.images.labels(variant)
         self.batch_size = metrics.batch_size.labels(variant)
         self.batch_wait_seconds = metrics.batch_wait_seconds.labels(variant)
+        self.request_seconds = metrics.variant_request_seconds.labels(variant)
+        self._errors = metrics.variant_errors
+        self._variant = variant
         self._level_hits = metrics.cache_level_hits
         self._level_children: dict[str, Any] = {}
+
+    def errors(self, code: str) -> Any:
+        return self._errors.labels(self._variant, code)
 
     def level_hits(self, level: str) -> Any:
         child = self._level_children.get(level)
@@ -109,6 +116,7 @@ class CaptionService:
         self.captioner = captioner
         self.metrics = metrics
         self.drift = drift if drift is not None else DriftWatch(None)
+        self.stats = VariantStats()  # live signals for the canary analysis (serving/canary.py)
         gen = settings.generation
         self._model_id = {
             "variant": variant,
@@ -190,13 +198,31 @@ class CaptionService:
 
         ``image_sha256`` saves hashing again when the caller already has it (the A/B router does).
         """
+        started = time.perf_counter()
         digest = image_sha256 or await self.sha256(data)
         key = self.key_for(digest, num_captions)
-        lookup = await self.cache.get_or_compute(key, lambda: self._compute(data, num_captions, deadline))
-        return self._outcome(lookup, digest)
+        try:
+            lookup = await self.cache.get_or_compute(key, lambda: self._compute(data, num_captions, deadline))
+        except CaptionerError as exc:
+            if exc.status_code >= 500:  # the variant's failure; a 4xx is the caller's
+                self._failed(exc.code, started)
+            raise
+        except Exception:
+            self._failed("internal_error", started)
+            raise
+        return self._outcome(lookup, digest, started)
 
-    def _outcome(self, lookup: Lookup[_Computed], digest: str) -> CaptionOutcome:
+    def _failed(self, code: str, started: float) -> None:
+        self.stats.failed(time.perf_counter() - started)
+        self._series.errors(code).inc()
+
+    def _outcome(self, lookup: Lookup[_Computed], digest: str, started: float | None = None) -> CaptionOutcome:
         series = self._series
+        latency = None if lookup.cached or started is None else time.perf_counter() - started
+        if latency is not None:
+            series.request_seconds.observe(latency)
+        top = lookup.value.captions[0].confidence if lookup.value.captions else None
+        self.stats.answered(latency, top)
         if lookup.cached:
             series.cache_hits.inc()
             series.served_cached.inc()

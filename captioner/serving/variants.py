@@ -145,6 +145,7 @@ class VariantPool:
         self._load_model = load_model
         self._drift = drift
         self._retired: set[asyncio.Task[bool]] = set()
+        self._reloading = asyncio.Lock()
 
     async def start(self) -> None:
         """Load and warm up every configured variant (one after the other: they share the device)."""
@@ -188,7 +189,15 @@ class VariantPool:
         task.add_done_callback(self._retired.discard)
 
     async def reload(self, settings: Settings) -> ReloadPlan:
-        """Apply a new `models:` list: reweight at once, load changed variants in the background of traffic."""
+        """Apply a new `models:` list: reweight at once, load changed variants in the background of traffic.
+
+        One reload at a time (a SIGHUP and a registry change may arrive together): each plans against what the
+        one before it installed.
+        """
+        async with self._reloading:
+            return await self._reload(settings)
+
+    async def _reload(self, settings: Settings) -> ReloadPlan:
         plan = plan_reload(self.router, settings)
         for name, weight in plan.reweight.items():
             self.router.set_weight(name, weight)
@@ -204,6 +213,11 @@ class VariantPool:
         self.settings = settings
         logger.info("reloaded variants: %s", ", ".join(f"{n}={w:g}" for n, w in self.router.weights))
         return plan
+
+    def set_weight(self, name: str, weight: float) -> None:
+        """Reweight one live variant now (the canary analysis' rollback); the next reload may change it again."""
+        self.router.set_weight(name, weight)
+        self.metrics.variant_weight.labels(name).set(weight)
 
     def choose(self, sticky_key: str) -> Variant:
         return self.router.choose(sticky_key)
