@@ -20,9 +20,9 @@ from typing import Any
 from captioner import __version__
 from captioner.config import Settings
 from captioner.model.weights import is_untrained
+from captioner.registry.store import CARD, weights_sha256  # one weights hash, shared with the registry
 from captioner.tools.train_data import CaptionSet
 
-CARD_NAME = "training.json"
 CARD_VERSION = 1
 _CHUNK = 1 << 20
 
@@ -32,20 +32,6 @@ def sha256_file(path: Path) -> str:
     with path.open("rb") as file:
         while chunk := file.read(_CHUNK):
             digest.update(chunk)
-    return digest.hexdigest()
-
-
-def weights_sha256(model_dir: Path) -> str | None:
-    """One hash over a model folder's weight files (sorted by name), or None when it has none."""
-    files = sorted([*model_dir.glob("*.safetensors"), *model_dir.glob("*.bin")])
-    files = [f for f in files if f.name != "training_args.bin"]
-    if not files:
-        return None
-    if len(files) == 1:
-        return sha256_file(files[0])  # the file's own hash, checkable with sha256sum
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(f"{file.name}\0{sha256_file(file)}\n".encode())
     return digest.hexdigest()
 
 
@@ -160,7 +146,7 @@ def write_card(out: Path, card: Mapping[str, Any]) -> Path:
         "code_revision": code_revision(),
         **card,
     }
-    path = out / CARD_NAME
+    path = out / CARD
     temporary = path.with_suffix(".json.tmp")
     temporary.write_text(json.dumps(full, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     temporary.replace(path)  # a reader never sees half a card
