@@ -58,9 +58,21 @@ class ModelSettings:
     attention: str = _field("sdpa", choices=("sdpa", "eager"))
     compile: bool = False
     quantize: str = _field("none", choices=("none", "int8"))
-    num_threads: int = _field(0, ge=0)  # torch intra-op threads; 0: auto (cores - 1 on the CPU)
+    num_threads: int = _field(0, ge=0)  # torch intra-op threads; 0: auto (see auto_threads)
+    # How num_threads 0 decides on the CPU: leave_one (cores - 1); measured (from the model's and the
+    # preprocessing's measured cost per image at warm-up: all cores when the model dominates).
+    auto_threads: str = _field("leave_one", choices=("leave_one", "measured"))
     # thread: generate() on a thread of the server process; process: in a child process with its own GIL.
     worker: str = _field("thread", choices=("thread", "process"))
+    # GPU options (docs/benchmarks.md, "GPU"), each checked on the CPU against the reference path:
+    # float16/bfloat16 autocast around generate() (weights stay float32; dtype auto then means float32).
+    autocast: str = _field("none", choices=("none", "float16", "bfloat16"))
+    # static: preallocated self- and cross-attention KV caches, so each decoding step has fixed shapes and,
+    # with compile: true, runs as one compiled graph (CUDA graphs on a GPU).
+    kv_cache: str = _field("dynamic", choices=("dynamic", "static"))
+    # device: JPEGs are decoded with their batch on model.device (torchvision.io.decode_jpeg; nvJPEG on CUDA)
+    # instead of by Pillow on the preprocessing threads (cpu).
+    jpeg_decode: str = _field("cpu", choices=("cpu", "device"))
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,10 @@ class BatchingSettings:
     max_wait_ms: float = _field(100.0, ge=0)
     max_queue: int = _field(256, ge=1)
     request_timeout_s: float = _field(30.0, gt=0)
+    # On a GPU: choose max_batch_size at warm-up from the memory one image takes (up to max_auto_batch_size).
+    # Without a GPU, max_batch_size stays as configured.
+    auto_batch_size: bool = False
+    max_auto_batch_size: int = _field(128, ge=1)
 
 
 @dataclass(frozen=True)
@@ -444,6 +460,9 @@ def _check_cross_field(settings: Settings) -> None:
         if url and not url.startswith(_REDIS_SCHEMES):
             # The value is not echoed: it may hold a password.
             raise ConfigError(f"config: {name} must start with {', '.join(_REDIS_SCHEMES)} or be empty")
+    _check_model("model", settings.model)
+    for index, variant in enumerate(settings.models):
+        _check_model(f"models[{index}]", variant.model)
     health = settings.health
     if health.respawn_max_backoff_s < health.respawn_backoff_s:
         raise ConfigError(
@@ -466,6 +485,19 @@ def _check_cross_field(settings: Settings) -> None:
         raise ConfigError(
             f"config: generation.min_length must be <= generation.max_length ({gen.max_length}), got {gen.min_length}"
         )
+
+
+def _check_model(where: str, model: ModelSettings) -> None:
+    if model.jpeg_decode == "device" and model.worker == "process":
+        # The child process takes pixel tensors; the still-encoded JPEGs this needs stay in the server process.
+        raise ConfigError(f"config: {where}.jpeg_decode: device needs {where}.worker: thread")
+    if model.autocast != "none" and model.dtype in ("float16", "bfloat16"):
+        raise ConfigError(
+            f"config: {where}.autocast runs float32 weights in {model.autocast}; "
+            f"{where}.dtype must be auto or float32, got {model.dtype!r}"
+        )
+    if model.autocast != "none" and model.quantize != "none":
+        raise ConfigError(f"config: {where}.autocast and {where}.quantize cannot be combined")
 
 
 ROLES = ("all", "api", "worker")

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import torch
 
-from captioner.model.preprocessing import PreparedImage
+from captioner.model.preprocessing import EncodedJpeg, PreparedImage
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,14 @@ class Caption:
 class CaptionJob:
     """One image's share of a batch: its tensor and how many distinct captions it wants."""
 
-    pixel_values: torch.Tensor
+    pixel_values: torch.Tensor  # empty when ``jpeg`` is set (``model.jpeg_decode: device``)
     num_captions: int = 1
+    jpeg: EncodedJpeg | None = None
+
+    @classmethod
+    def of(cls, prepared: PreparedImage, num_captions: int = 1) -> CaptionJob:
+        """The job for an image as ``Captioner.preprocess`` left it (decoded, or a JPEG still encoded)."""
+        return cls(prepared.pixel_values, num_captions, prepared.jpeg)
 
 
 class Captioner(Protocol):

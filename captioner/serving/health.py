@@ -22,7 +22,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from captioner.config import HealthSettings
 from captioner.errors import ModelUnavailable
@@ -32,6 +32,7 @@ from captioner.observability.metrics import Metrics
 logger = logging.getLogger("captioner.health")
 
 OnFatal = Callable[[str], None]
+T = TypeVar("T")
 
 
 class ModelHealth:
@@ -96,6 +97,18 @@ class ModelHealth:
             self._probing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probing
+
+    async def track(self, batch: Awaitable[T]) -> T:
+        """Await one batch, counting its success or failure (refused while down, or cancelled: neither)."""
+        try:
+            result = await batch
+        except (ModelUnavailable, asyncio.CancelledError):
+            raise
+        except BaseException as exc:
+            self.batch_failed(exc)
+            raise
+        self.batch_succeeded()
+        return result
 
     # -- what happened (on the event loop) -----------------------------------------------------------
 

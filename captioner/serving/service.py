@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from captioner.config import DEFAULT_VARIANT, Settings
-from captioner.errors import CaptionerError, ModelUnavailable, RequestTimeout
+from captioner.errors import CaptionerError, RequestTimeout
 from captioner.model.preprocessing import ImageInfo, PreparedImage
 from captioner.model.protocol import Caption, Captioner, CaptionJob
 from captioner.observability.metrics import Metrics
@@ -143,7 +143,7 @@ class CaptionService:
             on_batch=self._observe_batch,
         )
         # Read by /readyz (through the variant pool); refuses model work while the model can't take it.
-        self.health = ModelHealth(variant, metrics, settings.health, probe=self.warm_up, on_fatal=on_fatal)
+        self.health = ModelHealth(variant, metrics, settings.health, probe=self._probe, on_fatal=on_fatal)
         self._shared_cache = _shared_cache(settings, metrics)
         self.cache: CaptionCache[_Computed] = CaptionCache(
             max_entries=settings.cache.max_entries, ttl_s=settings.cache.ttl_s, second_level=self._shared_cache
@@ -157,6 +157,19 @@ class CaptionService:
         self.health.watch(self.captioner)
 
     async def warm_up(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._model_pool, self.captioner.warm_up)
+        batching = self.settings.batching
+        # batching.auto_batch_size: the model measures what its device's memory holds (only BlipCaptioner on a
+        # GPU can; elsewhere max_batch_size stays as configured).
+        measure = getattr(self.captioner, "measure_batch_limit", None)
+        if batching.auto_batch_size and callable(measure):
+            size = await loop.run_in_executor(self._model_pool, measure, batching.max_auto_batch_size)
+            if isinstance(size, int) and size >= 1:
+                self.batcher.max_batch_size = size
+
+    async def _probe(self) -> None:
+        """The health probe: the warm-up image through the model, on the model thread, nothing else."""
         await asyncio.get_running_loop().run_in_executor(self._model_pool, self.captioner.warm_up)
 
     async def close(self, timeout_s: float) -> bool:
@@ -258,7 +271,7 @@ class CaptionService:
             timeout_s = deadline - time.monotonic()
             if timeout_s <= 0:
                 raise RequestTimeout()
-        inferred = await self.batcher(CaptionJob(prepared.pixel_values, num_captions), timeout_s=timeout_s)
+        inferred = await self.batcher(CaptionJob.of(prepared, num_captions), timeout_s=timeout_s)
         self.drift.observe_output(inferred.captions)
         return _Computed(inferred.captions, prepared.info, inferred.batch_size)
 
@@ -272,14 +285,7 @@ class CaptionService:
         self.health.admit()  # queued before the model went down: refused without touching it
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        try:
-            results = await loop.run_in_executor(self._model_pool, self.captioner.caption_batch, jobs)
-        except (ModelUnavailable, asyncio.CancelledError):
-            raise  # not the model's failure: it was down already, or we stopped waiting
-        except BaseException as exc:
-            self.health.batch_failed(exc)
-            raise
-        self.health.batch_succeeded()
+        results = await self.health.track(loop.run_in_executor(self._model_pool, self.captioner.caption_batch, jobs))
         self._series.inference_seconds.observe(time.perf_counter() - started)
         self._series.images.inc(len(jobs))
         return [_Inferred(captions, len(jobs)) for captions in results]

@@ -41,6 +41,9 @@ def pick(weights: Sequence[tuple[str, float]], sticky_key: str) -> str:
     and the lowest score wins. Unlike cumulative ranges, changing one variant's weight only moves keys to or
     from that variant, never between the others, and a weight of 0 takes a variant out entirely.
     """
+    live = [name for name, weight in weights if weight > 0]
+    if len(live) == 1:
+        return live[0]  # what the scores below would say, without hashing on every request
     best_name, best_score = "", math.inf
     for name, weight in weights:
         if weight <= 0:
