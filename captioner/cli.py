@@ -13,6 +13,8 @@ from captioner.tools.caption import add_caption_command
 from captioner.tools.drift_reference import add_drift_commands
 from captioner.tools.evaluate import add_eval_command
 from captioner.tools.feedback_export import add_feedback_commands
+from captioner.tools.synth import add_data_commands
+from captioner.tools.train import add_train_commands
 
 
 def _add_config_argument(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_caption_command(commands, _add_config_argument, _settings)
     add_eval_command(commands, _add_config_argument, _settings)
     add_feedback_commands(commands, _add_config_argument, _settings)
+    add_data_commands(commands)
+    add_train_commands(commands, _add_config_argument, _settings)
 
     from captioner.tools.models_cli import add_models_command
 

@@ -65,9 +65,21 @@ class ModelSettings:
     attention: str = _field("sdpa", choices=("sdpa", "eager"))
     compile: bool = False
     quantize: str = _field("none", choices=("none", "int8"))
-    num_threads: int = _field(0, ge=0)  # torch intra-op threads; 0: auto (cores - 1 on the CPU)
+    num_threads: int = _field(0, ge=0)  # torch intra-op threads; 0: auto (see auto_threads)
+    # How num_threads 0 decides on the CPU: leave_one (cores - 1); measured (from the model's and the
+    # preprocessing's measured cost per image at warm-up: all cores when the model dominates).
+    auto_threads: str = _field("leave_one", choices=("leave_one", "measured"))
     # thread: generate() on a thread of the server process; process: in a child process with its own GIL.
     worker: str = _field("thread", choices=("thread", "process"))
+    # GPU options (docs/benchmarks.md, "GPU"), each checked on the CPU against the reference path:
+    # float16/bfloat16 autocast around generate() (weights stay float32; dtype auto then means float32).
+    autocast: str = _field("none", choices=("none", "float16", "bfloat16"))
+    # static: preallocated self- and cross-attention KV caches, so each decoding step has fixed shapes and,
+    # with compile: true, runs as one compiled graph (CUDA graphs on a GPU).
+    kv_cache: str = _field("dynamic", choices=("dynamic", "static"))
+    # device: JPEGs are decoded with their batch on model.device (torchvision.io.decode_jpeg; nvJPEG on CUDA)
+    # instead of by Pillow on the preprocessing threads (cpu).
+    jpeg_decode: str = _field("cpu", choices=("cpu", "device"))
 
 
 @dataclass(frozen=True)
@@ -87,6 +99,23 @@ class BatchingSettings:
     max_wait_ms: float = _field(100.0, ge=0)
     max_queue: int = _field(256, ge=1)
     request_timeout_s: float = _field(30.0, gt=0)
+    # On a GPU: choose max_batch_size at warm-up from the memory one image takes (up to max_auto_batch_size).
+    # Without a GPU, max_batch_size stays as configured.
+    auto_batch_size: bool = False
+    max_auto_batch_size: int = _field(128, ge=1)
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    """When a replica's model counts as broken (not ready, model work refused with 503), and how it comes back."""
+
+    # This many failed batches in a row -> not ready until a probe batch (the warm-up image) succeeds.
+    max_consecutive_failures: int = _field(3, ge=1)
+    # While failing: seconds between probe batches (the first runs at once).
+    probe_interval_s: float = _field(5.0, gt=0)
+    # model.worker: process: a dead model process is respawned after this, doubling per death in a row.
+    respawn_backoff_s: float = _field(1.0, gt=0)
+    respawn_max_backoff_s: float = _field(30.0, gt=0)
 
 
 @dataclass(frozen=True)
@@ -150,6 +179,12 @@ class AuthSettings:
 class RateLimitSettings:
     per_key_rps: float = _field(0.0, ge=0)
     burst: int = _field(0, ge=0)
+    # Empty: cache.redis_url if set (one bucket per caller across every replica), else a bucket per replica.
+    redis_url: str = ""
+    # Per Redis call; past it (or while Redis is down) the decision is made without Redis, as fail_open says.
+    redis_timeout_s: float = _field(0.1, gt=0)
+    # Redis unreachable: true falls back to this replica's own buckets; false refuses with 503 overloaded.
+    fail_open: bool = True
 
 
 @dataclass(frozen=True)
@@ -252,6 +287,7 @@ class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     batching: BatchingSettings = field(default_factory=BatchingSettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     jobs: JobsSettings = field(default_factory=JobsSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
@@ -458,7 +494,12 @@ _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def _check_cross_field(settings: Settings) -> None:
-    for name, url in (("cache.redis_url", settings.cache.redis_url), ("jobs.redis_url", settings.jobs.redis_url)):
+    redis_urls = (
+        ("cache.redis_url", settings.cache.redis_url),
+        ("jobs.redis_url", settings.jobs.redis_url),
+        ("rate_limit.redis_url", settings.rate_limit.redis_url),
+    )
+    for name, url in redis_urls:
         if url and not url.startswith(_REDIS_SCHEMES):
             # The value is not echoed: it may hold a password.
             raise ConfigError(f"config: {name} must start with {', '.join(_REDIS_SCHEMES)} or be empty")
@@ -470,6 +511,15 @@ def _check_cross_field(settings: Settings) -> None:
                 raise ConfigError(
                     f"config: server.forwarded_allow_ips entries must be IP addresses or networks, got {entry!r}"
                 ) from None
+    _check_model("model", settings.model)
+    for index, variant in enumerate(settings.models):
+        _check_model(f"models[{index}]", variant.model)
+    health = settings.health
+    if health.respawn_max_backoff_s < health.respawn_backoff_s:
+        raise ConfigError(
+            f"config: health.respawn_max_backoff_s must be >= health.respawn_backoff_s "
+            f"({health.respawn_backoff_s:g}), got {health.respawn_max_backoff_s:g}"
+        )
     if settings.jobs.queue == "redis" and not (settings.jobs.redis_url or settings.cache.redis_url):
         raise ConfigError("config: jobs.queue: redis needs jobs.redis_url (or cache.redis_url)")
     webhook = settings.drift.webhook_url
@@ -486,6 +536,19 @@ def _check_cross_field(settings: Settings) -> None:
         raise ConfigError(
             f"config: generation.min_length must be <= generation.max_length ({gen.max_length}), got {gen.min_length}"
         )
+
+
+def _check_model(where: str, model: ModelSettings) -> None:
+    if model.jpeg_decode == "device" and model.worker == "process":
+        # The child process takes pixel tensors; the still-encoded JPEGs this needs stay in the server process.
+        raise ConfigError(f"config: {where}.jpeg_decode: device needs {where}.worker: thread")
+    if model.autocast != "none" and model.dtype in ("float16", "bfloat16"):
+        raise ConfigError(
+            f"config: {where}.autocast runs float32 weights in {model.autocast}; "
+            f"{where}.dtype must be auto or float32, got {model.dtype!r}"
+        )
+    if model.autocast != "none" and model.quantize != "none":
+        raise ConfigError(f"config: {where}.autocast and {where}.quantize cannot be combined")
 
 
 ROLES = ("all", "api", "worker")

@@ -111,6 +111,14 @@ class Overloaded(_RetryableError):
     default_message = "the server is at capacity, retry later"
 
 
+class ModelUnavailable(Overloaded):
+    """The model can't take work now (its process is restarting, or it keeps failing): retry, here or elsewhere.
+
+    503 ``overloaded`` like a full queue, so a load balancer retries the request on another replica."""
+
+    default_message = "the model is unavailable, retry later"
+
+
 class RequestTimeout(CaptionerError):
     status_code = 504
     code = "timeout"

@@ -58,6 +58,16 @@ class DrainingServer(uvicorn.Server):
         self._loop = asyncio.get_running_loop()
         await super().startup(sockets)
 
+    def drain(self) -> None:
+        """Start the drain, as a first SIGTERM would, from the event loop's thread (a fatal model error)."""
+        if self._drain_deadline is not None or self.should_exit:
+            return
+        if self._loop is None:  # not serving yet: nothing was accepted, nothing to drain
+            self.should_exit = True
+            return
+        self._drain_deadline = time.monotonic() + self._drain_timeout_s
+        self._on_exit_signal()
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if sig not in (signal.SIGTERM, signal.SIGINT):
             super().handle_exit(sig, frame)
@@ -119,7 +129,8 @@ def connection_limit(settings: Settings) -> int:
 
 
 def serve(settings: Settings, reload_settings: Callable[[], Settings] | None = None, role: str = "all") -> int:
-    """Run until SIGTERM. Exit status: 0 after a clean drain, 1 if the model failed to load or the drain timed out.
+    """Run until SIGTERM. Exit status: 0 after a clean drain; 1 if the model failed to load, failed for good while
+    serving (a CUDA error: drained like a SIGTERM first), or the drain timed out.
 
     ``role``: ``all`` (accept and caption), ``api`` (accept and answer; never loads a model), ``worker``
     (captions the job queue; serves only health, readiness and metrics). Raises ``ConfigError`` (the CLI prints
@@ -158,7 +169,7 @@ def serve(settings: Settings, reload_settings: Callable[[], Settings] | None = N
         nonlocal failed
         failed = True
         if server is not None:
-            server.should_exit = True
+            server.drain()
 
     app = create_app(settings, on_fatal=fatal, reload_settings=reload_settings, role=role)
     config = uvicorn.Config(

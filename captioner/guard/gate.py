@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from captioner.errors import CaptionerError, error_response
 from captioner.guard.api_keys import KEY_PRINCIPAL_PREFIX, ApiKeys
 from captioner.guard.forwarded import client_bucket
-from captioner.guard.rate_limit import RateLimiter
+from captioner.guard.shared_limiter import SharedRateLimiter
 
 _ADMIN = "admin"
 
@@ -39,7 +39,7 @@ class ApiGuard:
         app: ASGIApp,
         *,
         keys: ApiKeys,
-        limiter: RateLimiter,
+        limiter: SharedRateLimiter,
         protects: Callable[[str, str], bool],
         admin_keys: ApiKeys | None = None,
     ) -> None:
@@ -55,7 +55,7 @@ class ApiGuard:
             await self.app(scope, receive, send)
             return
         try:
-            principal = self.admit(scope)
+            principal = await self.admit(scope)
         except CaptionerError as refused:
             await error_response(refused)(scope, receive, send)
             return
@@ -65,10 +65,11 @@ class ApiGuard:
         state[_ADMIN] = not self.keys.enabled or self.admin_keys.matches(Headers(scope=scope).get("authorization"))
         await self.app(scope, receive, send)
 
-    def admit(self, scope: Scope) -> str:
+    async def admit(self, scope: Scope) -> str:
         if self.keys.enabled:
             principal = self.keys.authenticate(Headers(scope=scope).get("authorization"))
         else:
             principal = client_bucket(scope)  # "ip:<address>", an IPv6 client by its /64
-        self.limiter.check(principal)
+        if self.limiter.enabled:  # off: no call at all; on: a Redis round trip only when limits are shared
+            await self.limiter.check(principal)
         return principal

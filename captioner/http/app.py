@@ -13,7 +13,7 @@ from captioner.guard.admission import AdmissionBudget, AdmissionGate
 from captioner.guard.api_keys import ApiKeys
 from captioner.guard.gate import ApiGuard
 from captioner.guard.job_quota import JobQuota
-from captioner.guard.rate_limit import RateLimiter
+from captioner.guard.shared_limiter import SharedRateLimiter
 from captioner.http import paths
 from captioner.http.access_log import RequestObserver
 from captioner.http.body import BodyDeadline
@@ -59,6 +59,7 @@ def create_app(
         drift=DriftWatch.from_settings(settings.drift, metrics),  # a bad reference file stops start-up here
         feedback=build_feedback(settings, metrics),
         page=render_index(settings),
+        limiter=SharedRateLimiter.from_settings(settings, metrics),
         admission=admission,
         job_quota=JobQuota.from_settings(settings, admission),
         role=role,
@@ -80,7 +81,7 @@ def create_app(
             Middleware(
                 ApiGuard,
                 keys=state.keys,
-                limiter=RateLimiter.from_settings(settings.rate_limit),
+                limiter=state.limiter,
                 protects=paths.is_protected,
                 admin_keys=ApiKeys.admins(settings.auth),
             ),

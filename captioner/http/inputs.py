@@ -172,6 +172,8 @@ def _num_captions(request: Request, fields: Mapping[str, Any], default: int, max
     if "num_captions" in fields:
         # Checked even when the query parameter wins: a malformed field is an error, not something to ignore.
         parse_num_captions(fields["num_captions"], default, maximum)
+    if not request.scope.get("query_string"):  # the common case: nothing to parse
+        return parse_num_captions(fields.get("num_captions"), default, maximum)
     if len(request.query_params.getlist("num_captions")) > 1:
         raise InvalidRequest("the query parameter 'num_captions' is given more than once")
     return parse_num_captions(request.query_params.get("num_captions", fields.get("num_captions")), default, maximum)

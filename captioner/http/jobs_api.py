@@ -35,6 +35,8 @@ _KEY = re.compile(r"[\x20-\x7e]{1,255}")  # printable ASCII, as Stripe's keys ar
 
 def wants_async(request: Request) -> bool:
     """True for ``?mode=async``; 422 for a mode that isn't sync or async."""
+    if not request.scope.get("query_string"):  # the common case: no query to parse
+        return False
     mode = request.query_params.get("mode", "sync")
     if mode not in MODES:
         raise InvalidRequest(f"mode must be sync or async, got {mode!r}")

@@ -67,6 +67,7 @@ def lifespan(
                 if not finished:
                     logger.warning("drain timed out after %.0f s", settings.server.drain_timeout_s)
             await state.url_fetcher.aclose()
+            await state.limiter.aclose()
             await state.feedback.store.aclose()
             if state.callbacks is not None:
                 await state.callbacks.aclose()
@@ -85,7 +86,13 @@ async def _load(
         if registry is not None:
             await asyncio.to_thread(registry.refresh)
         variants = registry.resolve(settings) if registry is not None else settings
-        pool = VariantPool(variants, state.metrics, load_model=load_model, drift=state.drift)
+        pool = VariantPool(
+            variants,
+            state.metrics,
+            load_model=load_model,
+            drift=state.drift,
+            on_fatal=lambda reason: _model_failed(state, on_fatal, reason),
+        )
         state.pool = pool
         await pool.start()
         if not state.draining:
@@ -106,6 +113,13 @@ async def _load(
         logger.exception("model failed to load")
         if on_fatal is not None:
             on_fatal()
+
+
+def _model_failed(state: AppState, on_fatal: Callable[[], None] | None, reason: str) -> None:
+    """A model broke for good (a CUDA error): not ready from now on; the server drains and exits non-zero."""
+    state.fatal_error = reason
+    if on_fatal is not None:
+        on_fatal()
 
 
 def _start_worker(state: AppState) -> None:

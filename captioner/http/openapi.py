@@ -79,7 +79,11 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
         "422": _error("invalid_request"),
         "429": _error("rate_limited", retry_after=True),
         "500": _error("model_error"),
-        "503": _error("overloaded: queue (or, mode=async, job queue) full, loading or draining", retry_after=True),
+        "503": _error(
+            "overloaded: queue (or, mode=async, job queue) full, loading, draining, the model down or failing, or "
+            "(rate_limit.fail_open: false) rate limits unavailable",
+            retry_after=True,
+        ),
         "504": _error("timeout: the request deadline passed before inference"),
     }
     forbidden = _error("forbidden: with auth on, this needs an admin key (auth.admin_keys)")
@@ -174,7 +178,7 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                     "responses": {
                         "200": {"description": "ready", "content": {"application/json": {"schema": status_only}}},
                         "503": {
-                            "description": "loading or draining",
+                            "description": "not ready, and why: loading, draining, a model down, failing or failed",
                             "content": {"application/json": {"schema": status_only}},
                         },
                     },

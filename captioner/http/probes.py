@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
@@ -18,11 +20,25 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     state = app_state(request)
     role = {} if state.role == "all" else {"role": state.role}  # an api replica is ready with no model
-    if state.ready and not state.draining:
+    reason = state.not_ready_reason()
+    if reason is None:
         return FastJSONResponse({"status": "ready", **role})
-    # "failed" without the load error's text (paths, hub names, library messages): that is in the log.
-    reason = "draining" if state.draining else ("failed" if state.load_error else "loading")
-    return FastJSONResponse({"status": reason, **role}, status_code=503)
+    return FastJSONResponse({"status": public_reason(reason), **role}, status_code=503)
+
+
+def public_reason(reason: str) -> str:
+    """``reason`` without error text: "failed: FileNotFoundError: /internal/path..." says just "failed".
+
+    /readyz is open to anyone who can reach the port, and exception messages name paths, hosts and devices;
+    they are in the log. Our own words ("model down: ...", "model failing: 3 batches ...") stay.
+    """
+    parts = []
+    for problem in reason.split("; "):
+        variant = re.match(r"variant [^:]+: ", problem)
+        prefix = variant.group(0) if variant else ""
+        rest = problem[len(prefix) :]
+        parts.append(prefix + ("failed" if rest.startswith("failed") else rest))
+    return "; ".join(parts)
 
 
 async def metrics(request: Request) -> Response:

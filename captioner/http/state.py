@@ -13,6 +13,7 @@ from captioner.config import Settings, to_dict
 from captioner.guard.admission import AdmissionBudget
 from captioner.guard.api_keys import ApiKeys
 from captioner.guard.job_quota import JobQuota
+from captioner.guard.shared_limiter import SharedRateLimiter
 from captioner.http.drift_webhook import DriftWebhook
 from captioner.http.urlfetch import UrlFetcher
 from captioner.observability.metrics import Metrics
@@ -38,6 +39,7 @@ class AppState:
     drift: DriftWatch
     feedback: Feedback
     page: str  # the web page, rendered once from the settings
+    limiter: SharedRateLimiter
     admission: AdmissionBudget  # requests and running jobs accepted and not yet answered (503 past it)
     job_quota: JobQuota  # async jobs this replica accepted that have not ended: per caller, and their bytes
     role: str = "all"  # serve --role: all (accept and caption), api (accept, no model), worker (caption the queue)
@@ -50,7 +52,25 @@ class AppState:
     ready: bool = False
     draining: bool = False
     load_error: str | None = None
+    fatal_error: str | None = None  # a model failure this process can't recover from (it is on its way out)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        # Computed at each scrape, so it can never disagree with /readyz.
+        self.metrics.ready.set_function(lambda: 0.0 if self.not_ready_reason() else 1.0)
+
+    def not_ready_reason(self) -> str | None:
+        """Why /readyz says 503 (loading, draining, a model down or failing, a fatal error); None when ready."""
+        if self.fatal_error is not None:
+            return "failed: " + self.fatal_error
+        if self.load_error is not None:
+            return "failed: " + self.load_error
+        if self.draining:
+            return "draining"
+        if not self.ready:
+            return "loading"
+        problems = self.pool.health_problems() if self.pool is not None else []  # an api replica has no model
+        return "; ".join(problems) if problems else None
 
     @property
     def service(self) -> CaptionService | None:
@@ -74,7 +94,6 @@ class AppState:
 
     def set_ready(self, ready: bool) -> None:
         self.ready = ready
-        self.metrics.ready.set(1 if ready else 0)
 
     def start_draining(self) -> None:
         """Called on SIGTERM, before anything else: stop looking ready, refuse new work, and stop holding

@@ -88,15 +88,25 @@ class ImageInfo:
     width: int
     height: int
     mode: str
+    orientation: int = 1  # EXIF orientation (1: as stored), already applied to the decoded image
+
+
+@dataclass(frozen=True)
+class EncodedJpeg:
+    """A checked JPEG left encoded, to be decoded with its batch on the model's device (``model.jpeg_decode``)."""
+
+    data: torch.Tensor  # uint8 [n]: the file's bytes, as torchvision.io.decode_jpeg takes them
+    orientation: int  # EXIF orientation, applied after decoding
 
 
 @dataclass(frozen=True)
 class PreparedImage:
-    pixel_values: torch.Tensor  # float32 [3, H, W]
+    pixel_values: torch.Tensor  # float32 [3, H, W]; empty when ``jpeg`` holds the image still encoded
     info: ImageInfo
     # At most SAMPLE_SIDE px a side, nearest-neighbour: a cheap unbiased sample of the decoded RGB pixels for
     # input statistics (drift monitoring) that does not keep the full-size image alive.
     sample: Image.Image | None = None
+    jpeg: EncodedJpeg | None = None
 
 
 class ImagePreprocessor:
@@ -165,16 +175,16 @@ class ImagePreprocessor:
         image, info = self.decode(data)
         return PreparedImage(pixel_values=self.prepare_pil(image), info=info, sample=pixel_sample(image))
 
-    def decode(self, data: bytes) -> tuple[Image.Image, ImageInfo]:
+    def decode(self, data: bytes, *, draft_side: int | None = None) -> tuple[Image.Image, ImageInfo]:
         """Decode ``data`` into an RGB image: EXIF-oriented, first frame only, transparency on white.
 
-        A big JPEG comes back decoded at reduced scale (still at least twice the target size); ``ImageInfo``
-        always describes the original.
+        A big JPEG comes back decoded at reduced scale (still at least twice the target size, or at least
+        ``draft_side`` a side when given); ``ImageInfo`` always describes the original.
         """
         if not data:
             raise InvalidImage("the image is empty (0 bytes)")
         try:
-            return self._decode(data)
+            return self._decode(data, draft_side)
         except CaptionerError:
             raise
         except MemoryError:
@@ -199,13 +209,16 @@ class ImagePreprocessor:
         """An RGB PIL image -> float32 [3, height, width], the same calls as the processor's torchvision path."""
         if image.mode != "RGB":
             raise ValueError(f"expected an RGB image, got mode {image.mode}")
-        pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous().unsqueeze(0)
+        return self.prepare_pixels(torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous().unsqueeze(0))[0]
+
+    def prepare_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 [N, 3, h, w] RGB images of one size, on any device -> float32 [N, 3, height, width] there."""
         pixels = tvF.resize(pixels, [self.height, self.width], interpolation=self._interpolation, antialias=True)
         # The processor casts then normalises in place; a fresh float tensor lets us do the same.
         out: torch.Tensor = tvF.normalize(pixels.to(torch.float32), self._mean, self._std, inplace=True)
-        return out[0]
+        return out
 
-    def _decode(self, data: bytes) -> tuple[Image.Image, ImageInfo]:
+    def _decode(self, data: bytes, draft_side: int | None) -> tuple[Image.Image, ImageInfo]:
         check_icon(data, self.max_pixels)  # ICO decodes inside Image.open: its sizes are checked first
         image = Image.open(io.BytesIO(data), formats=self._formats)  # reads the header only (ICO aside)
         width, height = image.size
@@ -213,11 +226,11 @@ class ImagePreprocessor:
             raise TooLarge(f"the image is {width}x{height} pixels; at most {self.max_pixels} pixels are accepted")
         fmt, mode = image.format or "unknown", image.mode
 
-        if self.jpeg_draft and fmt in _DRAFT_FORMATS:
+        if fmt in _DRAFT_FORMATS and (draft_side or self.jpeg_draft):
             # A square of the larger target side, so EXIF rotation can't make it too small (and EXIF must not be
             # read yet, see below). Draft only ever scales by 1/2, 1/4 or 1/8 and never below the requested
             # size, so small JPEGs are decoded exactly.
-            side = max(self.width, self.height) * _DRAFT_MARGIN
+            side = draft_side or max(self.width, self.height) * _DRAFT_MARGIN
             image.draft("RGB", (side, side))
         # Decode now, so truncated or corrupt data fails here (LOAD_TRUNCATED_IMAGES stays off). This must come
         # before getexif(): for PNG that loads the pixels itself, and _orientation swallows errors, after which
@@ -230,7 +243,7 @@ class ImagePreprocessor:
         rgb = _to_rgb(image)
         if orientation in _ORIENTATION:
             rgb = rgb.transpose(_ORIENTATION[orientation])
-        return rgb, ImageInfo(format=fmt, width=width, height=height, mode=mode)
+        return rgb, ImageInfo(format=fmt, width=width, height=height, mode=mode, orientation=orientation)
 
 
 def pixel_sample(image: Image.Image, side: int = SAMPLE_SIDE) -> Image.Image:

@@ -128,6 +128,37 @@ class Metrics:
             "captioner_ready", "1 once the model is loaded and warmed up, 0 before and while draining.", registry=r
         )
         self.model_info = Info("captioner_model", "The model each variant serves.", variant, registry=r)
+        # Model health (serving/health.py): a broken model takes its replica out of /readyz.
+        self.model_up = Gauge(
+            "captioner_model_up",
+            "1 while the variant's model takes work; 0 while its process is down, its batches keep failing, or "
+            "the device failed.",
+            variant,
+            registry=r,
+        )
+        self.model_respawns = Counter(
+            "captioner_model_respawns", "Model processes respawned after dying (model.worker: process).", variant,
+            registry=r,
+        )  # fmt: skip
+        self.model_consecutive_failures = Gauge(
+            "captioner_model_consecutive_failures",
+            "Batches failed in a row (0 after a success); at health.max_consecutive_failures the model is down.",
+            variant,
+            registry=r,
+        )
+        # Shared rate limits (guard/shared_limiter.py): decisions made without Redis.
+        self.rate_limit_fallbacks = Counter(
+            "captioner_rate_limit_fallbacks",
+            "Rate-limit decisions made without the shared (Redis) buckets, by action: local (fail-open: this "
+            "replica's own bucket decided) or refused (fail-closed: 503).",
+            ["action"],
+            registry=r,
+        )
+        self.rate_limit_backend_up = Gauge(
+            "captioner_rate_limit_backend_up",
+            "1 while the shared (Redis) rate-limit buckets answer, 0 while they are down.",
+            registry=r,
+        )
         # User ratings of captions (1..5, 5 best), per variant: the canary analysis reads the approval from here.
         self.feedback = Counter(
             "captioner_feedback", "Caption ratings received, by variant and rating.", ["variant", "rating"], registry=r

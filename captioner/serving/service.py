@@ -28,6 +28,7 @@ from captioner.observability.metrics import Metrics
 from captioner.serving.batcher import Batcher, BatchInfo
 from captioner.serving.cache import CaptionCache, Lookup, cache_key
 from captioner.serving.drift_watch import DriftWatch
+from captioner.serving.health import ModelHealth, OnFatal
 from captioner.serving.live_stats import VariantStats
 from captioner.shared_state.redis_cache import RedisCacheLevel
 from captioner.shared_state.redis_client import RedisClient
@@ -111,6 +112,7 @@ class CaptionService:
         *,
         drift: DriftWatch | None = None,
         variant: str = DEFAULT_VARIANT,
+        on_fatal: OnFatal | None = None,
     ) -> None:
         self.settings = settings
         self.variant = variant
@@ -144,6 +146,8 @@ class CaptionService:
             request_timeout_s=batching.request_timeout_s,
             on_batch=self._observe_batch,
         )
+        # Read by /readyz (through the variant pool); refuses model work while the model can't take it.
+        self.health = ModelHealth(variant, metrics, settings.health, probe=self._probe, on_fatal=on_fatal)
         self._shared_cache = _shared_cache(settings, metrics)
         self.cache: CaptionCache[_Computed] = CaptionCache(
             max_entries=settings.cache.max_entries, ttl_s=settings.cache.ttl_s, second_level=self._shared_cache
@@ -154,13 +158,28 @@ class CaptionService:
 
     def start(self) -> None:
         self.batcher.start()
+        self.health.watch(self.captioner)
 
     async def warm_up(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._model_pool, self.captioner.warm_up)
+        batching = self.settings.batching
+        # batching.auto_batch_size: the model measures what its device's memory holds (only BlipCaptioner on a
+        # GPU can; elsewhere max_batch_size stays as configured).
+        measure = getattr(self.captioner, "measure_batch_limit", None)
+        if batching.auto_batch_size and callable(measure):
+            size = await loop.run_in_executor(self._model_pool, measure, batching.max_auto_batch_size)
+            if isinstance(size, int) and size >= 1:
+                self.batcher.max_batch_size = size
+
+    async def _probe(self) -> None:
+        """The health probe: the warm-up image through the model, on the model thread, nothing else."""
         await asyncio.get_running_loop().run_in_executor(self._model_pool, self.captioner.warm_up)
 
     async def close(self, timeout_s: float) -> bool:
         """Finish everything accepted (up to ``timeout_s``), then stop the threads."""
         finished = await self.batcher.drain(timeout_s)
+        await self.health.close()
         self._preprocess_pool.shutdown(wait=False, cancel_futures=True)
         self._model_pool.shutdown(wait=False, cancel_futures=True)
         if self._shared_cache is not None:
@@ -249,6 +268,7 @@ class CaptionService:
         )
 
     async def _compute(self, data: bytes, num_captions: int, deadline: float | None) -> _Computed:
+        self.health.admit()  # a model that can't take work: 503 now, before any decoding
         loop = asyncio.get_running_loop()
         async with self._preprocess_slots:
             if deadline is not None and time.monotonic() >= deadline:
@@ -259,7 +279,7 @@ class CaptionService:
             timeout_s = deadline - time.monotonic()
             if timeout_s <= 0:
                 raise RequestTimeout()
-        inferred = await self.batcher(CaptionJob(prepared.pixel_values, num_captions), timeout_s=timeout_s)
+        inferred = await self.batcher(CaptionJob.of(prepared, num_captions), timeout_s=timeout_s)
         self.drift.observe_output(inferred.captions)
         return _Computed(inferred.captions, prepared.info, inferred.batch_size)
 
@@ -270,9 +290,10 @@ class CaptionService:
         return prepared
 
     async def _run_batch(self, jobs: Sequence[CaptionJob]) -> list[_Inferred]:
+        self.health.admit()  # queued before the model went down: refused without touching it
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(self._model_pool, self.captioner.caption_batch, jobs)
+        results = await self.health.track(loop.run_in_executor(self._model_pool, self.captioner.caption_batch, jobs))
         self._series.inference_seconds.observe(time.perf_counter() - started)
         self._series.images.inc(len(jobs))
         return [_Inferred(captions, len(jobs)) for captions in results]

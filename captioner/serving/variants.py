@@ -23,6 +23,7 @@ from captioner.errors import Overloaded
 from captioner.model.protocol import Captioner
 from captioner.observability.metrics import Metrics
 from captioner.serving.drift_watch import DriftWatch
+from captioner.serving.health import OnFatal
 from captioner.serving.service import CaptionService
 
 logger = logging.getLogger("captioner.variants")
@@ -40,6 +41,9 @@ def pick(weights: Sequence[tuple[str, float]], sticky_key: str) -> str:
     and the lowest score wins. Unlike cumulative ranges, changing one variant's weight only moves keys to or
     from that variant, never between the others, and a weight of 0 takes a variant out entirely.
     """
+    live = [name for name, weight in weights if weight > 0]
+    if len(live) == 1:
+        return live[0]  # what the scores below would say, without hashing on every request
     best_name, best_score = "", math.inf
     for name, weight in weights:
         if weight <= 0:
@@ -137,10 +141,17 @@ class VariantPool:
     """Starts, reloads and stops the variants' services (model + batcher + cache each)."""
 
     def __init__(
-        self, settings: Settings, metrics: Metrics, *, load_model: LoadModel, drift: DriftWatch | None = None
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        *,
+        load_model: LoadModel,
+        drift: DriftWatch | None = None,
+        on_fatal: OnFatal | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self._on_fatal = on_fatal
         self.router = VariantRouter()
         self._load_model = load_model
         self._drift = drift
@@ -162,7 +173,9 @@ class VariantPool:
                 "its captions are meaningless", name,
                 extra={"variant": name, "untrained": True},
             )  # fmt: skip
-        service = CaptionService(settings, model, self.metrics, drift=self._drift, variant=name)
+        service = CaptionService(
+            settings, model, self.metrics, drift=self._drift, variant=name, on_fatal=self._on_fatal
+        )
         service.start()
         try:
             await service.warm_up()
@@ -221,6 +234,15 @@ class VariantPool:
 
     def choose(self, sticky_key: str) -> Variant:
         return self.router.choose(sticky_key)
+
+    def health_problems(self) -> list[str]:
+        """Why a variant taking traffic can't take work (its model is down, failing or failed); [] if none."""
+        problems = []
+        for variant in self.router:
+            problem = variant.service.health.problem
+            if variant.weight > 0 and problem is not None:
+                problems.append(problem if len(self.router) == 1 else f"variant {variant.name}: {problem}")
+        return problems
 
     def expedite(self) -> None:
         """Draining: every variant dispatches what it has queued without waiting for its batch deadline."""

@@ -78,7 +78,7 @@ def test_nginx_body_limit_is_the_largest_body_the_server_accepts() -> None:
 def test_nginx_balances_retries_and_health_checks_as_intended() -> None:
     assert re.search(r"^\s*least_conn;", DEPLOY_NGINX_CONF.read_text(), flags=re.MULTILINE)
     (next_upstream,) = nginx_directive("proxy_next_upstream")
-    assert {"error", "timeout", "http_503", "non_idempotent"} <= set(next_upstream.split())
+    assert {"error", "timeout", "http_502", "http_503", "non_idempotent"} <= set(next_upstream.split())
     servers = upstream_servers()
     assert servers and all("max_fails=" in s and "fail_timeout=" in s for s in servers)
     (read_timeout,) = nginx_directive("proxy_read_timeout")
