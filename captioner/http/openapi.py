@@ -12,6 +12,7 @@ from captioner import __version__
 from captioner.config import Settings
 from captioner.errors import error_codes
 from captioner.http import feedback_api, hf_api, paths
+from captioner.http.openapi_schemas import component_schemas
 
 _ERROR_CODES = error_codes()
 _CALLBACK_URL = {
@@ -68,7 +69,6 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
         "maximum": max_captions,
         "default": settings.generation.num_captions,
     }
-    job_id_required = {"type": "object", "properties": {"job_id": {"type": "string"}}, "required": ["job_id"]}
     status_only = {"type": "object", "properties": {"status": {"type": "string"}}, "required": ["status"]}
     errors = {
         "400": _error("invalid_image, url_not_allowed or url_fetch_failed"),
@@ -245,103 +245,5 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                 }
             },
         },
-        "components": {
-            "schemas": {
-                "Caption": {
-                    "type": "object",
-                    "properties": {
-                        "text": {"type": "string"},
-                        "confidence": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-                    },
-                    "required": ["text", "confidence"],
-                },
-                "CaptionResponse": {
-                    "type": "object",
-                    "properties": {
-                        "status": {"const": "success"},
-                        "captions": {"type": "array", "items": {"$ref": "#/components/schemas/Caption"}},
-                        "model": {"type": "string"},
-                        "cached": {"type": "boolean"},
-                        "image_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-                    },
-                    "required": ["status", "captions", "model", "cached", "image_sha256"],
-                },
-                "JobAccepted": {
-                    "type": "object",
-                    "properties": {
-                        "status": {"const": "processing"},
-                        "job_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
-                        "estimated_time_seconds": {"type": "number", "minimum": 0},
-                    },
-                    "required": ["status", "job_id", "estimated_time_seconds"],
-                },
-                "JobResult": {
-                    "oneOf": [
-                        {
-                            "type": "object",
-                            "properties": {"status": {"const": "processing"}, "job_id": {"type": "string"}},
-                            "required": ["status", "job_id"],
-                        },
-                        {"allOf": [{"$ref": "#/components/schemas/CaptionResponse"}, job_id_required]},
-                        {"allOf": [{"$ref": "#/components/schemas/Error"}, job_id_required]},
-                    ]
-                },
-                "DriftReport": {
-                    "type": "object",
-                    "properties": {
-                        "enabled": {"type": "boolean"},
-                        "features": {
-                            "type": "object",
-                            "additionalProperties": {
-                                "type": "object",
-                                "properties": {
-                                    "psi": {"type": ["number", "null"]},
-                                    "alert": {"type": "boolean"},
-                                    "reference_n": {"type": "integer"},
-                                    "window_n": {"type": "integer"},
-                                },
-                            },
-                        },
-                    },
-                    "required": ["enabled", "features"],
-                },
-                "Variants": {
-                    "type": "object",
-                    "properties": {
-                        "variants": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "properties": {
-                                    "variant": {"type": "string"},
-                                    "weight": {"type": "number", "minimum": 0},
-                                    "model": {"type": "string"},
-                                    "stats": {"type": "object", "required": ["requests", "errors"]},
-                                },
-                                "required": ["variant", "weight", "model", "stats"],
-                            },
-                        },
-                        "canary": {
-                            "type": "object",
-                            "properties": {"state": {"type": "string"}},
-                            "required": ["state"],
-                        },
-                        "registry": {"type": ["object", "null"]},
-                    },
-                    "required": ["variants", "canary", "registry"],
-                },
-                "Error": {
-                    "type": "object",
-                    "properties": {
-                        "status": {"const": "error"},
-                        "error": {
-                            "type": "object",
-                            "properties": {"code": {"enum": _ERROR_CODES}, "message": {"type": "string"}},
-                            "required": ["code", "message"],
-                        },
-                    },
-                    "required": ["status", "error"],
-                },
-            }
-        },
+        "components": {"schemas": component_schemas(_ERROR_CODES)},
     }
