@@ -21,7 +21,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from captioner.errors import CaptionerError
 from captioner.tools.caption import Failure, add_client_arguments, caption_files, open_backend
 from captioner.tools.caption_backends import BackendUnavailable
 from captioner.tools.caption_output import CaptionRecord, path_key
+from captioner.tools.command_line import add_command, runs
 
 
 class AnnotationsError(ValueError):
@@ -93,22 +94,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="where to write the JSON report (default: stdout)")
 
 
-def add_eval_command(
-    commands: Any,
-    add_config_argument: Callable[[argparse.ArgumentParser], None],
-    settings_of: Callable[[argparse.Namespace], Settings],
-) -> None:
+def add_eval_command(commands: Any) -> None:
     """Register ``eval`` on the top-level subparsers ``commands``."""
-    scorer = commands.add_parser(
-        "eval",
-        help="caption a COCO-format set and score it (BLEU, METEOR, ROUGE-L, CIDEr)",
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    scorer = add_command(
+        commands, "eval", help="caption a COCO-format set and score it (BLEU, METEOR, ROUGE-L, CIDEr)", doc=__doc__
     )
     add_arguments(scorer)
     add_client_arguments(scorer)
-    add_config_argument(scorer)
-    scorer.set_defaults(run=lambda args: run(args, settings_of(args)))
+    runs(scorer, run)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

@@ -36,21 +36,18 @@ from captioner.registry.aliases import AliasError, Aliases
 from captioner.registry.files import RegistryLockTimeout
 from captioner.registry.gate import GATE_METRIC
 from captioner.registry.store import Registry, RegistryError, Version
+from captioner.tools.command_line import add_command, add_config_argument, settings_of
 from captioner.tools.models_compare import compare
 from captioner.tools.models_promote import promote
 
-SettingsOf = Callable[[argparse.Namespace], Settings]
 
-
-def add_models_command(
-    commands: Any, add_config_argument: Callable[[argparse.ArgumentParser], None], settings_of: SettingsOf
-) -> None:
+def add_models_command(commands: Any) -> None:
     """Register ``models`` and its actions on the top-level subparsers ``commands``."""
-    models = commands.add_parser(
+    models = add_command(
+        commands,
         "models",
         help="the model registry: list, show, register, promote (gated), rollback, compare",
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        doc=__doc__,
     )
     actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
     common = argparse.ArgumentParser(add_help=False)
@@ -59,7 +56,7 @@ def add_models_command(
 
     def action(name: str, run: Callable[[argparse.Namespace, Registry, Settings], int], text: str) -> Any:
         parser = actions.add_parser(name, parents=[common], help=text, description=text)
-        parser.set_defaults(run=lambda args: _run(args, settings_of, run))
+        parser.set_defaults(run=lambda args: _run(args, run))
         return parser
 
     listing = action("list", _list, "every version with its aliases and scores")
@@ -87,9 +84,7 @@ def add_models_command(
     comparing.add_argument("--api-key", help="API key for --server (default: $CAPTIONER_API_KEY)")
 
 
-def _run(
-    args: argparse.Namespace, settings_of: SettingsOf, run: Callable[[argparse.Namespace, Registry, Settings], int]
-) -> int:
+def _run(args: argparse.Namespace, run: Callable[[argparse.Namespace, Registry, Settings], int]) -> int:
     settings = settings_of(args)
     root = args.registry or settings.registry.path
     if not root:

@@ -31,6 +31,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from captioner.tools.command_line import add_command
+
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35),
     "green": (40, 165, 55),
@@ -202,11 +204,11 @@ def add_data_commands(commands: Any) -> None:
     """Register ``data synth`` on the top-level subparsers ``commands``."""
     data = commands.add_parser("data", help="data set tools")
     actions = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    synth = actions.add_parser(
+    synth = add_command(
+        actions,
         "synth",
         help="draw a synthetic captioning set (shapes and colours) in COCO captions format",
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        doc=__doc__,
     )
     synth.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the images and captions")
     synth.add_argument("--images", required=True, type=int, metavar="N", help="how many images")

@@ -22,12 +22,12 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from captioner.config import Settings
 from captioner.model.weights import UNTRAINED_MARKER, WeightsUnavailable, ensure_weights, has_weights
+from captioner.tools.command_line import add_command, runs
 
 # torch, transformers and the modules that import them load inside the functions: `captioner --help` stays light.
 
@@ -40,17 +40,13 @@ class TrainError(RuntimeError):
     """Why training cannot start, as one line for the operator."""
 
 
-def add_train_commands(
-    commands: Any,
-    add_config_argument: Callable[[argparse.ArgumentParser], None],
-    settings_of: Callable[[argparse.Namespace], Settings],
-) -> None:
+def add_train_commands(commands: Any) -> None:
     """Register ``train`` on the top-level subparsers ``commands``."""
-    parser = commands.add_parser(
+    parser = add_command(
+        commands,
         "train",
         help="fine-tune the model on COCO-format captions (writes a servable model folder)",
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        doc=__doc__,
     )
     data = parser.add_argument_group("data and model")
     data.add_argument("--annotations", required=True, type=Path, help="training captions, COCO format")
@@ -60,7 +56,6 @@ def add_train_commands(
     data.add_argument("--max-val-images", type=int, default=0, metavar="N", help="score at most N (0: all)")
     data.add_argument("--out", required=True, type=Path, help="model folder to write")
     data.add_argument("--base", type=Path, help="model folder to start from (default: the config's model.path)")
-    add_config_argument(parser)
 
     run = parser.add_argument_group("schedule")
     run.add_argument("--epochs", type=float, default=5.0, help="passes over the captions (default 5, as BLIP)")
@@ -84,7 +79,7 @@ def add_train_commands(
     save.add_argument("--num-workers", type=int, default=2, metavar="N", help="DataLoader worker processes")
     save.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUT/checkpoints")
     save.add_argument("--keep-checkpoints", action="store_true", help="leave OUT/checkpoints in place at the end")
-    parser.set_defaults(run=lambda args: run_command(args, settings_of(args)))
+    runs(parser, run_command)
 
 
 def run_command(args: argparse.Namespace, settings: Settings) -> int:
