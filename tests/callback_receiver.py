@@ -1,9 +1,11 @@
-"""A job-callback receiver for tests: a real HTTP server on 127.0.0.1 (a thread) answering scripted statuses."""
+"""A webhook receiver for tests (job callbacks, drift webhooks): a real HTTP server on 127.0.0.1 (a thread)
+answering scripted statuses."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -40,6 +42,13 @@ class Receiver:
     def __exit__(self, *exc: Any) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+    @property
+    def bodies(self) -> list[dict[str, Any]]:
+        """Each POST's JSON body and Content-Type, in the order they came."""
+        return [
+            {"json": json.loads(body), "content_type": headers.get("content-type")} for headers, body in self.received
+        ]
 
     def verify(self, index: int, secret: str) -> bool:
         """What a receiver does: recompute the HMAC over the raw body and compare in constant time."""

@@ -58,6 +58,17 @@ class Job:
         data = orjson.loads(raw)
         return cls(data["job_id"], data["status"], data["result"], data["owner"], float(data["expires_at"]))
 
+    @classmethod
+    def from_stored(cls, raw: bytes | None, job_id: str) -> Job | None:
+        """A record read back from Redis; an unreadable one is logged and treated as absent."""
+        if raw is None:
+            return None
+        try:
+            return cls.from_json(raw)
+        except (ValueError, KeyError, TypeError):
+            logger.warning("ignoring an unreadable job record %s in Redis", job_id)
+            return None
+
 
 class JobStore(Protocol):
     async def add(self, job: Job) -> None:
@@ -152,13 +163,7 @@ class RedisJobStore:
         except RedisUnavailable as exc:
             # Not 404: the job may well exist; the client should ask again.
             raise Overloaded("the shared job store (Redis) is unavailable", retry_after_s=1) from exc
-        if raw is None:
-            return None
-        try:
-            return Job.from_json(raw)
-        except (ValueError, KeyError, TypeError):
-            logger.warning("ignoring an unreadable job record %s in Redis", job_id)
-            return None
+        return Job.from_stored(raw, job_id)
 
     async def aclose(self) -> None:
         await self.store.aclose()

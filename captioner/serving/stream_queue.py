@@ -118,13 +118,7 @@ class StreamJobQueue:
         except RedisUnavailable as exc:
             # Not 404: the job may well exist; the client should ask again.
             raise Overloaded("the job queue (Redis) is unavailable", retry_after_s=1) from exc
-        if raw is None:
-            return None
-        try:
-            return Job.from_json(raw)
-        except (ValueError, KeyError, TypeError):
-            logger.warning("ignoring an unreadable job record %s in Redis", job_id)
-            return None
+        return Job.from_stored(raw, job_id)
 
     async def claim(self, count: int, *, wait_s: float = 1.0) -> list[Claim]:
         """Abandoned deliveries first (now and then), then new jobs (blocking up to the stream's block_s)."""

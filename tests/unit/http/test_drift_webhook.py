@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -18,45 +15,14 @@ from captioner.config import DriftSettings, UrlInputSettings
 from captioner.http import drift_webhook
 from captioner.http.drift_webhook import DriftWebhook
 from captioner.observability.metrics import Metrics
+from tests.callback_receiver import Receiver
 from tests.conftest import LiveServer, metric_value, tiny_settings
 from tests.unit.http.test_drift_routes import FAST, dark_tiny, normal_photo, send
 
 
-class Receiver:
-    """A local HTTP endpoint that records what is POSTed to it and answers ``status``."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        self.status = 200
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.bodies.append({"json": json.loads(body), "content_type": self.headers["Content-Type"]})
-                self.send_response(receiver.status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/retrain"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> Receiver:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    with Receiver() as running:
+    with Receiver([200]) as running:
         yield running
 
 
@@ -127,7 +93,7 @@ async def test_a_private_address_is_refused_unless_allowed_and_failures_are_retr
     await refused.aclose()
 
     monkeypatch.setattr(drift_webhook, "RETRY_DELAYS_S", (0.01, 0.01))
-    receiver.status = 500
+    receiver.statuses[:] = [500]
     failing = webhook(receiver.url, FakeWatch(), metrics)
     failing.start(asyncio.get_running_loop())
     failing.on_alert("width", 3.0)
@@ -137,7 +103,7 @@ async def test_a_private_address_is_refused_unless_allowed_and_failures_are_retr
 
 
 def test_a_drifting_server_calls_the_webhook_with_its_drift_report(tmp_path: Path, tiny_model_dir: Path) -> None:
-    with Receiver() as hook:
+    with Receiver([200]) as hook:
         drift = {"reference_size": 20, "window": 20, "min_window": 20, "psi_alert": 0.2,
                  "webhook_url": hook.url, "webhook_allow_private_networks": True}  # fmt: skip
         settings = tiny_settings(tiny_model_dir, generation=FAST, drift=drift)
