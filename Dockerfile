@@ -1,6 +1,9 @@
 # captioner: one container per GPU node.
 #   docker build -t captioner .
-#   docker run --gpus all -p 8000:8000 -v $PWD/weights:/app/weights captioner
+#   docker run --gpus all -p 8000:8000 -v $PWD/weights:/app/weights \
+#     -e CAPTIONER_AUTH__API_KEYS='["sha256:<hex of your key>"]' captioner
+# The container listens on 0.0.0.0, so it refuses to start without API keys (or CAPTIONER_AUTH__ALLOW_ANONYMOUS=true,
+# on purpose, behind something else that authenticates).
 # Weights come from the mounted /app/weights volume (downloaded there on first start if empty), or are baked
 # into the image with:  docker build --build-arg DOWNLOAD_WEIGHTS=1 -t captioner .
 ARG BASE_IMAGE=pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime
@@ -12,15 +15,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HF_HOME=/app/.cache/huggingface
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
+# torch comes with the base image; the rest (transformers, starlette, uvicorn, uvloop, httptools, ...) at the exact
+# versions of requirements.lock, each checked against its hash.
+RUN pip install --require-hashes -r requirements.lock
 COPY captioner ./captioner
-# torch comes with the base image; this adds transformers, starlette, uvicorn[uvloop, httptools], ...
-RUN pip install ".[fast]"
+RUN pip install --no-deps ".[fast]"
 COPY config.yaml ./
 
 ARG DOWNLOAD_WEIGHTS=0
 RUN if [ "$DOWNLOAD_WEIGHTS" = "1" ]; then \
-      python -c "from captioner.config import load_settings; from captioner.weights import ensure_weights; ensure_weights(load_settings('config.yaml').model)"; \
+      python -c "from captioner.config import load_settings; from captioner.model.weights import ensure_weights; ensure_weights(load_settings('config.yaml').model)"; \
     fi
 
 RUN useradd --create-home --uid 10001 captioner && mkdir -p /app/weights /app/.cache && chown -R captioner /app
@@ -32,4 +37,5 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=300s --retries=3 \
   CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4)"
 STOPSIGNAL SIGTERM
-CMD ["captioner", "serve"]
+# 0.0.0.0: reachable from outside the container, hence keys required (config.yaml's own default is loopback).
+CMD ["captioner", "serve", "--host", "0.0.0.0"]

@@ -13,10 +13,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-# Stamps: re-install only when pyproject.toml changes.
-$(VENV)/.installed: $(BIN)/python pyproject.toml
+# Stamps: re-install only when pyproject.toml or the lock changes. The server's dependencies come from
+# requirements.lock at their exact versions, each checked against its hash (the same file the Dockerfile uses).
+$(VENV)/.installed: $(BIN)/python pyproject.toml requirements.lock
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[fast]'
+	$(BIN)/pip install -q --require-hashes -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e '.[fast]'
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed

@@ -1,30 +1,45 @@
-"""GPU benchmark for a lent H200 (run through bench/gpu.sh): BLIP-base-sized throughput and batch latency.
+"""GPU benchmark for a lent H200 (run through bench/gpu.sh): BLIP-base, beam 3, max length 20.
 
-    bench/gpu.sh                 # on the GPU machine: base model, fp16 and bf16, eager and compiled, <= 8 min
-    bench/gpu.sh --dry-run       # anywhere: tiny model on the CPU, same code path, ~1-2 min
+    bench/gpu.sh                 # on the GPU machine, <= ~9.5 min: every phase below, figures to --out
+    bench/gpu.sh --dry-run       # anywhere: the tiny model on the CPU, every phase, ~2-3 min; no docs written
 
-For each dtype, with and without ``torch.compile``, and each batch size (1, 8, 32, 64, 128): preprocessed
-tensors straight into ``BlipCaptioner.caption_batch`` (beam 3, max length 20: the config defaults), timed per
-batch with CUDA synchronised. Throughput is images per second of batch time; p50/p99 are per-batch latencies.
-If time is left, our server is measured end to end on the same GPU (thread and process model workers).
+Phases, each under one global deadline (a phase that would not fit is recorded as skipped):
+1. raw model, one GPU option on or off at a time (``OPTIONS``): images/s and batch p50/p99 at batch sizes up to
+   128, first-batch time (compilation included), peak memory, and each option's captions on the same images
+   against float32's (share of equal captions, largest confidence gap among them);
+2. JPEG decoding on the device (nvJPEG, batched) against Pillow on every core: images/s, and the pixel gap to
+   Pillow's default and full-scale paths, in grey levels of 255;
+3. ``batching.auto_batch_size``: the batch size chosen from GPU memory;
+4. our server end to end (thread worker, JPEG bodies): saturated img/s (closed loop), and p99 at 500 img/s
+   offered (open loop, Poisson); the goal is >= 1,000 img/s and p99 < 1 s;
+5. a short fine-tune with ``captioner train`` when the checkout has it.
 
 No network: the model is ``captioner init-model --size base`` (BLIP-base's exact architecture, random weights),
-written once to ``--models``. Every phase checks a global deadline and records what it had to skip.
+written once to ``--models``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# name -> model.* settings; "reference" is the defaults (float16 weights on a GPU, SDPA, dynamic cache, eager).
+OPTIONS: dict[str, dict[str, Any]] = {
+    "float32": {"dtype": "float32"},
+    "reference": {},
+    "bfloat16": {"dtype": "bfloat16"},
+    "autocast-float16": {"autocast": "float16"},
+    "autocast-bfloat16": {"autocast": "bfloat16"},
+    "attention-eager": {"attention": "eager"},
+    "static-cache": {"kv_cache": "static"},
+    "static-cache-compiled": {"kv_cache": "static", "compile": True},
+}
 
 
 class Deadline:
@@ -35,227 +50,198 @@ class Deadline:
         return self.end - time.monotonic()
 
 
-def measure_model(
-    model_dir: Path, *, device: str, dtype: str, compile_backend: str | None, batches: list[int], point_s: float,
-    deadline: Deadline, min_left_s: float,
-) -> dict[str, Any]:  # fmt: skip
+def plan(dry: bool) -> dict[str, Any]:
+    """What to run: the GPU plan, or the same phases shrunk to the tiny model on the CPU."""
+    if dry:
+        return {"size": "tiny", "device": "cpu", "compile_backend": "eager", "point_s": 0.5, "parity_images": 6,
+                "batches": {"reference": [1, 2, 4], "other": [4]}, "jpeg": (32, 8), "auto_limit": 128,
+                "server": {"concurrency": 8, "rate": 20.0, "seconds": 4.0, "warmup_s": 2.0, "max_batch": 8},
+                "finetune": {"steps": 3, "batch": 4, "images": 16}}  # fmt: skip
+    return {"size": "base", "device": "cuda", "compile_backend": "inductor", "point_s": 3.0, "parity_images": 64,
+            "batches": {"reference": [1, 8, 32, 64, 128], "other": [64, 128]}, "jpeg": (512, 64),
+            "auto_limit": 128,
+            "server": {"concurrency": 512, "rate": 500.0, "seconds": 20.0, "warmup_s": 10.0, "max_batch": 128},
+            "finetune": {"steps": 30, "batch": 32, "images": 256}}  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
+    import transformers
 
+    from bench import gpu_phases, harness
     from bench.images import photo
-    from captioner.config import load_settings
-    from captioner.model import acceleration
-    from captioner.model.blip import BlipCaptioner
-    from captioner.model.loader import load_captioner
-    from captioner.model.protocol import CaptionJob
 
-    settings = load_settings(None, {}).replace("model", path=str(model_dir), device=device, dtype=dtype)
-    loaded = time.perf_counter()
-    captioner = load_captioner(settings)
-    if compile_backend:
-        assert isinstance(captioner, BlipCaptioner)  # compile applies to the in-process model
-        acceleration.compile_model(captioner._model, backend=compile_backend)
-    out: dict[str, Any] = {"load_s": time.perf_counter() - loaded, "points": {}}
-    tensors = [captioner.preprocess(photo(seed)).pixel_values for seed in range(min(32, max(batches)))]
+    dry = args.dry_run or not torch.cuda.is_available()
+    if not args.dry_run and dry:
+        print("no CUDA device: running the CPU dry run instead", flush=True)
+    p = plan(dry)
+    deadline = Deadline(args.budget)
+    started = time.monotonic()
+    results: dict[str, Any] = {
+        "meta": {
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "dry_run": dry, "size": p["size"],
+            "device_name": torch.cuda.get_device_name(0) if not dry else "CPU", "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        },
+        "options": {}, "jpeg": None, "auto_batch": None, "server": [], "finetune": None,
+    }  # fmt: skip
+    out = args.out or ROOT / "bench" / "results"
+    name = "gpu-dry-run.json" if dry else "gpu.json"
 
-    def sync() -> None:
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+    def save() -> None:
+        """After every phase, so that a run cut short by the time limit still leaves its figures."""
+        results["meta"]["wall_s"] = round(time.monotonic() - started)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(json.dumps(results, indent=1, default=str))
+        (out / name.replace(".json", ".md")).write_text(render(results))
 
-    for size in batches:
-        if deadline.left() < min_left_s:
-            out["points"][str(size)] = {"skipped": "time budget"}
-            continue
-        jobs = [CaptionJob(tensors[i % len(tensors)]) for i in range(size)]
-        started = time.perf_counter()
-        captioner.caption_batch(jobs)  # warm-up (and, compiled, the compilation for this shape)
-        sync()
-        first_s = time.perf_counter() - started
-        times: list[float] = []
-        began = time.perf_counter()
-        while len(times) < 3 or (time.perf_counter() - began < point_s and len(times) < 200):
-            t0 = time.perf_counter()
-            captioner.caption_batch(jobs)
-            sync()
-            times.append(time.perf_counter() - t0)
-            if deadline.left() < min_left_s / 2:
-                break
-        times.sort()
-        out["points"][str(size)] = {
-            "images_per_s": size * len(times) / sum(times),
-            "p50_ms": statistics.median(times) * 1000,
-            "p99_ms": times[min(len(times) - 1, round(0.99 * (len(times) - 1)))] * 1000,
-            "batches": len(times),
-            "first_batch_s": first_s,
-        }
-        point = out["points"][str(size)]
-        print(f"    batch {size:>3}: {point['images_per_s']:8.1f} img/s  p50 {point['p50_ms']:7.1f} ms  "
-              f"p99 {point['p99_ms']:7.1f} ms  (first {first_s:.1f} s)", flush=True)  # fmt: skip
-    if device.startswith("cuda"):
-        out["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    del captioner
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
-    return out
+    def phase(key: str, need_s: float, fn: Any, *fn_args: Any, **kwargs: Any) -> Any:
+        if deadline.left() < need_s:
+            print(f"  {key}: skipped (time budget)", flush=True)
+            return {"skipped": "time budget"}
+        print(f"  {key}", flush=True)
+        try:
+            return fn(*fn_args, **kwargs)
+        except Exception as exc:  # one failed phase must not lose the others' figures
+            print(f"    failed: {type(exc).__name__}: {exc}", flush=True)
+            return {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
 
-
-def measure_server(
-    model_dir: Path, *, device: str, dtype: str, worker: str, batch: int, seconds: float
-) -> dict[str, Any]:
-    """Our server end to end on this device: closed loop, 4 x batch clients, distinct images, JSON bodies."""
-    from bench import harness
-    from bench.loadgen import BodySource
-
-    with tempfile.TemporaryDirectory() as tmp:
-        config = harness.write_config(
-            Path(tmp), "gpu", model_dir,
-            model={"device": device, "dtype": dtype, "worker": worker},
-            batching={"max_batch_size": batch, "max_queue": 8 * batch},
-            server={"preprocess_workers": max(2, (os.cpu_count() or 4) - 2)},
+    model_dir = harness.ensure_model(args.models, p["size"])
+    device = p["device"]
+    images = [photo(seed) for seed in range(p["parity_images"])]
+    reference: list[list[Any]] | None = None
+    # Keep ~40 % of the budget for the phases after the options (GPU: JPEG ~30 s, auto ~15 s, server ~90 s).
+    reserve = args.budget * 0.4
+    for option, model in OPTIONS.items():
+        batches = p["batches"]["reference" if option == "reference" else "other"]
+        run_result = phase(
+            f"option {option}", reserve + 20, gpu_phases.measure_option, model_dir, device=device, options=model,
+            batches=[] if option == "float32" else batches, point_s=p["point_s"], parity_images=images,
+            reference=reference, compile_backend=p["compile_backend"],
+            left=lambda: deadline.left() - reserve,
         )  # fmt: skip
-        with harness.serve("ours", config, Path(tmp)) as server:
-            result = harness.measure(
-                server.url,
-                BodySource(pool=64),
-                concurrency=4 * batch,
-                duration_s=seconds,
-                warmup_s=min(10, seconds / 2),
-            )
-    return {"worker": worker, "batch": batch, **result.__dict__}
+        captions = run_result.pop("captions", None)
+        if option == "float32":
+            reference = captions
+        results["options"][option] = {"model": model, **run_result}
+        save()
+    count, batch = p["jpeg"]
+    results["jpeg"] = phase("JPEG decoding", 30, gpu_phases.jpeg_decoding, model_dir, device=device, count=count,
+                            batch=batch)  # fmt: skip
+    save()
+    results["auto_batch"] = phase("auto batch size", 20, gpu_phases.auto_batch, model_dir, device=device,
+                                  limit=p["auto_limit"])  # fmt: skip
+    save()
+    chosen = results["auto_batch"].get("chosen") if isinstance(results["auto_batch"], dict) else None
+    s = p["server"]
+    batching = {"max_batch_size": chosen or s["max_batch"], "max_queue": 8 * s["max_batch"],
+                "request_timeout_s": 60}  # fmt: skip
+    for model in ({"jpeg_decode": "device"}, {"jpeg_decode": "cpu"}):
+        served = phase(
+            f"our server {model}", 2 * s["seconds"] + 60, gpu_phases.server, model_dir, device=device, model=model,
+            batching=batching, concurrency=s["concurrency"], rate=s["rate"], seconds=s["seconds"],
+            warmup_s=s["warmup_s"],
+        )  # fmt: skip
+        results["server"].append(served)
+        save()
+    f = p["finetune"]
+    results["finetune"] = phase("fine-tune", 60, gpu_phases.finetune, model_dir, device=device, steps=f["steps"],
+                                batch=f["batch"], images=f["images"])  # fmt: skip
+    save()
+    print(f"wrote {out / name} and {out / name.replace('.json', '.md')} in {results['meta']['wall_s']} s")
+    return results
+
+
+def _fmt(value: Any, spec: str = ",.1f") -> str:
+    return "" if value is None else format(value, spec)
 
 
 def render(results: dict[str, Any]) -> str:
+    """The figures as the page's "gpu" block (bench/gpu.sh --docs writes it into docs/benchmarks.md)."""
     meta = results["meta"]
     lines = [
         f"## GPU ({meta['device_name']})" + (" — CPU dry run, not a GPU figure" if meta["dry_run"] else ""),
         "",
-        f"{meta['date']}; model `init-model --size {meta['size']}`; torch {meta['torch']}, "
-        f"transformers {meta['transformers']}; beam 3, max length 20; wall time {meta.get('wall_s', 'n/a')} s.",
+        f"{meta['date']}; model `init-model --size {meta['size']}`; torch {meta['torch']}, transformers "
+        f"{meta['transformers']}; beam 3, max length 20; wall time {meta.get('wall_s', 'n/a')} s.",
         "",
-        "| dtype | compile | batch | images/s | p50 ms | p99 ms | first batch s |",
-        "|---|---|---|---|---|---|---|",
+        "Raw model, one option at a time (captions against float32's on the same images):",
+        "",
+        "| option | batch | images/s | p50 ms | p99 ms | first batch s | same caption | max conf. gap |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for run in results["model"]:
-        for size, p in run["points"].items():
-            if "skipped" in p:
-                lines.append(f"| {run['dtype']} | {run['compile']} | {size} | skipped ({p['skipped']}) | | | |")
-            else:
-                lines.append(
-                    f"| {run['dtype']} | {run['compile']} | {size} | {p['images_per_s']:,.1f} | {p['p50_ms']:,.1f} "
-                    f"| {p['p99_ms']:,.1f} | {p['first_batch_s']:.1f} |"
-                )
-    for run in results.get("server", []):
+    for option, run in results["options"].items():
         if "skipped" in run or "error" in run:
-            lines.append(f"\nServer, worker {run['worker']}: {run.get('skipped') or run.get('error')}")
+            lines.append(f"| {option} | {run.get('skipped') or run.get('error')} | | | | | | |")
             continue
-        lines.append(
-            f"\nOur server end to end (worker `{run['worker']}`, max_batch_size {run['batch']}, "
-            f"{run['concurrency']} clients): {run['throughput_rps']:,.1f} req/s, p50 {run['p50_ms']:,.0f} ms, "
-            f"p99 {run['p99_ms']:,.0f} ms, mean batch {run['mean_batch_size'] or 0:.1f}."
-        )
-    best = max(
-        (p["images_per_s"] for run in results["model"] for p in run["points"].values() if "images_per_s" in p),
-        default=0.0,
-    )
-    lines += ["", f"Best raw-model throughput: {best:,.1f} images/s (goal on an H200: >= 1,000 at beam 3)."]
+        par = run.get("parity") or {}
+        same, gap = _fmt(par.get("same_caption"), ".0%"), _fmt(par.get("max_confidence_gap"), ".4f")
+        for size, point in run["points"].items():
+            if "skipped" in point:
+                lines.append(f"| {option} | {size} | skipped ({point['skipped']}) | | | | {same} | {gap} |")
+                continue
+            lines.append(
+                f"| {option} | {size} | {_fmt(point['images_per_s'])} | {_fmt(point['p50_ms'])} "
+                f"| {_fmt(point['p99_ms'])} | {_fmt(point['first_batch_s'])} | {same} | {gap} |"
+            )
+        if not run["points"]:
+            lines.append(f"| {option} | (reference for captions) | | | | | | |")
+    jpeg = results.get("jpeg") or {}
+    if "pillow_images_per_s" in jpeg:
+        lines += ["", (
+            f"JPEG decoding, {jpeg['images']} 640x480 photos: Pillow on {jpeg['threads']} threads "
+            f"{_fmt(jpeg['pillow_images_per_s'])} img/s; on the device "
+            f"{_fmt(jpeg['device_decode_images_per_s'])} img/s, after the 1/8-scale check pass on the threads "
+            f"({_fmt(jpeg['check_pass_images_per_s'])} img/s). Pixels against Pillow's default path: mean "
+            f"{_fmt(jpeg['mean_levels_vs_pillow_draft'], '.2f')}, max {_fmt(jpeg['max_levels_vs_pillow_draft'])} "
+            f"grey levels of 255; against Pillow at full scale: mean "
+            f"{_fmt(jpeg['mean_levels_vs_pillow_full'], '.2f')}, max {_fmt(jpeg['max_levels_vs_pillow_full'])}."
+        )]  # fmt: skip
+    elif jpeg:
+        lines += ["", f"JPEG decoding: {jpeg.get('skipped') or jpeg.get('error')}"]
+    auto = results.get("auto_batch") or {}
+    if "chosen" in auto:
+        chosen = auto["chosen"] if auto["chosen"] is not None else "nothing (no GPU: max_batch_size stays)"
+        free_gib = f", {_fmt(auto['free_gib'])} GiB free" if auto.get("free_gib") else ""
+        lines += ["", f"`batching.auto_batch_size`: chose {chosen} (limit {auto['limit']}){free_gib}."]
+    elif auto:
+        lines += ["", f"`batching.auto_batch_size`: {auto.get('skipped') or auto.get('error')}"]
+    for run in results.get("server", []):
+        if "closed" not in run:
+            lines += ["", f"Our server: {run.get('skipped') or run.get('error')}"]
+            continue
+        c, o = run["closed"], run["open"]
+        lines += ["", (
+            f"Our server {run['model']} (max_batch_size {run['batching']['max_batch_size']}): "
+            f"{_fmt(c['throughput_rps'])} img/s at {c['concurrency']} clients (p99 {_fmt(c['p99_ms'], ',.0f')} ms, "
+            f"mean batch {_fmt(c.get('mean_batch_size'))}); at {_fmt(o['offered_rps'], ',.0f')} img/s offered: "
+            f"{_fmt(o['throughput_rps'])} served, p50 {_fmt(o['p50_ms'], ',.0f')} ms, p99 "
+            f"{_fmt(o['p99_ms'], ',.0f')} ms. Goal: >= 1,000 img/s, p99 < 1 s at 500 img/s."
+        )]  # fmt: skip
+    tune = results.get("finetune") or {}
+    if tune:
+        text = (f"{tune['steps']} steps of batch {tune['batch']} in {_fmt(tune['seconds'])} s "
+                f"({_fmt(tune['steps_per_s'], '.2f')} steps/s)") if "steps_per_s" in tune else (
+                tune.get("skipped") or tune.get("error"))  # fmt: skip
+        lines += ["", f"Fine-tune (`captioner train`): {text}"]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/gpu.sh", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dry-run", action="store_true", help="tiny model on the CPU: checks the script anywhere")
-    parser.add_argument("--budget", type=float, default=450, help="seconds for everything (default 450)")
+    parser.add_argument("--budget", type=float, default=540, help="seconds for everything (default 540)")
     parser.add_argument("--models", type=Path, default=Path.home() / ".cache" / "captioner-bench")
-    parser.add_argument("--docs", type=Path, default=ROOT / "docs", help="where benchmarks.md is")
-    parser.add_argument("--out", type=Path, help="also copy the results and benchmarks.md here (e.g. $OUT)")
+    parser.add_argument("--out", type=Path, help="where the JSON and markdown go (default bench/results)")
+    parser.add_argument("--docs", action="store_true", help="also write the figures into docs/benchmarks.md")
     args = parser.parse_args(argv)
-    started = time.monotonic()
-    deadline = Deadline(args.budget)
+    results = run(args)
+    if args.docs:
+        from bench import report
 
-    import torch
-    import transformers
-
-    from bench import harness, report
-
-    dry = args.dry_run or not torch.cuda.is_available()
-    if not args.dry_run and dry:
-        print("no CUDA device: running the CPU dry run instead", flush=True)
-    size, device = ("tiny", "cpu") if dry else ("base", "cuda")
-    dtypes = ["float32", "bfloat16"] if dry else ["float16", "bfloat16"]
-    batches = [1, 2, 4] if dry else [1, 8, 32, 64, 128]
-    backend = "eager" if dry else "inductor"  # the dry run checks the compiled path's plumbing, not inductor
-    point_s = 1.0 if dry else 4.0
-    model_dir = harness.ensure_model(args.models, size)
-    results: dict[str, Any] = {
-        "meta": {
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "dry_run": dry,
-            "size": size,
-            "device_name": torch.cuda.get_device_name(0) if not dry else "CPU",
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-        },
-        "model": [],
-        "server": [],
-    }
-    results_path = ROOT / "bench" / "results" / ("gpu-dry-run.json" if dry else "gpu.json")
-
-    def save() -> None:
-        """After every phase, so that a run cut short by the time limit still leaves its figures."""
-        results["meta"]["wall_s"] = round(time.monotonic() - started)
-        target = args.docs / "benchmarks.md"
-        text = target.read_text() if target.exists() else "# Benchmarks\n"
-        args.docs.mkdir(parents=True, exist_ok=True)
-        target.write_text(report.replace_block(text, "gpu", render(results)))
-        results_path.parent.mkdir(parents=True, exist_ok=True)
-        results_path.write_text(json.dumps(results, indent=1))
-        if args.out:
-            args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / results_path.name).write_text(results_path.read_text())
-            (args.out / "benchmarks.md").write_text(target.read_text())
-
-    # The model runs the issue asks for first (eager, then compiled), then our server end to end if time is left.
-    phases: list[tuple[str, Any]] = [("model", (dtype, compiled)) for compiled in (False, True) for dtype in dtypes]
-    phases += [("server", worker) for worker in ("thread", "process")]
-    server_s = 8.0 if dry else 20.0
-    for index, (kind, what) in enumerate(phases):
-        # Keep enough time for the model runs still to come: about 45 s each on the GPU.
-        model_runs_left = sum(1 for later, _ in phases[index:] if later == "model")
-        min_left = (15 if dry else 45) * model_runs_left
-        if kind == "server":
-            if deadline.left() < server_s + (30 if dry else 60):
-                results["server"].append({"worker": what, "skipped": "time budget"})
-                continue
-            print(f"  our server, model.worker = {what}", flush=True)
-            try:
-                run = measure_server(model_dir, device=device, dtype=dtypes[0], worker=what,
-                                     batch=4 if dry else 64, seconds=server_s)  # fmt: skip
-            except Exception as exc:
-                run = {"worker": what, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
-            results["server"].append(run)
-            save()
-            continue
-        dtype, compiled = what
-        label = f"{dtype}, {'torch.compile' if compiled else 'eager'}"
-        if deadline.left() < min_left:
-            print(f"  {label}: skipped (time budget)", flush=True)
-            results["model"].append(
-                {"dtype": dtype, "compile": compiled, "points": {"all": {"skipped": "time budget"}}}
-            )
-            continue
-        print(f"  {label}", flush=True)
-        try:
-            run = measure_model(
-                model_dir, device=device, dtype=dtype, compile_backend=backend if compiled else None,
-                batches=batches, point_s=point_s, deadline=deadline, min_left_s=max(10, min_left - 45),
-            )  # fmt: skip
-        except Exception as exc:  # one failed configuration must not lose the others' figures
-            print(f"    failed: {type(exc).__name__}: {exc}", flush=True)
-            run = {"points": {"all": {"skipped": f"failed: {type(exc).__name__}: {str(exc)[:200]}"}}}
-        results["model"].append({"dtype": dtype, "compile": compiled, **run})
-        save()
-    save()
-    target = args.docs / "benchmarks.md"
-    print(f"wrote {target} and {results_path} in {results['meta']['wall_s']} s")
+        target = ROOT / "docs" / "benchmarks.md"
+        target.write_text(report.replace_block(target.read_text(), "gpu", render(results)))
+        print(f"wrote the gpu block of {target}")
     return 0
 
 

@@ -145,6 +145,11 @@ def ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
     hit, bare = tiny["ours"]["cache_hit"]["throughput_rps"], tiny["bare"]["cache_hit"]["throughput_rps"]
     row("4. cache hits vs bare Starlette endpoint", f"{_f(hit, 0)} req/s", f"{_f(bare, 0)} req/s",
         hit / bare, ">= 0.7", hit / bare >= 0.7)  # fmt: skip
+    cpu = tiny.get("hit_cpu")
+    if cpu:
+        ours_us, bare_us = cpu["ours"]["cpu_us_per_request"], cpu["bare"]["cpu_us_per_request"]
+        row("4. cache hits, server CPU per request (bench.hit_loopback)", f"{_f(ours_us, 0)} µs",
+            f"{_f(bare_us, 0)} µs", cpu["ratio"], ">= 0.7", cpu["ratio"] >= 0.7)  # fmt: skip
     large = results.get("large_photo")
     if large:
         row(f"5. 12 MP JPEG vs 384 px, p50 latency ({large['model']} model)", f"{_f(large['12mp']['p50_ms'], 0)} ms",
@@ -238,12 +243,14 @@ def _optimisation_tables(results: dict[str, Any]) -> list[str]:
                 speed = r["images_per_s"]
                 lines.append(f"| {name} | {_f(speed, 2)} | {_f(speed / base, 2)}x | {_f(r['warmup_s'], 1)} |")
         lines.append("")
-    variants = tiny.get("server_variants")
-    if variants:
-        top = tiny["ours"]["sweep"][-1]
-        lines += [f"Our server (tiny), one setting changed at a time, {top['concurrency']} clients:", "",
+    for model in ("tiny", "small"):
+        variants = results.get(model, {}).get("server_variants")
+        if not variants:
+            continue
+        top = tiny["ours"]["sweep"][-1] if model == "tiny" else results[model]["ours"]["saturation"]
+        lines += [f"Our server ({model}), one setting changed at a time, {top['concurrency']} clients:", "",
                   "| config | req/s | p99 ms | mean batch |", "|---|---|---|---|",
-                  f"| defaults (the sweep above) | {_f(top['throughput_rps'])} | {_f(top['p99_ms'])} "
+                  f"| defaults | {_f(top['throughput_rps'])} | {_f(top['p99_ms'])} "
                   f"| {_f(top['mean_batch_size'])} |"]  # fmt: skip
         for name, r in variants.items():
             r = r["saturation"]

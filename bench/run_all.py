@@ -146,26 +146,38 @@ class Runner:
             args = ("--loop", "asyncio", "--http", "h11")
             with harness.serve("ours-variant", base, self.workdir, args=args) as server:
                 out["ours_asyncio_h11"] = {"cache_hit": self.cache_hits(server.url)[0]}
-            self.server_variants(model, out)
+            out["server_variants"] = self.server_variants("tiny", model, concurrency=max(self.plan.sweep),
+                                                          offered_rps=out["offered_rps"])  # fmt: skip
             out["limit_variants"] = self.limit_variants(base)
+        print("tiny model: cache hits in server CPU per request (bench.hit_loopback)", flush=True)
+        requests = str(int(self.plan.cache_s * 2000))  # ~5 s per server at ~100 µs a hit
+        command = [harness.PYTHON, "-m", "bench.hit_loopback", "--requests", requests, "--models", str(self.models)]
+        out["hit_cpu"] = harness.run_json(command)
         self.results["tiny"] = out
 
-    def server_variants(self, model: Path, out: dict[str, Any]) -> None:
-        """Our server at saturation and at one client, with one model setting changed at a time."""
+    def server_variants(self, size: str, model: Path, **load: Any) -> dict[str, Any]:
+        """Our server at saturation with one model setting changed at a time: the candidates for the default
+        configuration (docs/benchmarks.md, "Default configuration")."""
         cores = os.cpu_count() or 1
+        offered = load.pop("offered_rps", None)
+        process = {"worker": "process"}
         variants = {
             f"model.num_threads={cores} (every core)": {"model": {"num_threads": cores}},
-            "model.worker=process": {"model": {"worker": "process"}},
-            "server.preprocess_workers=1": {"server": {"preprocess_workers": 1}},
+            "model.auto_threads=measured": {"model": {"auto_threads": "measured"}},
+            "model.worker=process": {"model": process},
+            "model.worker=process + auto_threads=measured": {"model": {**process, "auto_threads": "measured"}},
         }
-        out["server_variants"] = {}
+        if size == "tiny":
+            variants["server.preprocess_workers=1"] = {"server": {"preprocess_workers": 1}}
+        results: dict[str, Any] = {}
         for index, (name, sections) in enumerate(variants.items()):
-            print(f"tiny model: our server with {name}", flush=True)
-            config = harness.write_config(self.workdir, f"tiny-variant{index}", model, **sections)
+            print(f"{size} model: our server with {name}", flush=True)
+            config = harness.write_config(self.workdir, f"{size}-variant{index}", model, **sections)
             with harness.serve("ours", config, self.workdir) as server:
-                out["server_variants"][name] = {"saturation": self.load(server.url, concurrency=max(self.plan.sweep))}
-                if name == "model.worker=process":  # also at the offered load of the LitServe p99 comparison
-                    out["server_variants"][name]["open"] = self.load(server.url, rate=out["offered_rps"])
+                results[name] = {"saturation": self.load(server.url, **load)}
+                if name == "model.worker=process" and offered:  # also at the LitServe p99 comparison's load
+                    results[name]["open"] = self.load(server.url, rate=offered)
+        return results
 
     def limit_variants(self, config: Path, include_compile: bool = True) -> dict[str, Any]:
         """The raw model with one option changed at a time; "defaults" again first, measured alongside them."""
@@ -244,6 +256,8 @@ class Runner:
             self.results["large_photo"] = self.large_photo(server.url, "small")
         print("small model: optimisation variants (limit)", flush=True)
         out["limit_variants"] = self.limit_variants(config, include_compile=False)
+        if self.plan.variants:
+            out["server_variants"] = self.server_variants("small", model, concurrency=32, duration_s=40, warmup_s=12)
         self.results["small"] = out
 
 

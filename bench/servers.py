@@ -32,8 +32,9 @@ CAPTION_PATH = "/api/v1/caption"
 
 def load_warm_captioner(settings: Settings) -> Any:
     """The server's own loader (honours model.worker), warmed up: every peer serves this same model."""
+    from captioner.model.loader import load_captioner
 
-    captioner = load_warm_captioner(settings)
+    captioner = load_captioner(settings)
     captioner.warm_up()
     return captioner
 
@@ -63,7 +64,7 @@ def naive_app(settings: Settings) -> Starlette:
 
     def caption_one(data: bytes) -> Any:
         prepared = captioner.preprocess(data)
-        return captioner.caption_batch([CaptionJob(prepared.pixel_values)])[0]
+        return captioner.caption_batch([CaptionJob.of(prepared)])[0]
 
     async def caption(request: Request) -> Response:
         captions = await run_in_threadpool(caption_one, await image_bytes(request))

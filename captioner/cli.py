@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Sequence
 
 from captioner import __version__
-from captioner.config import ConfigError, Settings, load_settings
+from captioner.config import ROLES, ConfigError, Settings, check_role
 from captioner.tools.caption import add_caption_command
+from captioner.tools.command_line import add_config_argument, settings_of
 from captioner.tools.drift_reference import add_drift_commands
 from captioner.tools.evaluate import add_eval_command
 from captioner.tools.feedback_export import add_feedback_commands
-
-
-def _add_config_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML config file (default: config.yaml if it exists)")
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    path = args.config
-    if path is None and os.path.exists("config.yaml"):
-        path = "config.yaml"
-    return load_settings(path)
+from captioner.tools.models_cli import add_models_command
+from captioner.tools.synth import add_data_commands
+from captioner.tools.train import add_train_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,9 +24,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the HTTP server")
-    _add_config_argument(serve)
+    add_config_argument(serve)
     serve.add_argument("--host", help="listen address (overrides server.host)")
     serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    serve.add_argument(
+        "--role",
+        choices=ROLES,
+        default="all",
+        help="all: accept and caption; api: accept and answer, no model; worker: caption the job queue "
+        "(api and worker need jobs.queue: redis)",
+    )
     serve.set_defaults(run=_serve)
 
     init = commands.add_parser("init-model", help="write an untrained BLIP (random weights) for tests and benchmarks")
@@ -43,17 +42,23 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--seed", type=int, default=0)
     init.set_defaults(run=_init_model)
 
-    add_drift_commands(commands, _add_config_argument, _settings)
-
-    add_caption_command(commands, _add_config_argument, _settings)
-    add_eval_command(commands, _add_config_argument, _settings)
-    add_feedback_commands(commands, _add_config_argument, _settings)
+    for add_tool_commands in (
+        add_caption_command,
+        add_eval_command,
+        add_data_commands,
+        add_train_commands,
+        add_models_command,
+        add_feedback_commands,
+        add_drift_commands,
+    ):
+        add_tool_commands(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # for records of who ran what (models)
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         return run(args)
@@ -72,12 +77,14 @@ def _init_model(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from captioner.server import serve  # torch and the app: kept off the light commands
-
     def load() -> Settings:
-        settings = _settings(args)
+        settings = settings_of(args)
         overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
         return settings.replace("server", **overrides) if overrides else settings
 
+    settings = load()
+    check_role(args.role, settings)  # a role the config can't serve stops here, in one line
+    from captioner.server import serve  # torch and the app: kept off the light commands and a refused start
+
     # SIGHUP re-reads the same file, environment and flags (A/B weights; see captioner/serving/variants.py).
-    return serve(load(), reload_settings=load)
+    return serve(settings, reload_settings=load, role=args.role)

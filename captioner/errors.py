@@ -78,6 +78,12 @@ class Unauthorized(CaptionerError):
         super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
 
 
+class Forbidden(CaptionerError):
+    status_code = 403
+    code = "forbidden"
+    default_message = "this endpoint needs an admin key (auth.admin_keys)"
+
+
 class NotFound(CaptionerError):
     status_code = 404
     code = "not_found"
@@ -105,10 +111,29 @@ class Overloaded(_RetryableError):
     default_message = "the server is at capacity, retry later"
 
 
+class ModelUnavailable(Overloaded):
+    """The model can't take work now (its process is restarting, or it keeps failing): retry, here or elsewhere.
+
+    503 ``overloaded`` like a full queue, so a load balancer retries the request on another replica."""
+
+    default_message = "the model is unavailable, retry later"
+
+
 class RequestTimeout(CaptionerError):
     status_code = 504
     code = "timeout"
     default_message = "the request deadline passed before inference"
+
+
+class BodyTimeout(CaptionerError):
+    """The request body did not arrive within ``limits.body_timeout_s``; the connection is closed after this."""
+
+    status_code = 408
+    code = "timeout"
+    default_message = "the request body did not arrive in time"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message, headers={"Connection": "close"})
 
 
 class ModelError(CaptionerError):
@@ -132,6 +157,21 @@ def error_codes() -> list[str]:
         pending.extend(cls.__subclasses__())
         found.append(cls.code)
     return list(dict.fromkeys([*found, *HTTP_ERROR_CODES.values()]))
+
+
+def error_from_body(body: Mapping[str, object]) -> CaptionerError:
+    """The error an error body describes (a job's stored result, answered synchronously); internal_error if
+    the body names no known code."""
+    error = body.get("error")
+    code = error.get("code") if isinstance(error, Mapping) else None
+    message = error.get("message") if isinstance(error, Mapping) else None
+    pending: list[type[CaptionerError]] = [CaptionerError]
+    while pending:
+        cls = pending.pop(0)
+        pending.extend(cls.__subclasses__())
+        if cls.code == code and not cls.__name__.startswith("_"):
+            return cls(str(message) if message else None)
+    return InternalError()
 
 
 def error_response(error: CaptionerError) -> Response:

@@ -18,11 +18,13 @@ from types import FrameType
 import uvicorn
 
 from captioner import __version__
-from captioner.config import Settings
+from captioner.config import ConfigError, Settings
+from captioner.guard.admission import admission_capacity
 from captioner.http.app import create_app
 from captioner.http.header_limits import MAX_HEAD_BYTES, http_protocol
 from captioner.model.weights import WeightsUnavailable, ensure_weights
 from captioner.observability.logs import configure_logging
+from captioner.serving.registry_source import RegistrySource
 
 logger = logging.getLogger("captioner.server")
 
@@ -55,6 +57,16 @@ class DrainingServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().startup(sockets)
+
+    def drain(self) -> None:
+        """Start the drain, as a first SIGTERM would, from the event loop's thread (a fatal model error)."""
+        if self._drain_deadline is not None or self.should_exit:
+            return
+        if self._loop is None:  # not serving yet: nothing was accepted, nothing to drain
+            self.should_exit = True
+            return
+        self._drain_deadline = time.monotonic() + self._drain_timeout_s
+        self._on_exit_signal()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if sig not in (signal.SIGTERM, signal.SIGINT):
@@ -96,24 +108,55 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve(settings: Settings, reload_settings: Callable[[], Settings] | None = None) -> int:
-    """Run until SIGTERM. Exit status: 0 after a clean drain, 1 if the model failed to load or the drain timed out."""
+def check_exposure(settings: Settings) -> None:
+    """Refuse to serve a non-loopback address with no API keys, unless ``auth.allow_anonymous`` says so on purpose.
+
+    An open replica is an open GPU, URL fetcher and job store for anyone who can reach the port.
+    """
+    auth = settings.auth
+    if auth.api_keys or auth.admin_keys or auth.allow_anonymous or is_loopback(settings.server.host):
+        return
+    raise ConfigError(
+        f"config: server.host is {settings.server.host}, which other machines can reach, and auth.api_keys is empty: "
+        "set auth.api_keys (e.g. CAPTIONER_AUTH__API_KEYS='[\"sha256:<hex>\"]'), listen on 127.0.0.1, or set "
+        "auth.allow_anonymous: true to serve without keys on purpose"
+    )
+
+
+def connection_limit(settings: Settings) -> int:
+    """``server.limit_concurrency``, or when 0: four connections per admission ticket, plus room for probes."""
+    return settings.server.limit_concurrency or 4 * admission_capacity(settings) + 64
+
+
+def serve(settings: Settings, reload_settings: Callable[[], Settings] | None = None, role: str = "all") -> int:
+    """Run until SIGTERM. Exit status: 0 after a clean drain; 1 if the model failed to load, failed for good while
+    serving (a CUDA error: drained like a SIGTERM first), or the drain timed out.
+
+    ``role``: ``all`` (accept and caption), ``api`` (accept and answer; never loads a model), ``worker``
+    (captions the job queue; serves only health, readiness and metrics). Raises ``ConfigError`` (the CLI prints
+    it as one line, exit status 2) for an exposed server without keys."""
+    check_exposure(settings)
     log_config = configure_logging(settings.logging.format, settings.logging.level)
     logger.info(
-        "starting captioner %s: model %s from %s, config from %s",
-        __version__, settings.model.name, settings.model.path, settings.source,
-        extra={"version": __version__, "model": settings.model.name, "model_path": settings.model.path,
+        "starting captioner %s (role %s): model %s from %s, config from %s",
+        __version__, role, settings.model.name, settings.model.path, settings.source,
+        extra={"version": __version__, "role": role, "model": settings.model.name, "model_path": settings.model.path,
                "device": settings.model.device, "dtype": settings.model.dtype, "config_source": settings.source,
                "host": settings.server.host, "port": settings.server.port},
     )  # fmt: skip
-    if not settings.auth.api_keys and not is_loopback(settings.server.host):
+    if not settings.auth.api_keys and not is_loopback(settings.server.host):  # allow_anonymous: on purpose
         logger.warning(
-            "listening on %s with no API keys: anyone who can reach this port can use it (set auth.api_keys)",
+            "listening on %s with no API keys (auth.allow_anonymous): anyone who can reach this port can use it",
             settings.server.host,
             extra={"event": "no_auth", "host": settings.server.host},
         )
+    variants = settings
+    if settings.registry.path:  # the registry's versions are on disk by construction; its fallback may not be
+        source = RegistrySource(settings)
+        source.refresh()
+        variants = source.resolve(settings)
     try:
-        for _, _, variant in settings.variants():  # every A/B variant's weights, before binding the port
+        for _, _, variant in variants.variants() if role != "api" else []:  # weights first, then bind the port
             ensure_weights(variant.model)
     except WeightsUnavailable as exc:
         print(str(exc), file=sys.stderr)
@@ -126,9 +169,9 @@ def serve(settings: Settings, reload_settings: Callable[[], Settings] | None = N
         nonlocal failed
         failed = True
         if server is not None:
-            server.should_exit = True
+            server.drain()
 
-    app = create_app(settings, on_fatal=fatal, reload_settings=reload_settings)
+    app = create_app(settings, on_fatal=fatal, reload_settings=reload_settings, role=role)
     config = uvicorn.Config(
         app,
         host=settings.server.host,
@@ -139,8 +182,14 @@ def serve(settings: Settings, reload_settings: Callable[[], Settings] | None = N
         # "auto" picks uvloop when it is installed (the [fast] extra).
         loop="auto",
         # httptools (from [fast]) with a cap on header bytes, which plain httptools lacks; else h11 with the same cap.
-        http=http_protocol(),
+        # Either way each request head must arrive within limits.header_timeout_s.
+        http=http_protocol(settings.limits.header_timeout_s),
         h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+        # Connections (idle ones too) served at once; past it, requests get 503.
+        limit_concurrency=connection_limit(settings),
+        # X-Forwarded-For is believed from these peers only (the reverse proxy), never from clients themselves.
+        proxy_headers=True,
+        forwarded_allow_ips=list(settings.server.forwarded_allow_ips),
     )
     server = DrainingServer(
         config, on_exit_signal=app.state.captioner.start_draining, drain_timeout_s=settings.server.drain_timeout_s

@@ -33,6 +33,31 @@ def _png_header(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
+def _icon_around(embedded: bytes) -> bytes:
+    """An ICO whose directory entry says 256x256 but holds ``embedded``: Pillow decodes it inside Image.open."""
+    entry = struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(embedded), 22)
+    return struct.pack("<HHH", 0, 1, 1) + entry + embedded
+
+
+def request_seeds() -> dict[str, bytes]:
+    """Seeds for fuzz_requests.py: request bodies and parameters of every odd class issue 13 names."""
+    return {
+        "json-image.json": b'{"image": "iVBORw0KGgo=", "num_captions": 2}',
+        "json-url.json": b'{"url": "https://example.com/cat.png"}',
+        "json-nested.json": b"[" * 2000 + b"]" * 2000,
+        "json-big-int.json": b'{"num_captions": ' + b"9" * 5000 + b"}",
+        "json-not-utf8.json": b'{"image": "\xff\xfe"}',
+        "base64-lines.txt": b"iVBORw0KGgoAAAANSUhEUgAA\r\nAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4\n",
+        "base64-non-ascii.txt": "\u00c5\u00c5\u00c5\u00c5".encode(),
+        "digits-superscript.txt": "\u00b2".encode(),
+        "digits-arabic.txt": "\u0661".encode(),
+        "digits-long.txt": b"9" * 5000,
+        "address-v6.txt": b"2001:db8::1",
+        "address-junk.txt": b"not, an; address",
+        "icon-bomb.ico": _icon_around(_png_header(30_000, 30_000)),
+    }
+
+
 def seed_inputs() -> dict[str, bytes]:
     rgb = Image.new("RGB", (12, 8), (200, 40, 40))
     for x in range(12):
@@ -57,6 +82,7 @@ def seed_inputs() -> dict[str, bytes]:
         "lzw.tiff": _encode(rgb, "TIFF", compression="tiff_lzw"),
         "rgb.ppm": _encode(rgb, "PPM"),
         "icon.ico": _encode(rgb, "ICO"),
+        "icon-bomb.ico": _icon_around(_png_header(30_000, 30_000)),  # decoded inside Image.open before the fix
         "huge-header.png": _png_header(30_000, 30_000),
         "truncated.jpg": _encode(rgb, "JPEG")[:200],
         "svg.svg": b'<svg xmlns="http://www.w3.org/2000/svg" width="4" height="4"/>',
@@ -66,14 +92,17 @@ def seed_inputs() -> dict[str, bytes]:
 
 
 def main(argv: list[str]) -> int:
+    requests = "--requests" in argv  # seeds for fuzz_requests.py instead of fuzz_images.py
+    argv = [a for a in argv if a != "--requests"]
     if len(argv) != 2:
-        print("usage: python fuzz/seeds.py CORPUS_DIR", file=sys.stderr)
+        print("usage: python fuzz/seeds.py [--requests] CORPUS_DIR", file=sys.stderr)
         return 2
     out = Path(argv[1])
     out.mkdir(parents=True, exist_ok=True)
-    for name, data in seed_inputs().items():
+    seeds = request_seeds() if requests else seed_inputs()
+    for name, data in seeds.items():
         (out / name).write_bytes(data)
-    print(f"wrote {len(seed_inputs())} seeds to {out}")
+    print(f"wrote {len(seeds)} seeds to {out}")
     return 0
 
 

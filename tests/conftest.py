@@ -104,10 +104,11 @@ def free_port() -> int:
 class LiveServer:
     """uvicorn serving a real app (real model, real sockets) on a background thread."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, **app_options: Any) -> None:
+        """``app_options`` go to ``create_app`` (a ready model as ``captioner``, an ``on_fatal`` hook)."""
         self.settings = settings
         self.metrics = Metrics()
-        self.app = create_app(settings, metrics=self.metrics)
+        self.app = create_app(settings, metrics=self.metrics, **app_options)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")

@@ -53,7 +53,7 @@ MUTANTS = [
      "applied = self.settings.with_models_of(new)", "applied = new",
      ["tests/unit/http/test_lifespan.py"]),
     ("a drain budget per stage", "captioner/http/lifespan.py",
-     "await state.jobs.close(state.drain_left_s())", "await state.jobs.close(settings.server.drain_timeout_s)",
+     "await state.pool.close(state.drain_left_s())", "await state.pool.close(settings.server.drain_timeout_s)",
      ["tests/unit/http/test_lifespan.py"]),
     ("no expedite on SIGTERM", "captioner/http/state.py",
      "self.loop.call_soon_threadsafe(self.pool.expedite)", "pass",

@@ -94,6 +94,10 @@ class Unauthorized(ApiError):
     """A missing or wrong API key."""
 
 
+class Forbidden(ApiError):
+    """This key may not use that endpoint (the drift endpoints need an admin key)."""
+
+
 class NotFound(ApiError):
     """No such job (expired, or created with another API key), or no such path."""
 
@@ -128,6 +132,7 @@ ERRORS: dict[str, tuple[type[ApiError], int]] = {
     "url_not_allowed": (UrlNotAllowed, 400),
     "url_fetch_failed": (UrlFetchFailed, 400),
     "unauthorized": (Unauthorized, 401),
+    "forbidden": (Forbidden, 403),
     "not_found": (NotFound, 404),
     "rate_limited": (RateLimited, 429),
     "overloaded": (Overloaded, 503),

@@ -38,13 +38,13 @@ def principal_id(digest: bytes) -> str:
 class ApiKeys:
     """The configured API keys, as SHA-256 digests. No entries means authentication is off."""
 
-    def __init__(self, entries: Sequence[str]) -> None:
+    def __init__(self, entries: Sequence[str], *, setting: str = "auth.api_keys") -> None:
         if isinstance(entries, str):  # a lone string would otherwise be read as one key per character
             raise TypeError("api keys must be a sequence of strings, not a single string")
         digests: list[bytes] = []
         for index, entry in enumerate(entries):
             # Messages name the entry's position only: the entry may be a secret.
-            where = f"config: auth.api_keys[{index}]"
+            where = f"config: {setting}[{index}]"
             if not isinstance(entry, str):
                 raise ConfigError(f"{where} must be a string")
             if entry.startswith(_DIGEST_PREFIX):
@@ -63,7 +63,13 @@ class ApiKeys:
 
     @classmethod
     def from_settings(cls, auth: AuthSettings) -> ApiKeys:
-        return cls(auth.api_keys)
+        """Every key that may call the API: ``auth.api_keys`` and ``auth.admin_keys``."""
+        cls(auth.admin_keys, setting="auth.admin_keys")  # an error names the list the bad entry is in
+        return cls([*auth.api_keys, *auth.admin_keys])
+
+    @classmethod
+    def admins(cls, auth: AuthSettings) -> ApiKeys:
+        return cls(auth.admin_keys, setting="auth.admin_keys")
 
     @property
     def enabled(self) -> bool:
@@ -74,6 +80,16 @@ class ApiKeys:
 
     def __repr__(self) -> str:  # never show digests either: a digest of a weak key can be brute-forced
         return f"ApiKeys(<{len(self._digests)} keys>)"
+
+    def matches(self, authorization_header: str | None) -> bool:
+        """True when the header carries one of these keys (no error either way)."""
+        if not self._digests:
+            return False
+        try:
+            self.authenticate(authorization_header)
+        except Unauthorized:
+            return False
+        return True
 
     def authenticate(self, authorization_header: str | None) -> str:
         """The principal id for a valid ``Bearer`` header; raises ``Unauthorized`` otherwise.

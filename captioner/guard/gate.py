@@ -14,14 +14,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from captioner.errors import CaptionerError, error_response
 from captioner.guard.api_keys import KEY_PRINCIPAL_PREFIX, ApiKeys
-from captioner.guard.rate_limit import RateLimiter
+from captioner.guard.forwarded import client_bucket
+from captioner.guard.shared_limiter import SharedRateLimiter
+
+_ADMIN = "admin"
 
 
-def client_address(scope: Scope) -> str:
-    # uvicorn has already replaced this with X-Forwarded-For when the peer is a trusted proxy
-    # (--forwarded-allow-ips), so behind nginx each end client gets its own bucket.
-    client = scope.get("client")
-    return client[0] if client else "unknown"
+def is_admin(scope: Scope) -> bool:
+    """True when the request carried one of ``auth.admin_keys`` (set by ``ApiGuard``)."""
+    return scope.get("state", {}).get(_ADMIN) is True
 
 
 def key_principal(scope: Scope) -> str | None:
@@ -34,29 +35,41 @@ class ApiGuard:
     """Sets ``scope["state"]["principal"]`` ("key:<id>" or "ip:<address>") for the routes behind it."""
 
     def __init__(
-        self, app: ASGIApp, *, keys: ApiKeys, limiter: RateLimiter, protects: Callable[[str, str], bool]
+        self,
+        app: ASGIApp,
+        *,
+        keys: ApiKeys,
+        limiter: SharedRateLimiter,
+        protects: Callable[[str, str], bool],
+        admin_keys: ApiKeys | None = None,
     ) -> None:
         self.app = app
         self.protects = protects  # (method, path) -> whether the request must pass the gate
         self.keys = keys
         self.limiter = limiter
+        # Admin keys are API keys too (``keys`` holds them); this set only tells which ones are admins.
+        self.admin_keys = admin_keys if admin_keys is not None else ApiKeys([])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.protects(scope["method"], scope["path"]):
             await self.app(scope, receive, send)
             return
         try:
-            principal = self.admit(scope)
+            principal = await self.admit(scope)
         except CaptionerError as refused:
             await error_response(refused)(scope, receive, send)
             return
-        scope.setdefault("state", {})["principal"] = principal
+        state = scope.setdefault("state", {})
+        state["principal"] = principal
+        # No keys at all (a loopback development server): everything is open, operator endpoints too.
+        state[_ADMIN] = not self.keys.enabled or self.admin_keys.matches(Headers(scope=scope).get("authorization"))
         await self.app(scope, receive, send)
 
-    def admit(self, scope: Scope) -> str:
+    async def admit(self, scope: Scope) -> str:
         if self.keys.enabled:
             principal = self.keys.authenticate(Headers(scope=scope).get("authorization"))
         else:
-            principal = "ip:" + client_address(scope)
-        self.limiter.check(principal)
+            principal = client_bucket(scope)  # "ip:<address>", an IPv6 client by its /64
+        if self.limiter.enabled:  # off: no call at all; on: a Redis round trip only when limits are shared
+            await self.limiter.check(principal)
         return principal

@@ -15,7 +15,9 @@ Memory stays bounded however many distinct clients appear. Buckets live in a cac
   is a not-yet-full bucket evicted (least recently used first); that client then gets a full bucket
   back, a bounded leniency accepted in exchange for bounded memory.
 
-Used only from the event-loop thread, so neither structure needs a lock.
+Used only from the event-loop thread, so neither structure needs a lock. Across replicas the same buckets
+live in Redis instead (shared_limiter.py), with these as the fallback; ``bucket_key`` names a caller's bucket
+for both.
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ from captioner.errors import RateLimited
 # Floating-point slack, in tokens: a bucket checked exactly 1/rate seconds after it emptied counts as
 # refilled even if the arithmetic lands a hair under 1.0, and Retry-After never overshoots by rounding.
 _EPSILON = 1e-9
+
+
+def bucket_key(principal: str) -> str:
+    """The bucket a caller's requests draw from ("key:<id>" or "ip:<address>"): the one place that decides."""
+    return principal
 
 
 class RateLimiter:

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -84,20 +84,40 @@ def request_id(scope: Scope) -> str:
 def choose_request_id(header: str | None) -> str:
     if header is not None and _REQUEST_ID.match(header):
         return header
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # 128 random bits like a uuid4, as 32 hex digits, at a fifth of the cost
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    """One request header's value, read from the raw list (cheaper than building a ``Headers`` per request)."""
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _shown_path(path: str) -> str:
+    """The path is the client's: escaped, so a "%0a" in it cannot forge a second line in text logs."""
+    return path if path.isascii() and path.isprintable() else path.encode("unicode_escape").decode("ascii")
 
 
 class RequestObserver:
     def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        self._by_status: dict[int, Any] = {}  # requests_total's child per status, looked up once
+
+    def _requests_child(self, status: int) -> Any:
+        child = self._by_status.get(status)
+        if child is None:
+            child = self._by_status[status] = self.metrics.requests.labels(str(status))
+        return child
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        record = RequestRecord(choose_request_id(Headers(scope=scope).get("x-request-id")))
+        record = RequestRecord(choose_request_id(_header(scope, b"x-request-id")))
         scope[_RECORD] = record
         status = 0
         error_body: bytearray | None = None  # captured only for JSON error answers, to read their code
@@ -109,8 +129,7 @@ class RequestObserver:
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", record.request_id.encode("ascii")))
                 message = {**message, "headers": headers}
-                content_type = Headers(raw=headers).get("content-type", "")
-                if status >= 400 and content_type.startswith("application/json"):
+                if status >= 400 and Headers(raw=headers).get("content-type", "").startswith("application/json"):
                     error_body = bytearray()
             elif message["type"] == "http.response.body" and error_body is not None:
                 error_body += message.get("body", b"")[: _MAX_ERROR_BODY - len(error_body)]
@@ -135,7 +154,7 @@ class RequestObserver:
         path: str = scope.get("path", "")
         method: str = scope.get("method", "")
         if path == CAPTION_PATH and method == "POST":
-            self.metrics.requests.labels(str(status)).inc()
+            self._requests_child(status).inc()
             self.metrics.request_seconds.observe(seconds)
             if status >= 400 and status != CLIENT_CLOSED_REQUEST:
                 self.metrics.errors.labels(record.code or "unknown").inc()
@@ -157,9 +176,7 @@ class RequestObserver:
             value = getattr(record, name)
             if value is not None:
                 fields[name] = value
-        # The path is the client's: escaped, so a "%0a" in it cannot forge a second line in text logs.
-        shown = path.encode("unicode_escape").decode("ascii")
-        log.log(level, "%s %s %d %.1f ms", method, shown, status, seconds * 1000, extra=fields)
+        log.log(level, "%s %s %d %.1f ms", method, _shown_path(path), status, seconds * 1000, extra=fields)
 
 
 def _level(path: str, status: int) -> int:

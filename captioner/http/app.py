@@ -6,13 +6,18 @@ from collections.abc import Callable
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.types import Scope
 
-from captioner.config import Settings
+from captioner.config import Settings, check_role
+from captioner.guard.admission import AdmissionBudget, AdmissionGate
 from captioner.guard.api_keys import ApiKeys
 from captioner.guard.gate import ApiGuard
-from captioner.guard.rate_limit import RateLimiter
+from captioner.guard.job_quota import JobQuota
+from captioner.guard.shared_limiter import SharedRateLimiter
 from captioner.http import paths
 from captioner.http.access_log import RequestObserver
+from captioner.http.body import BodyDeadline
+from captioner.http.drift_webhook import DriftWebhook
 from captioner.http.exception_handlers import EXCEPTION_HANDLERS
 from captioner.http.lifespan import lifespan
 from captioner.http.routes import routes
@@ -22,9 +27,11 @@ from captioner.http.web import render_index
 from captioner.model.loader import load_captioner
 from captioner.model.protocol import Captioner
 from captioner.observability.metrics import Metrics
+from captioner.serving.callbacks import build_callback_sender
 from captioner.serving.drift_watch import DriftWatch
 from captioner.serving.feedback import build_feedback
-from captioner.serving.jobs import JobManager, build_job_store
+from captioner.serving.job_manager import JobManager
+from captioner.serving.registry_source import RegistrySource
 
 
 def create_app(
@@ -34,36 +41,58 @@ def create_app(
     metrics: Metrics | None = None,
     on_fatal: Callable[[], None] | None = None,
     reload_settings: Callable[[], Settings] | None = None,
+    role: str = "all",
 ) -> Starlette:
-    """The app. Without ``captioner`` the model named by ``settings.model`` is loaded at start-up."""
+    """The app. Without ``captioner`` the model named by ``settings.model`` is loaded at start-up (never for
+    ``role="api"``, which only accepts jobs and answers; ``"worker"`` serves only health and metrics)."""
+    check_role(role, settings)
     metrics = metrics or Metrics()
+    fetcher = UrlFetcher(settings.url_input, max_bytes=settings.limits.max_body_bytes)
+    admission = AdmissionBudget.from_settings(settings, metrics)
+    metrics.url_fetches_in_flight.set_function(lambda: fetcher.in_flight)
     state = AppState(
         settings=settings,
         metrics=metrics,
         keys=ApiKeys.from_settings(settings.auth),  # a bad entry stops start-up here, naming its position
-        url_fetcher=UrlFetcher(settings.url_input, max_bytes=settings.limits.max_body_bytes),
-        jobs=JobManager(build_job_store(settings, metrics), ttl_s=settings.jobs.ttl_s, metrics=metrics),
+        url_fetcher=fetcher,
+        jobs=JobManager.from_settings(settings, metrics),
         drift=DriftWatch.from_settings(settings.drift, metrics),  # a bad reference file stops start-up here
         feedback=build_feedback(settings, metrics),
         page=render_index(settings),
+        limiter=SharedRateLimiter.from_settings(settings, metrics),
+        admission=admission,
+        job_quota=JobQuota.from_settings(settings, admission),
+        role=role,
+        callbacks=build_callback_sender(settings),
+        registry=RegistrySource(settings, metrics) if settings.registry.path and role != "api" else None,
     )
+    if settings.drift.webhook_url and state.drift.enabled:
+        state.webhook = DriftWebhook(settings.drift, settings.url_input, state.drift, metrics)
 
     def load_model(variant_settings: Settings) -> Captioner:
         return captioner if captioner is not None else load_captioner(variant_settings)
 
     app = Starlette(
-        routes=routes(),
+        routes=routes(role),
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[
-            Middleware(RequestObserver, metrics=metrics),  # outermost: sees every answer, 401/429 too
+            Middleware(RequestObserver, metrics=metrics),  # outermost: sees every answer, 401/429/503 too
+            Middleware(BodyDeadline, timeout_s=settings.limits.body_timeout_s),  # 408 for a body that trickles
             Middleware(
                 ApiGuard,
                 keys=state.keys,
-                limiter=RateLimiter.from_settings(settings.rate_limit),
+                limiter=state.limiter,
                 protects=paths.is_protected,
+                admin_keys=ApiKeys.admins(settings.auth),
             ),
+            # After the keys (a stranger takes no ticket), before the body is read (a refusal costs nothing).
+            Middleware(AdmissionGate, budget=state.admission, admits=_takes_work),
         ],
         lifespan=lifespan(state, load_model, on_fatal, reload_settings),
     )
     app.state.captioner = state
     return app
+
+
+def _takes_work(scope: Scope) -> bool:
+    return (scope.get("method"), scope.get("path")) in paths.ADMITTED

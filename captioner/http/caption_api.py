@@ -1,4 +1,7 @@
-"""``POST /api/v1/caption``: admission, parsing, the cache fast path, then the service (sync or as a job)."""
+"""``POST /api/v1/caption``: admission, parsing, the cache fast path, then the service (sync or as a job).
+
+On an ``api``-role replica (no model) a synchronous request is relayed through the job queue (``relay``).
+"""
 
 from __future__ import annotations
 
@@ -11,11 +14,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from captioner.config import Settings
-from captioner.errors import Overloaded
+from captioner.errors import InvalidRequest, Overloaded, error_from_body
 from captioner.guard.gate import key_principal
 from captioner.http.access_log import request_record
 from captioner.http.inputs import CaptionRequest, parse_caption_request
-from captioner.http.jobs_api import accept_job, wants_async
+from captioner.http.jobs_api import accept_job, idempotency_key, job_request, wants_async
 from captioner.http.responses import FastJSONResponse
 from captioner.http.state import AppState, app_state
 from captioner.serving.service import CaptionOutcome, CaptionService
@@ -29,14 +32,10 @@ async def caption(request: Request) -> Response:
     started = time.monotonic()
     state = app_state(request)
     if wants_async(request):
-        work = await prepare(request, state, started)
-        batcher = state.service.batcher if state.service is not None else None
-        batches_ahead = batcher.queue_depth / batcher.max_batch_size if batcher is not None else 0.0
-
-        async def run_job() -> dict[str, Any]:
-            return success_body(await work(), state.settings)
-
-        return await accept_job(request, state, run_job, batches_ahead=batches_ahead)
+        return await accept_job(request, state)
+    idempotency_key(request)  # checked, though only jobs use it
+    if state.role == "api":
+        return FastJSONResponse(await relayed(request, state, started))
     work = await prepare(request, state, started)
     outcome = work.hit if work.hit is not None else await cancel_on_disconnect(request, work())
     return FastJSONResponse(success_body(outcome, state.settings))
@@ -79,6 +78,8 @@ async def prepare(request: Request, state: AppState, started: float, parse: Requ
         # Refuse before reading the body: under overload the cheapest answer is the best one.
         raise Overloaded(retry_after_s=batcher.retry_after_s())
     parsed = await parse(request, settings)
+    if parsed.callback_url is not None:
+        raise InvalidRequest("callback_url is for mode=async (a synchronous answer needs no callback)")
     deadline = started + settings.batching.request_timeout_s
     record = request_record(request.scope)  # for the request's log line
     record.num_captions = parsed.num_captions
@@ -106,6 +107,25 @@ async def prepare(request: Request, state: AppState, started: float, parse: Requ
         if hit is not None:
             record.note_outcome(hit)
     return Work(fetch_and_caption, hit)
+
+
+async def relayed(
+    request: Request, state: AppState, started: float, parse: RequestParser = parse_api_request
+) -> dict[str, Any]:
+    """An ``api``-role replica has no model: a synchronous request goes through the queue like a job, and its
+    answer is the job's result (the same body and errors as a replica with a model; 504 past the deadline)."""
+    if state.draining:
+        raise Overloaded("the server is shutting down", retry_after_s=1)
+    parsed = await parse(request, state.settings)
+    if parsed.callback_url is not None:
+        raise InvalidRequest("callback_url is for mode=async (a synchronous answer needs no callback)")
+    job = (await state.jobs.submit(job_request(request, state, parsed))).job
+    deadline = started + state.settings.batching.request_timeout_s
+    ended = await cancel_on_disconnect(request, state.jobs.wait(job.job_id, principal=job.owner, deadline=deadline))
+    result = ended.result or {}
+    if ended.status != "success":
+        raise error_from_body(result)
+    return result
 
 
 async def cancel_on_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T:

@@ -12,7 +12,6 @@ A/B routing assigns to this caller and image (assignment is sticky, so that is t
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -23,8 +22,8 @@ from starlette.responses import Response
 from captioner.errors import InvalidRequest, NotFound, Overloaded, UnsupportedMediaType
 from captioner.http.body import body_limit, read_capped_body
 from captioner.http.caption_api import sticky_key
-from captioner.http.inputs import decode_base64
 from captioner.http.jobs_api import owner
+from captioner.http.json_body import decode_base64, parse_json
 from captioner.http.responses import FastJSONResponse
 from captioner.http.state import AppState, app_state
 from captioner.serving.feedback import UNKNOWN_VARIANT
@@ -54,10 +53,7 @@ async def feedback(request: Request) -> Response:
     if not content_type.startswith("application/json"):
         raise UnsupportedMediaType('send JSON: {"image_sha256": ..., "caption": ..., "rating": 1..5}')
     body = await read_capped_body(request, body_limit(content_type, state.settings.limits.max_body_bytes))
-    try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequest("the body is not valid JSON") from exc
+    payload = await parse_json(body)  # orjson: nesting capped, off the event loop when big
     asked = parse_feedback(payload)
     image_sha256, variant = await _rated_image(request, state, asked)
     if asked.image is not None and hashlib.sha256(asked.image).hexdigest() != image_sha256:

@@ -9,7 +9,6 @@ limits), the body and pixel limits, the cache and the batcher; errors keep the c
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -19,8 +18,9 @@ from starlette.responses import Response
 from captioner.config import Settings
 from captioner.errors import InvalidImage, InvalidRequest, TooLarge
 from captioner.http.body import body_limit, read_capped_body
-from captioner.http.caption_api import cancel_on_disconnect, prepare
-from captioner.http.inputs import CaptionRequest, decode_base64
+from captioner.http.caption_api import cancel_on_disconnect, prepare, relayed
+from captioner.http.inputs import CaptionRequest
+from captioner.http.json_body import decode_base64_off_loop, parse_json
 from captioner.http.responses import FastJSONResponse
 from captioner.http.state import app_state
 
@@ -28,6 +28,9 @@ from captioner.http.state import app_state
 async def image_to_text(request: Request) -> Response:
     started = time.monotonic()
     state = app_state(request)
+    if state.role == "api":  # no model here: through the job queue (serve --role api)
+        body = await relayed(request, state, started, parse=parse_hf_request)
+        return FastJSONResponse([{"generated_text": body["captions"][0]["text"]}])
     work = await prepare(request, state, started, parse=parse_hf_request)
     outcome = work.hit if work.hit is not None else await cancel_on_disconnect(request, work())
     return FastJSONResponse([{"generated_text": outcome.captions[0].text}])
@@ -38,7 +41,7 @@ async def parse_hf_request(request: Request, settings: Settings) -> CaptionReque
     max_bytes = settings.limits.max_body_bytes
     content_type = request.headers.get("content-type", "").strip().lower()
     body = await read_capped_body(request, body_limit(content_type, max_bytes))
-    image = _json_inputs(body) if content_type.startswith("application/json") else body
+    image = await _json_inputs(body) if content_type.startswith("application/json") else body
     if len(image) > max_bytes:
         raise TooLarge(f"the image is over the limit of {max_bytes} bytes")
     if not image:
@@ -46,14 +49,11 @@ async def parse_hf_request(request: Request, settings: Settings) -> CaptionReque
     return CaptionRequest(image=image, url=None, num_captions=1)  # one caption: the answer holds one
 
 
-def _json_inputs(body: bytes) -> bytes:
-    try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequest("the body is not valid JSON") from exc
+async def _json_inputs(body: bytes) -> bytes:
+    payload = await parse_json(body)  # orjson: nesting capped, off the event loop when big
     if not isinstance(payload, dict) or "inputs" not in payload:
         raise InvalidRequest('the JSON body must be {"inputs": "<base64 image>"}')
-    return decode_base64(payload["inputs"], "inputs")
+    return await decode_base64_off_loop(payload["inputs"], "inputs")
 
 
 def openapi_operation(errors: dict[str, Any]) -> dict[str, Any]:

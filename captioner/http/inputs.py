@@ -7,16 +7,13 @@ Accepted forms (the contract):
 - a raw body with no Content-Type, or ``application/x-www-form-urlencoded`` (what ``curl --data-binary`` sends
   without ``-H``), when its magic bytes name an image; otherwise 415, or the form it is;
 - JSON ``{"image": "<base64>"}`` (a ``data:`` URL is fine) or ``{"url": "https://..."}``.
-``num_captions`` may be a query parameter or a form/JSON field.
+``num_captions`` (and, for async jobs, ``callback_url``) may be a query parameter or a form/JSON field.
 
 One small parser per content type; the body is read with a byte cap (``body.py``).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +25,7 @@ from starlette.requests import Request
 
 from captioner.errors import InvalidImage, InvalidRequest, TooLarge, UnsupportedMediaType
 from captioner.http.body import body_limit, read_capped_body
+from captioner.http.json_body import decode_base64_off_loop, parse_json
 from captioner.model.preprocessing import sniff_format
 from captioner.serving.options import parse_num_captions
 
@@ -39,18 +37,7 @@ class CaptionRequest:
     image: bytes | None  # exactly one of image and url is set
     url: str | None
     num_captions: int
-
-
-def decode_base64(text: Any, field: str = "image") -> bytes:
-    """The JSON field ``field``'s base64 image (a ``data:`` URL is fine); 422 when it isn't base64."""
-    if not isinstance(text, str):
-        raise InvalidRequest(f"{field!r} must be a base64 string")
-    if text.startswith("data:"):
-        _, _, text = text.partition(",")
-    try:
-        return base64.b64decode("".join(text.split()), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidRequest(f"{field!r} is not valid base64") from exc
+    callback_url: str | None = None  # async jobs: POSTed the result when the job ends
 
 
 # What each parser returns: the image bytes or the URL (at most one is set), and the fields holding options.
@@ -67,7 +54,7 @@ async def _parse_form(request: Request, limit: int, max_body_bytes: int) -> Pars
     except HTTPException as exc:  # Starlette turns MultiPartException into a 400 inside an app; ours is 422
         raise InvalidRequest(f"malformed multipart body: {exc.detail}") from exc
     try:
-        repeated = [name for name in ("image", "url", "num_captions") if len(form.getlist(name)) > 1]
+        repeated = [name for name in ("image", "url", "num_captions", "callback_url") if len(form.getlist(name)) > 1]
         if repeated:  # which one would count is a guess; say so instead
             raise InvalidRequest(f"the form field {repeated[0]!r} is given more than once")
         fields = dict(form)
@@ -87,11 +74,7 @@ async def _parse_form(request: Request, limit: int, max_body_bytes: int) -> Pars
 
 async def _parse_json(request: Request, limit: int, max_body_bytes: int) -> Parsed:
     """``{"image": "<base64>"}`` or ``{"url": "..."}``, with ``num_captions`` as a JSON integer."""
-    body = await read_capped_body(request, limit)
-    try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequest("the body is not valid JSON") from exc
+    payload = await parse_json(await read_capped_body(request, limit))  # orjson: nesting capped, off-loop if big
     if not isinstance(payload, dict):
         raise InvalidRequest('the JSON body must be an object such as {"image": "<base64>"}')
     if "image" in payload and "url" in payload:
@@ -99,9 +82,10 @@ async def _parse_json(request: Request, limit: int, max_body_bytes: int) -> Pars
     count = payload.get("num_captions", 1)
     if not isinstance(count, int) or isinstance(count, bool):
         # JSON has numbers: "2" is a client bug worth reporting, unlike in a query string or form.
-        raise InvalidRequest(f"num_captions must be a JSON integer, got {count!r}")
+        shown = repr(count) if len(repr(count)) <= 40 else f"a {type(count).__name__}"  # never echo a huge value
+        raise InvalidRequest(f"num_captions must be a JSON integer, got {shown}")
     if "image" in payload:
-        return decode_base64(payload["image"]), None, payload
+        return await decode_base64_off_loop(payload["image"]), None, payload
     if payload.get("url") is None:
         raise InvalidRequest('the JSON body needs "image" (base64) or "url"')
     return None, payload["url"], payload
@@ -166,7 +150,21 @@ async def parse_caption_request(
         image=image,
         url=url or None,
         num_captions=_num_captions(request, fields, default_num_captions, max_num_captions),
+        callback_url=_callback_url(request, fields),
     )
+
+
+def _callback_url(request: Request, fields: Mapping[str, Any]) -> str | None:
+    """A query parameter, form field or JSON field; its policy is checked where jobs are accepted."""
+    values = request.query_params.getlist("callback_url")
+    if len(values) > 1:
+        raise InvalidRequest("the query parameter 'callback_url' is given more than once")
+    value = values[0] if values else fields.get("callback_url")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest("'callback_url' must be an http(s) URL")
+    return value
 
 
 def _num_captions(request: Request, fields: Mapping[str, Any], default: int, maximum: int) -> int:
@@ -174,6 +172,8 @@ def _num_captions(request: Request, fields: Mapping[str, Any], default: int, max
     if "num_captions" in fields:
         # Checked even when the query parameter wins: a malformed field is an error, not something to ignore.
         parse_num_captions(fields["num_captions"], default, maximum)
+    if not request.scope.get("query_string"):  # the common case: nothing to parse
+        return parse_num_captions(fields.get("num_captions"), default, maximum)
     if len(request.query_params.getlist("num_captions")) > 1:
         raise InvalidRequest("the query parameter 'num_captions' is given more than once")
     return parse_num_captions(request.query_params.get("num_captions", fields.get("num_captions")), default, maximum)

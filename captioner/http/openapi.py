@@ -12,8 +12,15 @@ from captioner import __version__
 from captioner.config import Settings
 from captioner.errors import error_codes
 from captioner.http import feedback_api, hf_api, paths
+from captioner.http.openapi_schemas import component_schemas
 
 _ERROR_CODES = error_codes()
+_CALLBACK_URL = {
+    "type": "string",
+    "format": "uri",
+    "description": "mode=async: POSTed the job's result when it ends, signed with X-Captioner-Signature: "
+    "sha256=<HMAC-SHA256 of the body under jobs.callback_secret>; retried with backoff",
+}
 
 
 def _error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
@@ -30,7 +37,8 @@ def _caption_request_body(settings: Settings, num_captions: dict[str, Any]) -> d
     """The ways to send an image. Exactly one of ``image`` and ``url`` (``url`` only when URL input is on)."""
 
     def image_or_url(image: dict[str, Any], url: dict[str, Any]) -> dict[str, Any]:
-        schema: dict[str, Any] = {"type": "object", "properties": {"image": image, "num_captions": num_captions}}
+        properties = {"image": image, "num_captions": num_captions, "callback_url": _CALLBACK_URL}
+        schema: dict[str, Any] = {"type": "object", "properties": properties}
         if settings.url_input.enabled:
             schema["properties"]["url"] = url
             schema["oneOf"] = [{"required": ["image"]}, {"required": ["url"]}]
@@ -61,19 +69,24 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
         "maximum": max_captions,
         "default": settings.generation.num_captions,
     }
-    job_id_required = {"type": "object", "properties": {"job_id": {"type": "string"}}, "required": ["job_id"]}
     status_only = {"type": "object", "properties": {"status": {"type": "string"}}, "required": ["status"]}
     errors = {
         "400": _error("invalid_image, url_not_allowed or url_fetch_failed"),
         "401": _error("unauthorized"),
+        "408": _error("timeout: the body did not arrive within limits.body_timeout_s"),
         "413": _error("too_large: body over limits.max_body_bytes or pixels over limits.max_pixels"),
         "415": _error("unsupported_media_type"),
         "422": _error("invalid_request"),
         "429": _error("rate_limited", retry_after=True),
         "500": _error("model_error"),
-        "503": _error("overloaded: queue full, loading or draining", retry_after=True),
+        "503": _error(
+            "overloaded: queue (or, mode=async, job queue) full, loading, draining, the model down or failing, or "
+            "(rate_limit.fail_open: false) rate limits unavailable",
+            retry_after=True,
+        ),
         "504": _error("timeout: the request deadline passed before inference"),
     }
+    forbidden = _error("forbidden: with auth on, this needs an admin key (auth.admin_keys)")
     return {
         "openapi": "3.1.0",
         "info": {
@@ -96,6 +109,15 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                             "GET /api/v1/caption/{job_id}",
                             "schema": {"enum": ["sync", "async"], "default": "sync"},
                         },
+                        {"name": "callback_url", "in": "query", "required": False, "schema": _CALLBACK_URL},
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": False,
+                            "description": "mode=async: the same key from the same API key within jobs.ttl_s "
+                            "answers the first request's job instead of making another",
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"},
+                        },
                     ],
                     "requestBody": _caption_request_body(settings, num_captions),
                     "responses": {
@@ -107,7 +129,13 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                         },
                         "202": {
                             "description": "mode=async: the job was accepted",
-                            "headers": {"Location": {"schema": {"type": "string"}, "description": "the job's URL"}},
+                            "headers": {
+                                "Location": {"schema": {"type": "string"}, "description": "the job's URL"},
+                                "Idempotent-Replayed": {
+                                    "schema": {"const": "true"},
+                                    "description": "an earlier request with this Idempotency-Key made the job",
+                                },
+                            },
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobAccepted"}}},
                         },
                         **errors,
@@ -128,7 +156,7 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                         "401": errors["401"],
                         "404": _error("not_found: unknown or expired job id, or another API key's job"),
                         "429": errors["429"],
-                        "503": _error("overloaded: the shared job store (Redis) is unavailable", retry_after=True),
+                        "503": _error("overloaded: the job queue or store (Redis) is unavailable", retry_after=True),
                     },
                 }
             },
@@ -150,7 +178,7 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                     "responses": {
                         "200": {"description": "ready", "content": {"application/json": {"schema": status_only}}},
                         "503": {
-                            "description": "loading or draining",
+                            "description": "not ready, and why: loading, draining, a model down, failing or failed",
                             "content": {"application/json": {"schema": status_only}},
                         },
                     },
@@ -179,6 +207,7 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DriftReport"}}},
                         },
                         "401": errors["401"],
+                        "403": forbidden,
                         "429": errors["429"],
                     },
                 }
@@ -193,84 +222,28 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                             "content": {"application/json": {"schema": {"type": "object", "required": ["features"]}}},
                         },
                         "401": errors["401"],
+                        "403": forbidden,
                         "404": _error("not_found: drift monitoring is off (drift.enabled: false)"),
                         "429": errors["429"],
                     },
                 }
             },
+            paths.VARIANTS: {
+                "get": {
+                    "summary": "The live A/B variants and the canary analysis (registry serving: production, canary)",
+                    "operationId": "get_variants",
+                    "responses": {
+                        "200": {
+                            "description": "variants (weight, model, revision, stats: requests, errors, error_ratio, "
+                            "p95_s, mean_confidence), canary (state: none, paused, waiting, healthy or rolled_back; "
+                            "reason, detail, the signals compared), registry (name, production, canary) or null",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Variants"}}},
+                        },
+                        "401": errors["401"],
+                        "429": errors["429"],
+                    },
+                }
+            },
         },
-        "components": {
-            "schemas": {
-                "Caption": {
-                    "type": "object",
-                    "properties": {
-                        "text": {"type": "string"},
-                        "confidence": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-                    },
-                    "required": ["text", "confidence"],
-                },
-                "CaptionResponse": {
-                    "type": "object",
-                    "properties": {
-                        "status": {"const": "success"},
-                        "captions": {"type": "array", "items": {"$ref": "#/components/schemas/Caption"}},
-                        "model": {"type": "string"},
-                        "cached": {"type": "boolean"},
-                        "image_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-                    },
-                    "required": ["status", "captions", "model", "cached", "image_sha256"],
-                },
-                "JobAccepted": {
-                    "type": "object",
-                    "properties": {
-                        "status": {"const": "processing"},
-                        "job_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
-                        "estimated_time_seconds": {"type": "number", "minimum": 0},
-                    },
-                    "required": ["status", "job_id", "estimated_time_seconds"],
-                },
-                "JobResult": {
-                    "oneOf": [
-                        {
-                            "type": "object",
-                            "properties": {"status": {"const": "processing"}, "job_id": {"type": "string"}},
-                            "required": ["status", "job_id"],
-                        },
-                        {"allOf": [{"$ref": "#/components/schemas/CaptionResponse"}, job_id_required]},
-                        {"allOf": [{"$ref": "#/components/schemas/Error"}, job_id_required]},
-                    ]
-                },
-                "DriftReport": {
-                    "type": "object",
-                    "properties": {
-                        "enabled": {"type": "boolean"},
-                        "features": {
-                            "type": "object",
-                            "additionalProperties": {
-                                "type": "object",
-                                "properties": {
-                                    "psi": {"type": ["number", "null"]},
-                                    "alert": {"type": "boolean"},
-                                    "reference_n": {"type": "integer"},
-                                    "window_n": {"type": "integer"},
-                                },
-                            },
-                        },
-                    },
-                    "required": ["enabled", "features"],
-                },
-                "Error": {
-                    "type": "object",
-                    "properties": {
-                        "status": {"const": "error"},
-                        "error": {
-                            "type": "object",
-                            "properties": {"code": {"enum": _ERROR_CODES}, "message": {"type": "string"}},
-                            "required": ["code", "message"],
-                        },
-                    },
-                    "required": ["status", "error"],
-                },
-            }
-        },
+        "components": {"schemas": component_schemas(_ERROR_CODES)},
     }

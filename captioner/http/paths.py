@@ -11,6 +11,7 @@ JOB = "/api/v1/caption/{job_id}"
 DRIFT = "/api/v1/drift"
 DRIFT_REFERENCE = "/api/v1/drift/reference"
 FEEDBACK = "/api/v1/feedback"
+VARIANTS = "/api/v1/variants"
 
 HEALTHZ = "/healthz"
 READYZ = "/readyz"
@@ -20,6 +21,10 @@ OPENAPI = "/openapi.json"
 INDEX = "/"  # GET: the web page
 HF_IMAGE_TO_TEXT = "/"  # POST: huggingface_hub.InferenceClient(base_url=... or model=...).image_to_text()
 STATIC = "/static"
+
+# (method, path) of every endpoint that takes work in (a body to read, an image to fetch, decode and caption):
+# each such request holds an admission ticket until it is answered (guard/admission.py).
+ADMITTED = frozenset({("POST", CAPTION), ("POST", HF_IMAGE_TO_TEXT), ("POST", FEEDBACK)})
 
 
 def is_protected(method: str, path: str) -> bool:

@@ -12,12 +12,19 @@ from typing import Any
 from starlette.requests import HTTPConnection
 
 from captioner.config import Settings, to_dict
+from captioner.guard.admission import AdmissionBudget
 from captioner.guard.api_keys import ApiKeys
+from captioner.guard.job_quota import JobQuota
+from captioner.guard.shared_limiter import SharedRateLimiter
+from captioner.http.drift_webhook import DriftWebhook
 from captioner.http.urlfetch import UrlFetcher
 from captioner.observability.metrics import Metrics
+from captioner.serving.callbacks import CallbackSender
+from captioner.serving.canary_watch import CanaryWatch
 from captioner.serving.drift_watch import DriftWatch
 from captioner.serving.feedback import Feedback
-from captioner.serving.jobs import JobManager
+from captioner.serving.job_manager import JobManager
+from captioner.serving.registry_source import RegistrySource
 from captioner.serving.service import CaptionService
 from captioner.serving.variants import VariantPool
 
@@ -34,14 +41,40 @@ class AppState:
     drift: DriftWatch
     feedback: Feedback
     page: str  # the web page, rendered once from the settings
+    limiter: SharedRateLimiter
+    admission: AdmissionBudget  # requests and running jobs accepted and not yet answered (503 past it)
+    job_quota: JobQuota  # async jobs this replica accepted that have not ended: per caller, and their bytes
+    role: str = "all"  # serve --role: all (accept and caption), api (accept, no model), worker (caption the queue)
+    callbacks: CallbackSender | None = None  # None without jobs.callback_secret: callback_url is refused
     pool: VariantPool | None = None
+    registry: RegistrySource | None = None  # registry.path set: the variants are its aliases
+    canary: CanaryWatch | None = None  # made once the variants are up
+    webhook: DriftWebhook | None = None  # drift.webhook_url set
     loop: asyncio.AbstractEventLoop | None = None
     ready: bool = False
     draining: bool = False
     load_error: str | None = None
+    fatal_error: str | None = None  # a model failure this process can't recover from (it is on its way out)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     drain_deadline: float | None = None  # on ``clock``, set by the first start_draining
     clock: Callable[[], float] = time.monotonic
+
+    def __post_init__(self) -> None:
+        # Computed at each scrape, so it can never disagree with /readyz.
+        self.metrics.ready.set_function(lambda: 0.0 if self.not_ready_reason() else 1.0)
+
+    def not_ready_reason(self) -> str | None:
+        """Why /readyz says 503 (loading, draining, a model down or failing, a fatal error); None when ready."""
+        if self.fatal_error is not None:
+            return "failed: " + self.fatal_error
+        if self.load_error is not None:
+            return "failed: " + self.load_error
+        if self.draining:
+            return "draining"
+        if not self.ready:
+            return "loading"
+        problems = self.pool.health_problems() if self.pool is not None else []  # an api replica has no model
+        return "; ".join(problems) if problems else None
 
     @property
     def service(self) -> CaptionService | None:
@@ -62,13 +95,13 @@ class AppState:
         ignored = [k for k, v in to_dict(new).items() if k != "models" and v != running[k]]
         if ignored:
             logger.warning("reload applies `models` only; restart to change: %s", ", ".join(ignored))
-        applied = self.settings.with_models_of(new)
+        wanted = self.registry.resolve(new) if self.registry is not None else new
+        applied = self.settings.with_models_of(wanted)
         await self.pool.reload(applied)
         self.settings = applied
 
     def set_ready(self, ready: bool) -> None:
         self.ready = ready
-        self.metrics.ready.set(1 if ready else 0)
 
     def start_draining(self) -> None:
         """Called on SIGTERM, before anything else: stop looking ready, refuse new work, and stop holding
@@ -78,9 +111,11 @@ class AppState:
             self.drain_deadline = self.clock() + self.settings.server.drain_timeout_s
         self.draining = True
         self.set_ready(False)
-        if self.loop is not None and self.pool is not None:
+        if self.loop is not None:
             # A signal handler may run between any two bytecodes of the loop: hand the loop the work.
-            self.loop.call_soon_threadsafe(self.pool.expedite)
+            self.loop.call_soon_threadsafe(self.jobs.stop_claiming)
+            if self.pool is not None:
+                self.loop.call_soon_threadsafe(self.pool.expedite)
 
     def drain_left_s(self) -> float:
         """Seconds left of the drain budget (all of it before a drain started)."""

@@ -1,138 +1,32 @@
 """Fetch an image from a client-supplied URL without becoming an SSRF proxy into our own network.
 
-Every hop (the URL and each redirect) is parsed, its host resolved once and every address checked. The request
-then goes to the checked IP itself: the URL's host becomes the IP while the ``Host`` header and, for https, the
-TLS SNI / certificate hostname stay the original name, so no second DNS lookup can be rebound in between.
+Every hop (the URL and each redirect) is parsed, its host resolved once and every address checked, and the
+request then goes to the checked IP itself (``serving/url_policy.py`` holds the policy, shared with job
+callbacks). Compressed bodies are refused and the body is counted as it streams, against the byte cap.
 
-Policy: URLs with credentials (``user:pass@``) are refused (we never send auth, and they are a classic way to
-disguise the host). Numeric IPv4 spellings (``2130706433``, ``0x7f.1``) mean what ``inet_aton`` says; httpx
-already rejects dotted forms with leading zeros (``0177.0.0.1``) as malformed. Unspecified, multicast and
-broadcast addresses are refused even with ``allow_private_networks``: nothing to fetch lives there.
+At most ``url_input.max_concurrent_fetches`` outbound requests (fetches and callback POSTs) run at once per
+process (a semaphore, and the same ``max_connections`` on httpx's pool); the rest wait their turn before their
+timeout starts. A replica can then be made to open only that many connections to third parties, however many
+jobs it accepts.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import re
-import socket
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from urllib.parse import unquote
+import contextlib
+from collections.abc import AsyncIterator
 
 import httpx
 
 from captioner import __version__
 from captioner.config import UrlInputSettings
 from captioner.errors import TooLarge, UrlFetchFailed, UrlNotAllowed
+from captioner.serving.url_policy import Resolver as Resolver  # re-exported (used from here before the move)
+from captioner.serving.url_policy import Target, parse_url, pinned_request, resolve_checked
+from captioner.serving.url_policy import check_address as check_address
+from captioner.serving.url_policy import system_resolver as system_resolver
 
-Resolver = Callable[[str, int], Awaitable[list[str]]]
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-_SCHEMES = {"http": 80, "https": 443}
 _REDIRECTS = {301, 302, 303, 307, 308}
-# inet_aton's grammar: 1-4 parts, each decimal, octal (leading 0) or hex (0x). Matched strictly first because
-# glibc's inet_aton accepts trailing garbage after a space.
-_IPV4_SHORTHAND = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)(?:\.(?:0x[0-9a-f]*|[0-9]+)){0,3}", re.IGNORECASE)
-_NUMERIC_LABEL = re.compile(r"0x[0-9a-f]*|[0-9]+", re.IGNORECASE)
-_SHARED_SPACE = ipaddress.IPv4Network("100.64.0.0/10")  # carrier-grade NAT; Python calls it neither private nor global
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
-
-
-async def system_resolver(host: str, port: int) -> list[str]:
-    """The host's addresses via the OS resolver (off the event loop, as ``loop.getaddrinfo`` does)."""
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return [str(info[4][0]) for info in infos]
-
-
-def _refusal(addr: IPAddress, allow_private: bool) -> str | None:
-    """Why ``addr`` may not be fetched from, or None when it may."""
-    if isinstance(addr, ipaddress.IPv6Address):
-        nat64 = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF) if addr in _NAT64 else None
-        embedded = addr.ipv4_mapped or addr.sixtofour or nat64
-        if embedded is not None:
-            # The packets end up at the IPv4 host (directly, via a 6to4 relay or a NAT64 gateway), so its
-            # verdict is the one that counts; the IPv6 prefixes themselves read as reserved to ``ipaddress``.
-            reason = _refusal(embedded, allow_private)
-            return None if reason is None else f"{reason} (IPv4 embedded in IPv6)"
-    if addr.is_unspecified:
-        return "unspecified"
-    if addr.is_multicast:
-        return "multicast"
-    if addr == _BROADCAST:
-        return "broadcast"
-    if allow_private:
-        return None
-    site_local = isinstance(addr, ipaddress.IPv6Address) and addr.is_site_local  # fec0::/10, which is_private misses
-    checks = [
-        (addr.is_loopback, "loopback"), (addr.is_link_local, "link-local"), (addr.is_private, "private"),
-        (addr in _SHARED_SPACE, "shared (carrier-grade NAT)"), (site_local, "site-local"),
-        (addr.is_reserved, "reserved"), (not addr.is_global, "non-public"),
-    ]  # fmt: skip
-    return next((name for hit, name in checks if hit), None)
-
-
-def check_address(ip: str, *, allow_private: bool) -> None:
-    """Raise ``UrlNotAllowed`` unless ``ip`` is an address we may connect to."""
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        raise UrlNotAllowed(f"{ip!r} is not an IP address") from None
-    reason = _refusal(addr, allow_private)
-    if reason is not None:
-        # The address itself is left out: echoing what an internal name resolves to would leak our DNS.
-        raise UrlNotAllowed(f"the URL's host resolves to a {reason} address, which may not be fetched")
-
-
-def _literal_ip(host: str) -> str | None:
-    """The normalised IP when ``host`` is an IP literal in any spelling, else None (a name to resolve)."""
-    if ":" in host:  # only IPv6 literals contain a colon once httpx has split off the port
-        try:
-            return str(ipaddress.IPv6Address(unquote(host)))
-        except ValueError:
-            raise UrlNotAllowed("the URL's host is not a valid IPv6 address") from None
-    name = host.removesuffix(".")
-    if _IPV4_SHORTHAND.fullmatch(name):
-        try:
-            return socket.inet_ntoa(socket.inet_aton(name))
-        except OSError:
-            pass
-    # Like browsers: a numeric last label means "this is meant as an IPv4 address", so a malformed one is
-    # refused rather than handed to a resolver that might read it some other way.
-    if _NUMERIC_LABEL.fullmatch(name.rsplit(".", 1)[-1]):
-        raise UrlNotAllowed("the URL's host is not a valid IPv4 address")
-    return None
-
-
-@dataclass(frozen=True)
-class _Target:
-    url: httpx.URL
-    host: str  # ASCII (IDNA) name or normalised IP: what we resolve, send as Host and verify TLS against
-    port: int
-    literal: str | None
-
-
-def _parse(url: str) -> _Target:
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError):
-        raise UrlNotAllowed("the URL is malformed") from None
-    if parsed.scheme not in _SCHEMES:
-        raise UrlNotAllowed(f"only http and https URLs can be fetched, not {parsed.scheme or 'a relative URL'!r}")
-    if parsed.userinfo:
-        raise UrlNotAllowed("URLs with credentials (user:password@host) are not accepted")
-    host = parsed.raw_host.decode("ascii")
-    if not host:
-        raise UrlNotAllowed("the URL has no host")
-    literal = _literal_ip(host)
-    if literal is not None:  # the canonical spelling from here on, so Host reads "127.0.0.1", not "0x7f.1"
-        try:
-            parsed = parsed.copy_with(host=literal)
-        except httpx.InvalidURL:  # e.g. an IPv6 zone id, which has no business in a fetchable URL
-            raise UrlNotAllowed("the URL's host is not a usable IP address") from None
-    port = parsed.port or _SCHEMES[parsed.scheme]
-    return _Target(parsed, literal or host, port, literal)
 
 
 class UrlFetcher:
@@ -150,8 +44,11 @@ class UrlFetcher:
         self._max_bytes = max_bytes
         self._resolver = resolver
         self._timeout = httpx.Timeout(settings.timeout_s)
-        # No keep-alive (see "Connection: close" below); this just stops the pool holding dead sockets.
-        transport = transport or httpx.AsyncHTTPTransport(limits=httpx.Limits(max_keepalive_connections=0))
+        self._slots = asyncio.Semaphore(settings.max_concurrent_fetches)
+        self.in_flight = 0
+        # No keep-alive (see "Connection: close" below): the pool only caps connections, and never holds dead ones.
+        limits = httpx.Limits(max_connections=settings.max_concurrent_fetches, max_keepalive_connections=0)
+        transport = transport or httpx.AsyncHTTPTransport(limits=limits)
         # trust_env=False: an HTTP(S)_PROXY from the environment would do its own DNS and undo the pinning,
         # and .netrc credentials must never be sent to a client-chosen host.
         self._client = httpx.AsyncClient(transport=transport, follow_redirects=False, trust_env=False)
@@ -163,14 +60,38 @@ class UrlFetcher:
         """The body at ``url``, or UrlNotAllowed / UrlFetchFailed / TooLarge."""
         if not self._settings.enabled:
             raise UrlNotAllowed("fetching images by URL is disabled on this server")
+        async with self._slot():  # waiting here is not fetching: the timeout starts once a slot is ours
+            try:
+                async with asyncio.timeout(self._settings.timeout_s):
+                    return await self._fetch(url)
+            except TimeoutError:
+                raise UrlFetchFailed(f"fetching the URL took longer than {self._settings.timeout_s:g}s") from None
+
+    @contextlib.asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        async with self._slots:
+            self.in_flight += 1
+            try:
+                yield
+            finally:
+                self.in_flight -= 1
+
+    async def post_json(self, url: str, body: bytes) -> int:
+        """POST ``body`` (JSON) to ``url`` under the same policy as ``fetch``; redirects are not followed.
+
+        Returns the HTTP status; raises UrlNotAllowed (the policy refused the host) or UrlFetchFailed.
+        """
         try:
-            async with asyncio.timeout(self._settings.timeout_s):
-                return await self._fetch(url)
+            async with self._slot(), asyncio.timeout(self._settings.timeout_s):
+                target = parse_url(url)
+                response = await self._send(target, await self._resolve(target), method="POST", content=body)
+                await response.aclose()
+                return response.status_code
         except TimeoutError:
-            raise UrlFetchFailed(f"fetching the URL took longer than {self._settings.timeout_s:g}s") from None
+            raise UrlFetchFailed(f"the POST took longer than {self._settings.timeout_s:g}s") from None
 
     async def _fetch(self, url: str) -> bytes:
-        target = _parse(url)
+        target = parse_url(url)
         redirects = 0
         while True:
             addresses = await self._resolve(target)
@@ -188,7 +109,7 @@ class UrlFetcher:
                         next_url = target.url.join(location)
                     except httpx.InvalidURL:
                         raise UrlNotAllowed("the URL redirected to a malformed URL") from None
-                    target = _parse(str(next_url))
+                    target = parse_url(str(next_url))
                     continue
                 if not 200 <= status < 300:
                     raise UrlFetchFailed(f"the URL answered HTTP {status}")
@@ -198,40 +119,25 @@ class UrlFetcher:
             finally:
                 await response.aclose()
 
-    async def _resolve(self, target: _Target) -> list[str]:
-        if target.literal is not None:
-            addresses = [target.literal]
-        else:
-            try:
-                addresses = await self._resolver(target.host, target.port)
-            except OSError:
-                raise UrlFetchFailed(f"could not resolve the host {target.host!r}") from None
-            if not addresses:
-                raise UrlFetchFailed(f"the host {target.host!r} has no addresses")
-        # Every address must pass, not just one: we may connect to any of them below.
-        for address in addresses:
-            check_address(address, allow_private=self._settings.allow_private_networks)
-        return list(dict.fromkeys(addresses))
+    async def _resolve(self, target: Target) -> list[str]:
+        return await resolve_checked(target, self._resolver, allow_private=self._settings.allow_private_networks)
 
-    async def _send(self, target: _Target, addresses: list[str]) -> httpx.Response:
+    async def _send(
+        self, target: Target, addresses: list[str], *, method: str = "GET", content: bytes | None = None
+    ) -> httpx.Response:
         """Send the request to the first checked address that accepts a connection."""
         headers = {
-            "Host": target.url.netloc.decode("ascii"),  # IDNA host plus any non-default port, as httpx sends it
             "User-Agent": f"captioner/{__version__}",
             "Accept": "image/*, */*;q=0.5",
             # Compressed bodies would be inflated chunk by chunk before we could count them (a zip bomb).
             "Accept-Encoding": "identity",
-            # Never reuse a connection, whatever the transport: pools are keyed by IP, so a TLS connection
-            # verified for one name could otherwise carry a request for another name on the same IP.
-            "Connection": "close",
         }
-        # sni_hostname makes httpcore send SNI and verify the certificate for the name, not the IP we dial.
-        extensions = {"sni_hostname": target.host, "timeout": self._timeout.as_dict()}
+        if content is not None:
+            headers.update({"Accept": "*/*", "Content-Type": "application/json"})
         for index, address in enumerate(addresses):
             try:
-                # A bare httpx.Request (not client.build_request) so no client cookies or auth are attached.
-                request = httpx.Request(
-                    "GET", target.url.copy_with(host=address), headers=headers, extensions=extensions
+                request = pinned_request(
+                    method, target, address, headers=headers, timeout=self._timeout, content=content
                 )
                 return await self._client.send(request, stream=True)
             except httpx.ConnectError:
@@ -239,7 +145,7 @@ class UrlFetcher:
                     raise UrlFetchFailed(f"could not connect to {target.host!r} (connection or TLS failed)") from None
             except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 raise UrlFetchFailed(f"fetching the URL failed ({type(exc).__name__})") from None
-        raise AssertionError("unreachable: _resolve never returns an empty list")
+        raise AssertionError("unreachable: resolve_checked never returns an empty list")
 
     async def _read_body(self, response: httpx.Response) -> bytes:
         encoding = response.headers.get("content-encoding", "identity").strip().lower()

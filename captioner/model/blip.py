@@ -12,9 +12,11 @@ a number in (0, 1]. With greedy search (``num_beams = 1``) the same mean is comp
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,7 +25,7 @@ import torch
 from transformers import BlipForConditionalGeneration, BlipProcessor
 
 from captioner.config import GenerationSettings, ModelSettings
-from captioner.model import acceleration
+from captioner.model import acceleration, budgets, device_jpeg, static_decoding
 from captioner.model.preprocessing import ImagePreprocessor, PreparedImage
 from captioner.model.protocol import Caption, CaptionJob
 from captioner.model.weights import is_untrained
@@ -41,9 +43,10 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(requested: str, device: torch.device, autocast: str = "none") -> torch.dtype:
     if requested == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        # Autocast computes in half precision from float32 weights.
+        return torch.float16 if device.type == "cuda" and autocast == "none" else torch.float32
     return _DTYPES[requested]
 
 
@@ -88,9 +91,13 @@ class BlipCaptioner(Preprocessing):
         self.name = model.name
         self.revision = model.revision
         self._device = resolve_device(model.device)
-        self._dtype = resolve_dtype(model.dtype, self._device)
+        self._dtype = resolve_dtype(model.dtype, self._device, model.autocast)
         self.device = str(self._device)
         self.dtype = str(self._dtype).removeprefix("torch.")
+        self._autocast = _DTYPES.get(model.autocast)
+        if self._autocast is not None:
+            self.dtype = f"{model.autocast}-autocast"  # captions differ from float32's: part of the cache key
+        self._static_cache = model.kv_cache == "static"
         self.untrained = is_untrained(model_dir)
         self._generation = generation
         # transformers' own annotations are looser than mypy --strict; hold both as Any.
@@ -100,6 +107,10 @@ class BlipCaptioner(Preprocessing):
         self._model: Any = loaded.to(self._device).eval()
         self._apply_speedups(model)
         self._preprocessor = ImagePreprocessor.from_pretrained(model_dir, max_pixels=max_pixels)
+        self._jpeg = None
+        if model.jpeg_decode == "device":
+            self._jpeg = device_jpeg.DeviceJpegDecoder(self._preprocessor, self._device)
+        self._measure_threads = model.auto_threads == "measured" and model.num_threads == 0
         prompt = self._processor.tokenizer(model.prompt, return_tensors="pt")
         # BLIP's generate() drops the prompt's final [SEP], so generated text starts after len - 1 tokens.
         self._prompt_ids: torch.Tensor = prompt["input_ids"].to(self._device)
@@ -108,7 +119,7 @@ class BlipCaptioner(Preprocessing):
 
     def _apply_speedups(self, model: ModelSettings) -> None:
         if model.attention == "sdpa":
-            acceleration.use_sdpa_attention(self._model)
+            acceleration.use_sdpa_attention(self._model, text=self._device.type != "cpu")
         if model.quantize == "int8":
             if self._device.type != "cpu" or self._dtype != torch.float32:
                 raise ValueError(
@@ -118,15 +129,71 @@ class BlipCaptioner(Preprocessing):
             acceleration.quantize_int8(self._model)
             self.dtype = "int8"
         if model.compile:
-            acceleration.compile_model(self._model)
+            acceleration.compile_model(self._model, static_shapes=self._static_cache)
+
+    def preprocess(self, data: bytes) -> PreparedImage:
+        if self._jpeg is not None:
+            return device_jpeg.defer(self._preprocessor, data)
+        return self._preprocessor(data)
 
     def warm_up(self) -> None:
         """One real generate on a blank image, so the first request doesn't pay for lazy initialisation."""
         height, width = self.image_size
         self.caption_batch([CaptionJob(torch.zeros(3, height, width))])
+        if self._measure_threads and self._device.type == "cpu":
+            self._size_threads()
 
     def caption_batch(self, jobs: Sequence[CaptionJob]) -> list[list[Caption]]:
         return split_on_oom(self._caption_batch, jobs)
+
+    def measure_batch_limit(self, limit: int) -> int | None:
+        """``batching.auto_batch_size``: the largest batch the GPU's free memory holds, up to ``limit``.
+
+        The peak memory of a probe batch (with the most beams a request can ask for) gives the cost of one image;
+        ``budgets.batch_size_for_memory`` turns it into a batch size. None off a GPU: the configured size stays.
+        """
+        if self._device.type != "cuda":
+            return None
+        height, width = self.image_size
+        beams = max(self._generation.num_beams, self._generation.max_num_captions)
+        probe = [CaptionJob(torch.zeros(3, height, width), beams)] * budgets.PROBE_BATCH
+        torch.cuda.synchronize(self._device)
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated(self._device)
+        torch.cuda.reset_peak_memory_stats(self._device)
+        self.caption_batch(probe)
+        per_image = (torch.cuda.max_memory_allocated(self._device) - base) / budgets.PROBE_BATCH
+        free, _ = torch.cuda.mem_get_info(self._device)
+        cached = torch.cuda.memory_reserved(self._device) - torch.cuda.memory_allocated(self._device)
+        size = budgets.batch_size_for_memory(per_image_bytes=per_image, available_bytes=free + cached, limit=limit)
+        logger.info(
+            "batch size %d from GPU memory: %.1f MiB per image, %.1f GiB free",
+            size, per_image / 2**20, (free + cached) / 2**30,
+        )  # fmt: skip
+        return size
+
+    def _size_threads(self) -> None:
+        """``model.auto_threads: measured``: time one image's preprocessing and, on one thread, the model's share
+        of a batch, then give the model the cores ``budgets.threads_from_costs`` says."""
+        data = budgets.synthetic_photo()
+        started = time.thread_time()
+        prepared = self._preprocessor(data)
+        other = time.thread_time() - started
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)  # one intra-op thread, this one: its CPU time is all the model's
+        try:
+            started = time.thread_time()
+            self.caption_batch([CaptionJob(prepared.pixel_values)] * budgets.PROBE_BATCH)
+            model = (time.thread_time() - started) / budgets.PROBE_BATCH
+        finally:
+            torch.set_num_threads(before)
+        cores = acceleration.cpu_count()
+        threads = budgets.threads_from_costs(cores=cores, model_cpu_s=model, other_cpu_s=other)
+        torch.set_num_threads(threads)
+        logger.info(
+            "model threads %d of %d cores: the model costs %.1f ms of CPU per image, preprocessing %.1f ms",
+            threads, cores, model * 1000, other * 1000,
+        )  # fmt: skip
 
     # -- internals ---------------------------------------------------------------------------------
 
@@ -134,6 +201,7 @@ class BlipCaptioner(Preprocessing):
         return max(self._generation.num_beams, num_captions)
 
     def _caption_batch(self, jobs: Sequence[CaptionJob]) -> list[list[Caption]]:
+        pixels = self._pixels(jobs)
         results: list[list[Caption] | None] = [None] * len(jobs)
         # Requests asking for more captions than there are beams need a wider search; group by beam count so
         # every other request in the batch keeps exactly the configured search (and its exact captions).
@@ -141,7 +209,7 @@ class BlipCaptioner(Preprocessing):
         for index, job in enumerate(jobs):
             groups.setdefault(self._beams_for(job.num_captions), []).append(index)
         for beams, indices in groups.items():
-            tensors = [jobs[i].pixel_values for i in indices]
+            tensors = [pixels[i] for i in indices]
             for i, captions in zip(indices, self._generate(tensors, beams), strict=True):
                 results[i] = captions[: jobs[i].num_captions]
         # Beams that decode to the same text leave an image short of distinct captions: widen its search.
@@ -149,31 +217,64 @@ class BlipCaptioner(Preprocessing):
             beams = self._beams_for(job.num_captions)
             while len(results[index] or []) < job.num_captions and beams < 4 * job.num_captions + 4:
                 beams *= 2
-                results[index] = self._generate([job.pixel_values], beams)[0][: job.num_captions]
+                results[index] = self._generate([pixels[index]], beams)[0][: job.num_captions]
         return [captions or [] for captions in results]
+
+    def _pixels(self, jobs: Sequence[CaptionJob]) -> list[torch.Tensor]:
+        """Each job's input tensor; JPEGs left encoded (``model.jpeg_decode: device``) decoded here, together."""
+        encoded = [index for index, job in enumerate(jobs) if job.jpeg is not None]
+        if not encoded:
+            return [job.pixel_values for job in jobs]
+        if self._jpeg is None:
+            raise ValueError("a job holds an encoded JPEG, but model.jpeg_decode is not device")
+        pixels = [job.pixel_values for job in jobs]
+        decoded = self._jpeg([jobs[i].jpeg for i in encoded])  # type: ignore[misc]  # not None: filtered above
+        for index, tensor in zip(encoded, decoded, strict=True):
+            pixels[index] = tensor
+        return pixels
+
+    def _to_device(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """One batch tensor on the model's device in its dtype; a host batch is copied once, from pinned memory."""
+        if all(t.device == self._device for t in tensors):
+            return torch.stack(tensors).to(dtype=self._dtype)
+        if any(t.device != torch.device("cpu") for t in tensors):  # some decoded on the device already
+            tensors = [t.to(self._device, non_blocking=True) for t in tensors]
+            return torch.stack(tensors).to(dtype=self._dtype)
+        pixel_values = torch.stack(tensors)
+        if self._device.type == "cuda":
+            pixel_values = pixel_values.pin_memory().to(self._device, non_blocking=True)
+        return pixel_values.to(self._device, dtype=self._dtype)
 
     @torch.inference_mode()
     def _generate(self, tensors: list[torch.Tensor], beams: int) -> list[list[Caption]]:
         gen = self._generation
-        pixel_values = torch.stack(tensors)
-        if self._device.type == "cuda":
-            pixel_values = pixel_values.pin_memory().to(self._device, non_blocking=True)
-        pixel_values = pixel_values.to(self._device, dtype=self._dtype)
-        batch = pixel_values.shape[0]
-        out: Any = self._model.generate(
-            pixel_values=pixel_values,
-            input_ids=self._prompt_ids.expand(batch, -1).clone(),
-            attention_mask=self._prompt_mask.expand(batch, -1),
-            num_beams=beams,
-            num_return_sequences=beams,
-            max_length=gen.max_length,
-            min_length=gen.min_length,
-            length_penalty=gen.length_penalty,
-            repetition_penalty=gen.repetition_penalty,
-            do_sample=False,
-            output_scores=True,
-            return_dict_in_generate=True,
-        )
+        batch = len(tensors)
+        extra: dict[str, Any] = {}
+        if self._static_cache:
+            # Fixed shapes: pad to the next power of two (the padding's captions are dropped below).
+            tensors = tensors + [tensors[-1]] * (static_decoding.padded_size(batch) - batch)
+            extra["cache"] = static_decoding.new_cache(self._model, max_length=gen.max_length)
+        pixel_values = self._to_device(tensors)
+        rows = pixel_values.shape[0]
+        autocast: Any = contextlib.nullcontext()
+        if self._autocast is not None:
+            autocast = torch.autocast(self._device.type, dtype=self._autocast)
+        with autocast:
+            out: Any = self._model.generate(
+                pixel_values=pixel_values,
+                input_ids=self._prompt_ids.expand(rows, -1).clone(),
+                attention_mask=self._prompt_mask.expand(rows, -1),
+                num_beams=beams,
+                num_return_sequences=beams,
+                max_length=gen.max_length,
+                min_length=gen.min_length,
+                length_penalty=gen.length_penalty,
+                repetition_penalty=gen.repetition_penalty,
+                do_sample=False,
+                output_scores=True,
+                return_dict_in_generate=True,
+                **extra,
+            )
         texts = self._processor.batch_decode(out.sequences[:, self._prompt_len :], skip_special_tokens=True)
         scores = self._sequence_scores(out)
         captions: list[list[Caption]] = []

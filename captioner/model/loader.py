@@ -19,5 +19,7 @@ def load_captioner(settings: Settings) -> Captioner:
     if settings.model.worker == "process":
         from captioner.model.process_worker import ProcessCaptioner
 
-        return ProcessCaptioner(path, settings.model, settings.generation, settings.limits.max_pixels)
+        return ProcessCaptioner(
+            path, settings.model, settings.generation, settings.limits.max_pixels, health=settings.health
+        )
     return BlipCaptioner(path, settings.model, settings.generation, settings.limits.max_pixels)

@@ -20,7 +20,7 @@ Deliberate departures from calling the processor on ``Image.open(data)``:
 Errors: empty, unrecognised, truncated or corrupt data -> ``InvalidImage`` (400). Formats we recognise by
 their signature but cannot decode (SVG, PDF, HEIC/HEIF) -> ``UnsupportedMediaType`` (415) so the client
 learns to convert rather than that its file is broken. More than ``max_pixels`` pixels (read from the header,
-before any pixel is allocated) -> ``TooLarge`` (413).
+before any pixel is allocated, for every allowed format: see ``pixel_guard``) -> ``TooLarge`` (413).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as tvF
 
 from captioner.errors import CaptionerError, InvalidImage, TooLarge, UnsupportedMediaType
+from captioner.model.pixel_guard import check_icon, harden_pillow
 
 # Only these decoders may touch client bytes: each is common for photos and has a magic number. The rest of
 # Pillow's plugins (EPS shells out to Ghostscript; TGA has no signature so random bytes "open") stay off.
@@ -87,15 +88,25 @@ class ImageInfo:
     width: int
     height: int
     mode: str
+    orientation: int = 1  # EXIF orientation (1: as stored), already applied to the decoded image
+
+
+@dataclass(frozen=True)
+class EncodedJpeg:
+    """A checked JPEG left encoded, to be decoded with its batch on the model's device (``model.jpeg_decode``)."""
+
+    data: torch.Tensor  # uint8 [n]: the file's bytes, as torchvision.io.decode_jpeg takes them
+    orientation: int  # EXIF orientation, applied after decoding
 
 
 @dataclass(frozen=True)
 class PreparedImage:
-    pixel_values: torch.Tensor  # float32 [3, H, W]
+    pixel_values: torch.Tensor  # float32 [3, H, W]; empty when ``jpeg`` holds the image still encoded
     info: ImageInfo
     # At most SAMPLE_SIDE px a side, nearest-neighbour: a cheap unbiased sample of the decoded RGB pixels for
     # input statistics (drift monitoring) that does not keep the full-size image alive.
     sample: Image.Image | None = None
+    jpeg: EncodedJpeg | None = None
 
 
 class ImagePreprocessor:
@@ -124,6 +135,7 @@ class ImagePreprocessor:
         self._std = _fuse(image_std, rescale_factor)
         Image.init()
         self._formats = tuple(f for f in _WANTED_FORMATS if f in Image.OPEN)
+        harden_pillow(max_pixels)
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, *, max_pixels: int) -> ImagePreprocessor:
@@ -163,21 +175,21 @@ class ImagePreprocessor:
         image, info = self.decode(data)
         return PreparedImage(pixel_values=self.prepare_pil(image), info=info, sample=pixel_sample(image))
 
-    def decode(self, data: bytes) -> tuple[Image.Image, ImageInfo]:
+    def decode(self, data: bytes, *, draft_side: int | None = None) -> tuple[Image.Image, ImageInfo]:
         """Decode ``data`` into an RGB image: EXIF-oriented, first frame only, transparency on white.
 
-        A big JPEG comes back decoded at reduced scale (still at least twice the target size); ``ImageInfo``
-        always describes the original.
+        A big JPEG comes back decoded at reduced scale (still at least twice the target size, or at least
+        ``draft_side`` a side when given); ``ImageInfo`` always describes the original.
         """
         if not data:
             raise InvalidImage("the image is empty (0 bytes)")
         try:
-            return self._decode(data)
+            return self._decode(data, draft_side)
         except CaptionerError:
             raise
         except MemoryError:
             raise  # the server is short of memory; not the client's fault
-        except Image.DecompressionBombError as exc:  # Pillow's own, coarser bomb check fired first
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # Pillow's own check fired
             raise TooLarge(f"the image has too many pixels ({exc})") from exc
         except UnidentifiedImageError as exc:
             kind = _sniff_unsupported(data)
@@ -197,24 +209,28 @@ class ImagePreprocessor:
         """An RGB PIL image -> float32 [3, height, width], the same calls as the processor's torchvision path."""
         if image.mode != "RGB":
             raise ValueError(f"expected an RGB image, got mode {image.mode}")
-        pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous().unsqueeze(0)
+        return self.prepare_pixels(torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous().unsqueeze(0))[0]
+
+    def prepare_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 [N, 3, h, w] RGB images of one size, on any device -> float32 [N, 3, height, width] there."""
         pixels = tvF.resize(pixels, [self.height, self.width], interpolation=self._interpolation, antialias=True)
         # The processor casts then normalises in place; a fresh float tensor lets us do the same.
         out: torch.Tensor = tvF.normalize(pixels.to(torch.float32), self._mean, self._std, inplace=True)
-        return out[0]
+        return out
 
-    def _decode(self, data: bytes) -> tuple[Image.Image, ImageInfo]:
-        image = Image.open(io.BytesIO(data), formats=self._formats)  # reads the header only
+    def _decode(self, data: bytes, draft_side: int | None) -> tuple[Image.Image, ImageInfo]:
+        check_icon(data, self.max_pixels)  # ICO decodes inside Image.open: its sizes are checked first
+        image = Image.open(io.BytesIO(data), formats=self._formats)  # reads the header only (ICO aside)
         width, height = image.size
         if width * height > self.max_pixels:
             raise TooLarge(f"the image is {width}x{height} pixels; at most {self.max_pixels} pixels are accepted")
         fmt, mode = image.format or "unknown", image.mode
 
-        if self.jpeg_draft and fmt in _DRAFT_FORMATS:
+        if fmt in _DRAFT_FORMATS and (draft_side or self.jpeg_draft):
             # A square of the larger target side, so EXIF rotation can't make it too small (and EXIF must not be
             # read yet, see below). Draft only ever scales by 1/2, 1/4 or 1/8 and never below the requested
             # size, so small JPEGs are decoded exactly.
-            side = max(self.width, self.height) * _DRAFT_MARGIN
+            side = draft_side or max(self.width, self.height) * _DRAFT_MARGIN
             image.draft("RGB", (side, side))
         # Decode now, so truncated or corrupt data fails here (LOAD_TRUNCATED_IMAGES stays off). This must come
         # before getexif(): for PNG that loads the pixels itself, and _orientation swallows errors, after which
@@ -227,7 +243,7 @@ class ImagePreprocessor:
         rgb = _to_rgb(image)
         if orientation in _ORIENTATION:
             rgb = rgb.transpose(_ORIENTATION[orientation])
-        return rgb, ImageInfo(format=fmt, width=width, height=height, mode=mode)
+        return rgb, ImageInfo(format=fmt, width=width, height=height, mode=mode, orientation=orientation)
 
 
 def pixel_sample(image: Image.Image, side: int = SAMPLE_SIDE) -> Image.Image:

@@ -11,10 +11,18 @@ thread pool, the batcher); the child only runs batches. A batch crosses as one s
 (torch's multiprocessing reductions pass a file descriptor, not the pixels) plus the captions wanted per image;
 captions come back pickled. Calls are serialised, one batch at a time, as on the model thread.
 
-Failures: an exception in the child fails that batch only (``ModelProcessError`` with its message, the child's
-traceback logged here) and the child carries on. If the child dies, every later call fails at once with
-``ModelProcessError``; the batcher turns that into 500 ``model_error`` answers, which the error-ratio alert
-sees. /healthz and /readyz do not look at the child here.
+Failures:
+- An exception in the child fails that batch only (``ModelProcessError`` with its message, the child's
+  traceback logged here) and the child carries on; after a fatal device error (device_errors.py) it exits
+  instead, since only a new process gets a new CUDA context.
+- A supervisor thread waits on the child. When it dies (killed, crashed, or that device error), the batch it
+  was running fails with ``ModelProcessError`` (500: a request that may have killed it is not replayed), every
+  call from then on fails at once with ``ModelUnavailable`` (503 + Retry-After, which a load balancer retries
+  elsewhere), and the listener hears ``model_down``, which takes the replica out of /readyz. The child is
+  respawned after a backoff (``health.respawn_backoff_s``, doubling per death in a row up to
+  ``respawn_max_backoff_s``; a child that lived ``_STABLE_S`` resets it), warmed up, and ``model_up`` follows.
+- A respawn that fails ``_MAX_FAILED_STARTS`` times in a row means the device itself is gone: ``model_failed``
+  tells the server to exit non-zero, so the orchestrator restarts the replica.
 """
 
 from __future__ import annotations
@@ -24,30 +32,48 @@ import contextlib
 import logging
 import signal
 import threading
-import traceback
+import time
 from collections.abc import Sequence
-from multiprocessing.connection import Connection
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.multiprocessing
 
-from captioner.config import GenerationSettings, ModelSettings
+from captioner.config import GenerationSettings, HealthSettings, ModelSettings
+from captioner.errors import ModelUnavailable
 from captioner.model import acceleration
 from captioner.model.blip import Preprocessing
 from captioner.model.preprocessing import ImagePreprocessor
-from captioner.model.protocol import Caption, CaptionJob
+from captioner.model.process_child import EXIT_DEVICE_ERROR, child_main
+from captioner.model.protocol import Caption, CaptionJob, ModelListener
 
 logger = logging.getLogger("captioner.model_process")
 
+# A child that lived this long died of something new: its successor starts again from the shortest backoff.
+_STABLE_S = 60.0
+# Respawns that fail (the child dies or errs before it is warm) this many times in a row: give up on the device.
+_MAX_FAILED_STARTS = 3
+# How often the supervisor looks up from waiting on the child, to notice close().
+_SUPERVISOR_TICK_S = 0.5
+
 
 class ModelProcessError(RuntimeError):
-    """The model process failed a batch, or is gone."""
+    """The model process failed a batch, or died while running it."""
+
+
+@dataclass
+class _Child:
+    process: BaseProcess
+    conn: Connection
+    started: float
 
 
 class ProcessCaptioner(Preprocessing):
-    """The ``Captioner`` protocol over a child process that holds a ``BlipCaptioner``."""
+    """The ``Captioner`` protocol over a supervised child process that holds a ``BlipCaptioner``."""
 
     def __init__(
         self,
@@ -56,40 +82,53 @@ class ProcessCaptioner(Preprocessing):
         generation: GenerationSettings,
         max_pixels: int,
         *,
+        health: HealthSettings | None = None,
         start_timeout_s: float = 900.0,
     ) -> None:
         # spawn, not fork: a forked child can't use CUDA, and must not inherit the server's threads and sockets.
-        context = torch.multiprocessing.get_context("spawn")
-        parent_end, child_end = context.Pipe()
-        self._process = context.Process(
-            target=_child_main,
-            args=(child_end, str(model_dir), model, generation, max_pixels),
-            name="captioner-model",
-            daemon=True,  # never outlives the server
-        )
-        self._process.start()
-        child_end.close()
-        self._conn: Connection = parent_end
-        self._lock = threading.Lock()
-        self._closed = False
+        self._context = torch.multiprocessing.get_context("spawn")
+        self._child_args = (str(model_dir), model, generation, max_pixels)
+        self._start_timeout_s = start_timeout_s
+        health = health or HealthSettings()
+        self._backoff_min_s, self._backoff_max_s = health.respawn_backoff_s, health.respawn_max_backoff_s
+        self._lock = threading.Lock()  # one call at a time; also guards swapping in a respawned child
+        self._closing = threading.Event()
+        self._stopped = False
+        self._up = False
+        self._retry_at = 0.0  # while down: when the next respawn is due (for Retry-After)
+        self._spawning: _Child | None = None
+        self._listener: ModelListener | None = None
+        self.respawns = 0
+        self._supervisor = threading.Thread(target=self._supervise, name="captioner-model-supervisor", daemon=True)
+        self._child, info = self._spawn()
+        self._up = True
         atexit.register(self.close)
-        if not self._conn.poll(start_timeout_s):
+        try:
+            self.name: str = info["name"]
+            self.revision: str = info["revision"]
+            self.device: str = info["device"]
+            self.dtype: str = info["dtype"]
+            self.untrained: bool = info["untrained"]
+            # Only decoding happens here, spread over the preprocessing threads: one intra-op thread each is
+            # right (on the CPU); a team per thread would fight the others and the event loop for the cores.
+            acceleration.set_threads(1, torch.device("cpu"))
+            self._preprocessor = ImagePreprocessor.from_pretrained(model_dir, max_pixels=max_pixels)
+        except BaseException:
             self.close()
-            raise ModelProcessError(f"the model process did not start within {start_timeout_s:.0f} s")
-        info: dict[str, Any] = self._reply("load")
-        self.name: str = info["name"]
-        self.revision: str = info["revision"]
-        self.device: str = info["device"]
-        self.dtype: str = info["dtype"]
-        self.untrained: bool = info["untrained"]
-        # Only decoding happens here, spread over the preprocessing threads: one intra-op thread each is right
-        # (on the CPU); a team per thread would fight the others and the event loop for the cores.
-        acceleration.set_threads(1, torch.device("cpu"))
-        self._preprocessor = ImagePreprocessor.from_pretrained(model_dir, max_pixels=max_pixels)
+            raise
+        self._supervisor.start()
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid
+        return self._child.process.pid
+
+    @property
+    def up(self) -> bool:
+        return self._up
+
+    def watch(self, listener: ModelListener) -> None:
+        """Report deaths, respawns and a lost device to ``listener`` (from the supervisor thread)."""
+        self._listener = listener
 
     def warm_up(self) -> None:
         self._call(("warm_up",))
@@ -103,89 +142,177 @@ class ProcessCaptioner(Preprocessing):
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Stop the child, letting it finish the batch it is on for up to ``timeout_s``; idempotent."""
+        self._closing.set()  # first: the supervisor must not respawn what we stop
+        spawning = self._spawning
+        if spawning is not None:  # a respawn still loading: its load ends at once (EOF)
+            spawning.process.kill()
         acquired = self._lock.acquire(timeout=timeout_s)
         try:
-            if self._closed:
+            if self._stopped:
                 return
-            self._closed = True
+            self._stopped = True
+            child = self._child
             if acquired:
                 with contextlib.suppress(OSError, ValueError):  # already gone: nothing to stop
-                    self._conn.send(("stop",))
-                self._process.join(timeout_s)
+                    child.conn.send(("stop",))
+                child.process.join(timeout_s)
         finally:
             if acquired:
                 self._lock.release()
-        if self._process.is_alive():  # a batch still running after timeout_s, or a child that won't stop
-            self._process.kill()
-            self._process.join(timeout_s)
-        self._conn.close()
+        _kill(child, timeout_s)  # a batch still running after timeout_s, or a child that won't stop
+        if self._supervisor.is_alive() and self._supervisor is not threading.current_thread():
+            self._supervisor.join(timeout_s)
 
-    # -- internals ---------------------------------------------------------------------------------
+    # -- calls -------------------------------------------------------------------------------------
 
     def _call(self, message: tuple[Any, ...]) -> Any:
+        if not self._up and not self._closing.is_set():
+            raise self._unavailable()  # fail fast: no waiting behind the lock for a child that isn't there
         with self._lock:
-            if self._closed:
+            if self._closing.is_set():
                 raise ModelProcessError("the model process has been stopped")
+            if not self._up:
+                raise self._unavailable()
+            child = self._child
             try:
-                self._conn.send(message)
-            except (OSError, ValueError) as exc:
-                raise self._died() from exc
-            return self._reply(message[0])
+                child.conn.send(message)
+            except (OSError, ValueError) as exc:  # the child is dead and the batch never reached it
+                raise self._unavailable() from exc
+            return _receive(child, message[0])
 
-    def _reply(self, what: str) -> Any:
+    def _unavailable(self) -> ModelUnavailable:
+        retry_in_s = max(1.0, self._retry_at - time.monotonic())
+        return ModelUnavailable("the model process is restarting, retry later", retry_after_s=retry_in_s)
+
+    # -- the child's life ----------------------------------------------------------------------------
+
+    def _spawn(self) -> tuple[_Child, dict[str, Any]]:
+        """Start a child and wait for its model to load; kills it and raises ``ModelProcessError`` if it can't."""
+        parent_end, child_end = self._context.Pipe()
+        process = self._context.Process(
+            target=child_main,
+            args=(child_end, *self._child_args),
+            name="captioner-model",
+            daemon=True,  # never outlives the server
+        )
+        process.start()
+        child_end.close()
+        child = _Child(process, parent_end, time.monotonic())
+        self._spawning = child
         try:
-            status, payload, detail = self._conn.recv()
-        except (EOFError, OSError) as exc:
-            raise self._died() from exc
-        if status == "error":
-            logger.error("the model process failed %s: %s\n%s", what, payload, detail)
-            raise ModelProcessError(payload)
-        return payload
+            if self._closing.is_set():
+                raise ModelProcessError("the model process has been stopped")
+            if not parent_end.poll(self._start_timeout_s):
+                raise ModelProcessError(f"the model process did not start within {self._start_timeout_s:.0f} s")
+            info: dict[str, Any] = _receive(child, "load")
+        except BaseException:
+            _kill(child, 10.0)
+            raise
+        finally:
+            self._spawning = None
+        return child, info
 
-    def _died(self) -> ModelProcessError:
-        self._process.join(1.0)
-        return ModelProcessError(f"the model process is gone (exit code {self._process.exitcode})")
-
-
-def _child_main(
-    conn: Connection, model_dir: str, model: ModelSettings, generation: GenerationSettings, max_pixels: int
-) -> None:
-    """The child: load, say what was loaded, then answer batches until told to stop or the parent goes."""
-    # Ctrl-C reaches the whole process group; the parent decides when the model stops (after its drain).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from captioner.model.blip import BlipCaptioner  # in the child only: the parent never loads the model
-
-    try:
-        captioner = BlipCaptioner(Path(model_dir), model, generation, max_pixels)
-    except BaseException as exc:
-        conn.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
-        return
-    info = {
-        "name": captioner.name,
-        "revision": captioner.revision,
-        "device": captioner.device,
-        "dtype": captioner.dtype,
-        "untrained": captioner.untrained,
-    }
-    conn.send(("ok", info, ""))
-    while True:
+    def _spawn_warm(self) -> _Child:
+        child, _ = self._spawn()
+        self._spawning = child  # close() ends the warm-up too
         try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            return  # the server is gone
-        if message[0] == "stop":
+            if self._closing.is_set():
+                raise ModelProcessError("the model process has been stopped")
+            child.conn.send(("warm_up",))
+            if not child.conn.poll(self._start_timeout_s):
+                raise ModelProcessError("the respawned model process did not warm up in time")
+            _receive(child, "warm_up")
+        except BaseException:
+            _kill(child, 10.0)
+            raise
+        finally:
+            self._spawning = None
+        return child
+
+    def _supervise(self) -> None:
+        delay = 0.0
+        while not self._closing.is_set():
+            child = self._child
+            wait([child.process.sentinel], timeout=_SUPERVISOR_TICK_S)
+            if child.process.is_alive() or self._closing.is_set():
+                continue
+            self._up = False
+            child.process.join(1.0)
+            lived_s = time.monotonic() - child.started
+            delay = self._backoff_min_s if not delay or lived_s >= _STABLE_S else min(delay * 2, self._backoff_max_s)
+            reason = f"the model process died ({_describe_exit(child.process.exitcode)})"
+            logger.error("%s after %.0f s; respawning it in %.1f s", reason, lived_s, delay)
+            self._retry_at = time.monotonic() + delay
+            self._notify("model_down", reason, delay)
+            if not self._respawn(delay):
+                return
+
+    def _respawn(self, delay: float) -> bool:
+        """Start a child to replace the dead one, retrying with backoff; False when it is time to stop."""
+        failed_starts = 0
+        while not self._closing.wait(delay):
+            try:
+                new = self._spawn_warm()
+            except (ModelProcessError, OSError, ValueError) as exc:
+                failed_starts += 1
+                if failed_starts >= _MAX_FAILED_STARTS:
+                    reason = f"the model process could not be restarted ({failed_starts} tries): {exc}"
+                    logger.error("%s; this replica must be restarted", reason)
+                    self._notify("model_failed", reason)
+                    return False
+                delay = min(delay * 2, self._backoff_max_s)
+                logger.error("respawning the model process failed (%s); next try in %.1f s", exc, delay)
+                self._retry_at = time.monotonic() + delay
+                continue
+            with self._lock:
+                if self._closing.is_set():
+                    _kill(new, 10.0)
+                    return False
+                old, self._child, self._up = self._child, new, True
+            old.conn.close()
+            self.respawns += 1
+            logger.warning("model process respawned and warmed up (pid %s)", new.process.pid)
+            self._notify("model_up")
+            return True
+        return False
+
+    def _notify(self, event: str, *args: Any) -> None:
+        listener = self._listener
+        if listener is None:
             return
         try:
-            if message[0] == "batch":
-                _, pixels, counts = message
-                result: Any = captioner.caption_batch([CaptionJob(pixels[i], n) for i, n in enumerate(counts)])
-            elif message[0] == "warm_up":
-                captioner.warm_up()
-                result = None
-            else:
-                raise ValueError(f"unknown request {message[0]!r}")
-        except Exception as exc:
-            conn.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
-        else:
-            conn.send(("ok", result, ""))
+            getattr(listener, event)(*args)
+        except Exception:  # pragma: no cover - a listener bug must not stop the supervisor
+            logger.exception("model listener failed on %s", event)
+
+
+def _receive(child: _Child, what: str) -> Any:
+    try:
+        status, payload, detail = child.conn.recv()
+    except (EOFError, OSError) as exc:
+        child.process.join(1.0)
+        code = child.process.exitcode
+        raise ModelProcessError(f"the model process died during {what} ({_describe_exit(code)})") from exc
+    if status == "error":
+        logger.error("the model process failed %s: %s\n%s", what, payload, detail)
+        raise ModelProcessError(payload)
+    return payload
+
+
+def _kill(child: _Child, timeout_s: float) -> None:
+    if child.process.is_alive():
+        child.process.kill()
+        child.process.join(timeout_s)
+    child.conn.close()
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+        return f"killed by signal {-code}"
+    if code == EXIT_DEVICE_ERROR:
+        return f"exit code {code}: a device error made its CUDA context unusable"
+    return f"exit code {code}"

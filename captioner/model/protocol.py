@@ -1,6 +1,8 @@
 """What the serving layer needs from a model: ``Captioner``, and the plain data it passes in and out.
 
 ``BlipCaptioner`` (blip.py) and ``ProcessCaptioner`` (process_worker.py) implement it; unit tests may fake it.
+A model that can go down and come back by itself (``ProcessCaptioner``) also has ``watch(listener)``, and
+reports to that ``ModelListener``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Protocol
 
 import torch
 
-from captioner.model.preprocessing import PreparedImage
+from captioner.model.preprocessing import EncodedJpeg, PreparedImage
 
 
 @dataclass(frozen=True)
@@ -24,8 +26,14 @@ class Caption:
 class CaptionJob:
     """One image's share of a batch: its tensor and how many distinct captions it wants."""
 
-    pixel_values: torch.Tensor
+    pixel_values: torch.Tensor  # empty when ``jpeg`` is set (``model.jpeg_decode: device``)
     num_captions: int = 1
+    jpeg: EncodedJpeg | None = None
+
+    @classmethod
+    def of(cls, prepared: PreparedImage, num_captions: int = 1) -> CaptionJob:
+        """The job for an image as ``Captioner.preprocess`` left it (decoded, or a JPEG still encoded)."""
+        return cls(prepared.pixel_values, num_captions, prepared.jpeg)
 
 
 class Captioner(Protocol):
@@ -42,3 +50,16 @@ class Captioner(Protocol):
     def caption_batch(self, jobs: Sequence[CaptionJob]) -> list[list[Caption]]: ...
 
     def warm_up(self) -> None: ...
+
+
+class ModelListener(Protocol):
+    """What a self-healing model reports. Called from any thread (``ProcessCaptioner``'s supervisor)."""
+
+    def model_down(self, reason: str, retry_in_s: float) -> None:
+        """The model can't take work; it will try to come back in about ``retry_in_s`` seconds."""
+
+    def model_up(self) -> None:
+        """The model is back (respawned and warmed up)."""
+
+    def model_failed(self, reason: str) -> None:
+        """The model can't come back in this process: the replica must be restarted."""

@@ -91,8 +91,36 @@ class Metrics:
         self.cache_backend_up = Gauge(
             "captioner_cache_backend_up", "1 while the shared (Redis) cache is in use, 0 while it is down.", registry=r
         )
-        self.jobs = Counter("captioner_jobs", "Async jobs finished, by outcome.", ["status"], registry=r)
-        self.jobs_running = Gauge("captioner_jobs_running", "Async jobs accepted and not yet finished.", registry=r)
+        self.jobs = Counter(
+            "captioner_jobs", "Async jobs finished by this replica, by outcome.", ["status"], registry=r
+        )
+        self.jobs_running = Gauge("captioner_jobs_running", "Async jobs this replica's worker is running.", registry=r)
+        # The queue as a whole (with jobs.queue: redis, the shared stream: every replica reports the same values).
+        self.job_queue_length = Gauge(
+            "captioner_job_queue_length", "Async jobs in the queue: waiting for a worker or running.", registry=r
+        )
+        self.job_queue_pending = Gauge(
+            "captioner_job_queue_pending", "Async jobs handed to a worker and not yet ended.", registry=r
+        )
+        self.job_queue_oldest_pending_seconds = Gauge(
+            "captioner_job_queue_oldest_pending_seconds",
+            "Age of the oldest job handed to a worker and not yet ended (0 when none).",
+            registry=r,
+        )
+        self.job_retries = Counter(
+            "captioner_job_retries",
+            "Job deliveries after the first (the worker before died, stalled or failed transiently).",
+            registry=r,
+        )
+        self.job_dead_letters = Counter(
+            "captioner_job_dead_letters", "Jobs ended with an error after jobs.max_attempts deliveries.", registry=r
+        )
+        self.job_callbacks = Counter(
+            "captioner_job_callbacks",
+            "Job callbacks, by outcome (delivered; failed after every retry; refused by the URL policy).",
+            ["outcome"],
+            registry=r,
+        )
         self.job_store_errors = Counter(
             "captioner_job_store_errors", "Job store (Redis) calls that failed.", ["operation"], registry=r
         )
@@ -100,6 +128,37 @@ class Metrics:
             "captioner_ready", "1 once the model is loaded and warmed up, 0 before and while draining.", registry=r
         )
         self.model_info = Info("captioner_model", "The model each variant serves.", variant, registry=r)
+        # Model health (serving/health.py): a broken model takes its replica out of /readyz.
+        self.model_up = Gauge(
+            "captioner_model_up",
+            "1 while the variant's model takes work; 0 while its process is down, its batches keep failing, or "
+            "the device failed.",
+            variant,
+            registry=r,
+        )
+        self.model_respawns = Counter(
+            "captioner_model_respawns", "Model processes respawned after dying (model.worker: process).", variant,
+            registry=r,
+        )  # fmt: skip
+        self.model_consecutive_failures = Gauge(
+            "captioner_model_consecutive_failures",
+            "Batches failed in a row (0 after a success); at health.max_consecutive_failures the model is down.",
+            variant,
+            registry=r,
+        )
+        # Shared rate limits (guard/shared_limiter.py): decisions made without Redis.
+        self.rate_limit_fallbacks = Counter(
+            "captioner_rate_limit_fallbacks",
+            "Rate-limit decisions made without the shared (Redis) buckets, by action: local (fail-open: this "
+            "replica's own bucket decided) or refused (fail-closed: 503).",
+            ["action"],
+            registry=r,
+        )
+        self.rate_limit_backend_up = Gauge(
+            "captioner_rate_limit_backend_up",
+            "1 while the shared (Redis) rate-limit buckets answer, 0 while they are down.",
+            registry=r,
+        )
         # User ratings of captions (1..5, 5 best), per variant: the canary analysis reads the approval from here.
         self.feedback = Counter(
             "captioner_feedback", "Caption ratings received, by variant and rating.", ["variant", "rating"], registry=r
@@ -110,6 +169,45 @@ class Metrics:
         self.rollbacks = Counter(
             "captioner_rollbacks", "Canaries rolled back automatically, by variant and reason.",
             ["variant", "reason"], registry=r,
+        )  # fmt: skip
+        # The admission budget (guard/admission.py): requests accepted and not yet answered, async jobs included.
+        # in_use / capacity is the replica's load whatever the work (fetching, decoding, queued, generating).
+        self.admission_in_use = Gauge(
+            "captioner_admission_in_use", "Requests and async jobs accepted and not yet answered.", registry=r
+        )
+        self.admission_capacity = Gauge(
+            "captioner_admission_capacity", "limits.max_in_flight: the admission budget.", registry=r
+        )
+        self.admission_refused = Counter(
+            "captioner_admission_refused",
+            "Requests refused at the door: budget (503) or principal_jobs (429, too many running async jobs).",
+            ["reason"],
+            registry=r,
+        )
+        self.url_fetches_in_flight = Gauge(
+            "captioner_url_fetches_in_flight",
+            "Outbound URL fetches running now (url_input.max_concurrent_fetches).",
+            registry=r,
+        )
+        # Per variant, what the canary analysis compares live: server-side failures and model-path latency.
+        self.variant_errors = Counter(
+            "captioner_variant_errors", "Caption requests a variant failed (5xx), by variant and error code.",
+            ["variant", "code"], registry=r,
+        )  # fmt: skip
+        self.variant_request_seconds = Histogram(
+            "captioner_variant_request_seconds",
+            "Latency of caption requests a variant's model answered (cache hits excluded), by variant.",
+            variant,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.registry_version = Gauge(
+            "captioner_registry_version", "The registry version each alias is served from (0: none).", ["alias"],
+            registry=r,
+        )  # fmt: skip
+        self.drift_webhooks = Counter(
+            "captioner_drift_webhooks", "Drift webhook calls, by outcome (sent, failed, refused).", ["outcome"],
+            registry=r,
         )  # fmt: skip
         self.drift_psi_threshold = Gauge(
             "captioner_drift_psi_threshold", "drift.psi_alert: a PSI above it is drift worth a look.", registry=r

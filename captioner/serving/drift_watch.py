@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,23 +55,38 @@ class DriftWatch:
     def __init__(self, monitor: DriftMonitor | None) -> None:
         self.monitor = monitor
         self._failed = False
+        self._alert_listeners: list[Callable[[str, float], None]] = []
 
     @classmethod
     def from_settings(cls, drift: DriftSettings, metrics: Metrics | None = None) -> DriftWatch:
         if not drift.enabled:
             return cls(None)
         reference = load_reference(drift.reference_path) if drift.reference_path else None
-        monitor = DriftMonitor(
+        watch = cls(None)
+        watch.monitor = monitor = DriftMonitor(
             window=drift.window,
             reference_size=drift.reference_size,
             psi_alert=drift.psi_alert,
             bins=drift.bins,
             reference=reference,
             min_window=drift.min_window,
+            on_alert=watch._alerted,
         )
         if metrics is not None:
             metrics.watch_drift(monitor.scores, drift.psi_alert)
-        return cls(monitor)
+        return watch
+
+    def add_alert_listener(self, listener: Callable[[str, float], None]) -> None:
+        """Call ``listener(feature, psi)`` when a feature's PSI rises over ``drift.psi_alert`` (on any thread)."""
+        self._alert_listeners.append(listener)
+
+    def _alerted(self, feature: str, psi: float) -> None:
+        for listener in self._alert_listeners:
+            listener(feature, psi)
+
+    def alerting(self) -> bool:
+        """Whether any feature is over the alert level now."""
+        return any(f.get("alert") for f in self.report().get("features", {}).values())
 
     @property
     def enabled(self) -> bool:

@@ -1,38 +1,35 @@
-"""Async caption jobs: ``POST /api/v1/caption?mode=async`` answers 202 with a job id at once, the caption is
-computed in the background, and ``GET /api/v1/caption/{job_id}`` returns it.
+"""Async job records: what ``GET /api/v1/caption/{job_id}`` reads (processing, or the finished body).
 
-A job record lives for ``jobs.ttl_s`` after its last change. Records are kept in memory (``MemoryJobStore``,
-bounded by ``jobs.max_jobs``), or in Redis as well (``RedisJobStore``) so that whichever replica the load
-balancer picks can answer the GET. The replica that runs a job also keeps it locally, so it can still answer
-for its own jobs while Redis is down; a new job is refused (503) while Redis is down, since no other replica
-could report on it.
+A job record lives for ``jobs.ttl_s`` after its last change. With the in-process queue (``jobs.queue: memory``)
+records are kept in memory (``MemoryJobStore``, bounded by ``jobs.max_jobs``), or in Redis as well
+(``RedisJobStore``) so that whichever replica the load balancer picks can answer the GET. The replica that runs
+a job also keeps it locally, so it can still answer for its own jobs while Redis is down; a new job is refused
+(503) while Redis is down, since no other replica could report on it. The durable queue (``jobs.queue: redis``)
+keeps the same record, under the same key, itself (``serving/stream_queue.py``).
 
 When authentication is on, a job belongs to the API key that created it: another key gets 404 for it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import re
-import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import orjson
 
 from captioner.config import Settings
-from captioner.errors import CaptionerError, InternalError, NotFound, Overloaded
+from captioner.errors import Overloaded
 from captioner.observability.metrics import Metrics
 from captioner.shared_state.redis_client import RedisClient, RedisUnavailable
 
 logger = logging.getLogger("captioner.jobs")
 
-_JOB_ID = re.compile(r"[0-9a-f]{32}")
+JOB_ID = re.compile(r"[0-9a-f]{32}")
 KEY_PREFIX = "captioner:job:v1:"
 JobStatus = Literal["processing", "success", "error"]
 
@@ -60,6 +57,17 @@ class Job:
     def from_json(cls, raw: bytes) -> Job:
         data = orjson.loads(raw)
         return cls(data["job_id"], data["status"], data["result"], data["owner"], float(data["expires_at"]))
+
+    @classmethod
+    def from_stored(cls, raw: bytes | None, job_id: str) -> Job | None:
+        """A record read back from Redis; an unreadable one is logged and treated as absent."""
+        if raw is None:
+            return None
+        try:
+            return cls.from_json(raw)
+        except (ValueError, KeyError, TypeError):
+            logger.warning("ignoring an unreadable job record %s in Redis", job_id)
+            return None
 
 
 class JobStore(Protocol):
@@ -155,13 +163,7 @@ class RedisJobStore:
         except RedisUnavailable as exc:
             # Not 404: the job may well exist; the client should ask again.
             raise Overloaded("the shared job store (Redis) is unavailable", retry_after_s=1) from exc
-        if raw is None:
-            return None
-        try:
-            return Job.from_json(raw)
-        except (ValueError, KeyError, TypeError):
-            logger.warning("ignoring an unreadable job record %s in Redis", job_id)
-            return None
+        return Job.from_stored(raw, job_id)
 
     async def aclose(self) -> None:
         await self.store.aclose()
@@ -179,72 +181,3 @@ def build_job_store(settings: Settings, metrics: Metrics) -> JobStore:
         on_error=lambda operation: metrics.job_store_errors.labels(operation).inc(),
     )
     return RedisJobStore(store, ttl_s=settings.jobs.ttl_s, local=local)
-
-
-class JobManager:
-    """Runs jobs as tasks of the event loop and keeps their records in a ``JobStore``."""
-
-    def __init__(
-        self, store: JobStore, *, ttl_s: float, metrics: Metrics, clock: Callable[[], float] = time.time
-    ) -> None:
-        self.store = store
-        self.ttl_s = ttl_s
-        self.metrics = metrics
-        self._clock = clock
-        self._tasks: set[asyncio.Task[None]] = set()
-        # Moving average of how long a job takes, for estimated_time_seconds. A first guess until jobs finish.
-        self._typical_s = 1.0
-
-    def estimate_s(self, batches_ahead: float) -> float:
-        """Seconds a job submitted now should take: the typical job, once per batch queued ahead of it."""
-        return round(self._typical_s * (1.0 + batches_ahead), 2)
-
-    async def submit(self, work: Callable[[], Awaitable[dict[str, Any]]], *, owner: str | None) -> Job:
-        job = Job(secrets.token_hex(16), "processing", None, owner, self._clock() + self.ttl_s)
-        await self.store.add(job)
-        task = asyncio.create_task(self._run(job, work), name=f"captioner-job-{job.job_id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        self.metrics.jobs_running.inc()
-        return job
-
-    async def get(self, job_id: str, *, principal: str | None) -> Job:
-        job = await self.store.get(job_id) if _JOB_ID.fullmatch(job_id) else None
-        # Someone else's job reads as unknown, so ids can't be probed across keys.
-        if job is None or (job.owner is not None and job.owner != principal):
-            raise NotFound(f"no job {job_id!r} (unknown, or expired after {self.ttl_s:g} s)")
-        return job
-
-    async def close(self, timeout_s: float) -> None:
-        """Let running jobs finish (up to ``timeout_s``) and record their results, then close the store."""
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=1.0)
-        await self.store.aclose()
-
-    async def _run(self, job: Job, work: Callable[[], Awaitable[dict[str, Any]]]) -> None:
-        started = time.monotonic()
-        status: JobStatus = "error"
-        try:
-            try:
-                result = await work()
-                status = "success"
-            except CaptionerError as error:
-                result = error.to_dict()
-            except asyncio.CancelledError:
-                result = Overloaded("the server shut down before this job finished").to_dict()
-                raise
-            except Exception:
-                logger.exception("async job %s failed", job.job_id)
-                result = InternalError().to_dict()
-        finally:
-            self.metrics.jobs_running.dec()
-            self.metrics.jobs.labels(status).inc()
-            if status == "success":
-                self._typical_s = 0.8 * self._typical_s + 0.2 * (time.monotonic() - started)
-            finished = replace(job, status=status, result=result, expires_at=self._clock() + self.ttl_s)
-            with contextlib.suppress(Exception):  # the store logs its own failures
-                await self.store.update(finished)

@@ -2,6 +2,9 @@
 
 ``CaptionService`` owns the pieces with a lifetime (thread pools, batcher, cache) and knows nothing of HTTP.
 The event loop only schedules: hashing of big bodies, decoding and the model all run on threads.
+Preprocessing is bounded: at most twice ``server.preprocess_workers`` decodes are handed to the thread pool at a
+time (its own queue is unbounded); the rest wait on the event loop, holding only their bytes, and a request
+whose deadline passes while it waits is answered 504 without being decoded at all.
 """
 
 from __future__ import annotations
@@ -18,13 +21,15 @@ from typing import Any
 import orjson
 
 from captioner.config import DEFAULT_VARIANT, Settings
-from captioner.errors import RequestTimeout
+from captioner.errors import CaptionerError, RequestTimeout
 from captioner.model.preprocessing import ImageInfo, PreparedImage
 from captioner.model.protocol import Caption, Captioner, CaptionJob
 from captioner.observability.metrics import Metrics
 from captioner.serving.batcher import Batcher, BatchInfo
 from captioner.serving.cache import CaptionCache, Lookup, cache_key
 from captioner.serving.drift_watch import DriftWatch
+from captioner.serving.health import ModelHealth, OnFatal
+from captioner.serving.live_stats import VariantStats
 from captioner.shared_state.redis_cache import RedisCacheLevel
 from captioner.shared_state.redis_client import RedisClient
 
@@ -82,8 +87,14 @@ class _VariantSeries:
         self.images = metrics.images.labels(variant)
         self.batch_size = metrics.batch_size.labels(variant)
         self.batch_wait_seconds = metrics.batch_wait_seconds.labels(variant)
+        self.request_seconds = metrics.variant_request_seconds.labels(variant)
+        self._errors = metrics.variant_errors
+        self._variant = variant
         self._level_hits = metrics.cache_level_hits
         self._level_children: dict[str, Any] = {}
+
+    def errors(self, code: str) -> Any:
+        return self._errors.labels(self._variant, code)
 
     def level_hits(self, level: str) -> Any:
         child = self._level_children.get(level)
@@ -101,6 +112,7 @@ class CaptionService:
         *,
         drift: DriftWatch | None = None,
         variant: str = DEFAULT_VARIANT,
+        on_fatal: OnFatal | None = None,
     ) -> None:
         self.settings = settings
         self.variant = variant
@@ -109,6 +121,7 @@ class CaptionService:
         self.captioner = captioner
         self.metrics = metrics
         self.drift = drift if drift is not None else DriftWatch(None)
+        self.stats = VariantStats()  # live signals for the canary analysis (serving/canary.py)
         gen = settings.generation
         self._model_id = {
             "variant": variant,
@@ -123,6 +136,7 @@ class CaptionService:
         self._preprocess_pool = ThreadPoolExecutor(
             max_workers=settings.server.preprocess_workers, thread_name_prefix="captioner-preprocess"
         )
+        self._preprocess_slots = asyncio.Semaphore(2 * settings.server.preprocess_workers)
         batching = settings.batching
         self.batcher: Batcher[CaptionJob, _Inferred] = Batcher(
             self._run_batch,
@@ -132,6 +146,8 @@ class CaptionService:
             request_timeout_s=batching.request_timeout_s,
             on_batch=self._observe_batch,
         )
+        # Read by /readyz (through the variant pool); refuses model work while the model can't take it.
+        self.health = ModelHealth(variant, metrics, settings.health, probe=self._probe, on_fatal=on_fatal)
         self._shared_cache = _shared_cache(settings, metrics)
         self.cache: CaptionCache[_Computed] = CaptionCache(
             max_entries=settings.cache.max_entries, ttl_s=settings.cache.ttl_s, second_level=self._shared_cache
@@ -142,13 +158,28 @@ class CaptionService:
 
     def start(self) -> None:
         self.batcher.start()
+        self.health.watch(self.captioner)
 
     async def warm_up(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._model_pool, self.captioner.warm_up)
+        batching = self.settings.batching
+        # batching.auto_batch_size: the model measures what its device's memory holds (only BlipCaptioner on a
+        # GPU can; elsewhere max_batch_size stays as configured).
+        measure = getattr(self.captioner, "measure_batch_limit", None)
+        if batching.auto_batch_size and callable(measure):
+            size = await loop.run_in_executor(self._model_pool, measure, batching.max_auto_batch_size)
+            if isinstance(size, int) and size >= 1:
+                self.batcher.max_batch_size = size
+
+    async def _probe(self) -> None:
+        """The health probe: the warm-up image through the model, on the model thread, nothing else."""
         await asyncio.get_running_loop().run_in_executor(self._model_pool, self.captioner.warm_up)
 
     async def close(self, timeout_s: float) -> bool:
         """Finish everything accepted (up to ``timeout_s``), then stop the threads."""
         finished = await self.batcher.drain(timeout_s)
+        await self.health.close()
         self._preprocess_pool.shutdown(wait=False, cancel_futures=True)
         self._model_pool.shutdown(wait=False, cancel_futures=True)
         if self._shared_cache is not None:
@@ -162,7 +193,8 @@ class CaptionService:
         if len(data) <= _INLINE_HASH_BYTES:
             return hashlib.sha256(data).hexdigest()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._preprocess_pool, lambda: hashlib.sha256(data).hexdigest())
+        async with self._preprocess_slots:
+            return await loop.run_in_executor(self._preprocess_pool, lambda: hashlib.sha256(data).hexdigest())
 
     def key_for(self, image_sha256: str, num_captions: int) -> str:
         # The settings part of the key is the same for every request: build it once per num_captions, so the
@@ -190,13 +222,31 @@ class CaptionService:
 
         ``image_sha256`` saves hashing again when the caller already has it (the A/B router does).
         """
+        started = time.perf_counter()
         digest = image_sha256 or await self.sha256(data)
         key = self.key_for(digest, num_captions)
-        lookup = await self.cache.get_or_compute(key, lambda: self._compute(data, num_captions, deadline))
-        return self._outcome(lookup, digest)
+        try:
+            lookup = await self.cache.get_or_compute(key, lambda: self._compute(data, num_captions, deadline))
+        except CaptionerError as exc:
+            if exc.status_code >= 500:  # the variant's failure; a 4xx is the caller's
+                self._failed(exc.code, started)
+            raise
+        except Exception:
+            self._failed("internal_error", started)
+            raise
+        return self._outcome(lookup, digest, started)
 
-    def _outcome(self, lookup: Lookup[_Computed], digest: str) -> CaptionOutcome:
+    def _failed(self, code: str, started: float) -> None:
+        self.stats.failed(time.perf_counter() - started)
+        self._series.errors(code).inc()
+
+    def _outcome(self, lookup: Lookup[_Computed], digest: str, started: float | None = None) -> CaptionOutcome:
         series = self._series
+        latency = None if lookup.cached or started is None else time.perf_counter() - started
+        if latency is not None:
+            series.request_seconds.observe(latency)
+        top = lookup.value.captions[0].confidence if lookup.value.captions else None
+        self.stats.answered(latency, top)
         if lookup.cached:
             series.cache_hits.inc()
             series.served_cached.inc()
@@ -218,14 +268,18 @@ class CaptionService:
         )
 
     async def _compute(self, data: bytes, num_captions: int, deadline: float | None) -> _Computed:
+        self.health.admit()  # a model that can't take work: 503 now, before any decoding
         loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(self._preprocess_pool, self._preprocess, data)
+        async with self._preprocess_slots:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise RequestTimeout()  # waited out its deadline in line: decoding it now would be wasted
+            prepared = await loop.run_in_executor(self._preprocess_pool, self._preprocess, data)
         timeout_s = None
         if deadline is not None:
             timeout_s = deadline - time.monotonic()
             if timeout_s <= 0:
                 raise RequestTimeout()
-        inferred = await self.batcher(CaptionJob(prepared.pixel_values, num_captions), timeout_s=timeout_s)
+        inferred = await self.batcher(CaptionJob.of(prepared, num_captions), timeout_s=timeout_s)
         self.drift.observe_output(inferred.captions)
         return _Computed(inferred.captions, prepared.info, inferred.batch_size)
 
@@ -236,9 +290,10 @@ class CaptionService:
         return prepared
 
     async def _run_batch(self, jobs: Sequence[CaptionJob]) -> list[_Inferred]:
+        self.health.admit()  # queued before the model went down: refused without touching it
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(self._model_pool, self.captioner.caption_batch, jobs)
+        results = await self.health.track(loop.run_in_executor(self._model_pool, self.captioner.caption_batch, jobs))
         self._series.inference_seconds.observe(time.perf_counter() - started)
         self._series.images.inc(len(jobs))
         return [_Inferred(captions, len(jobs)) for captions in results]

@@ -23,6 +23,7 @@ from captioner.errors import Overloaded
 from captioner.model.protocol import Captioner
 from captioner.observability.metrics import Metrics
 from captioner.serving.drift_watch import DriftWatch
+from captioner.serving.health import OnFatal
 from captioner.serving.service import CaptionService
 
 logger = logging.getLogger("captioner.variants")
@@ -40,6 +41,9 @@ def pick(weights: Sequence[tuple[str, float]], sticky_key: str) -> str:
     and the lowest score wins. Unlike cumulative ranges, changing one variant's weight only moves keys to or
     from that variant, never between the others, and a weight of 0 takes a variant out entirely.
     """
+    live = [name for name, weight in weights if weight > 0]
+    if len(live) == 1:
+        return live[0]  # what the scores below would say, without hashing on every request
     best_name, best_score = "", math.inf
     for name, weight in weights:
         if weight <= 0:
@@ -137,14 +141,22 @@ class VariantPool:
     """Starts, reloads and stops the variants' services (model + batcher + cache each)."""
 
     def __init__(
-        self, settings: Settings, metrics: Metrics, *, load_model: LoadModel, drift: DriftWatch | None = None
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        *,
+        load_model: LoadModel,
+        drift: DriftWatch | None = None,
+        on_fatal: OnFatal | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self._on_fatal = on_fatal
         self.router = VariantRouter()
         self._load_model = load_model
         self._drift = drift
         self._retired: set[asyncio.Task[bool]] = set()
+        self._reloading = asyncio.Lock()
 
     async def start(self) -> None:
         """Load and warm up every configured variant (one after the other: they share the device)."""
@@ -161,7 +173,9 @@ class VariantPool:
                 "its captions are meaningless", name,
                 extra={"variant": name, "untrained": True},
             )  # fmt: skip
-        service = CaptionService(settings, model, self.metrics, drift=self._drift, variant=name)
+        service = CaptionService(
+            settings, model, self.metrics, drift=self._drift, variant=name, on_fatal=self._on_fatal
+        )
         service.start()
         try:
             await service.warm_up()
@@ -188,7 +202,15 @@ class VariantPool:
         task.add_done_callback(self._retired.discard)
 
     async def reload(self, settings: Settings) -> ReloadPlan:
-        """Apply a new `models:` list: reweight at once, load changed variants in the background of traffic."""
+        """Apply a new `models:` list: reweight at once, load changed variants in the background of traffic.
+
+        One reload at a time (a SIGHUP and a registry change may arrive together): each plans against what the
+        one before it installed.
+        """
+        async with self._reloading:
+            return await self._reload(settings)
+
+    async def _reload(self, settings: Settings) -> ReloadPlan:
         plan = plan_reload(self.router, settings)
         for name, weight in plan.reweight.items():
             self.router.set_weight(name, weight)
@@ -205,8 +227,22 @@ class VariantPool:
         logger.info("reloaded variants: %s", ", ".join(f"{n}={w:g}" for n, w in self.router.weights))
         return plan
 
+    def set_weight(self, name: str, weight: float) -> None:
+        """Reweight one live variant now (the canary analysis' rollback); the next reload may change it again."""
+        self.router.set_weight(name, weight)
+        self.metrics.variant_weight.labels(name).set(weight)
+
     def choose(self, sticky_key: str) -> Variant:
         return self.router.choose(sticky_key)
+
+    def health_problems(self) -> list[str]:
+        """Why a variant taking traffic can't take work (its model is down, failing or failed); [] if none."""
+        problems = []
+        for variant in self.router:
+            problem = variant.service.health.problem
+            if variant.weight > 0 and problem is not None:
+                problems.append(problem if len(self.router) == 1 else f"variant {variant.name}: {problem}")
+        return problems
 
     def expedite(self) -> None:
         """Draining: every variant dispatches what it has queued without waiting for its batch deadline."""

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -104,7 +104,8 @@ class CircuitBreaker:
 
 
 class RedisClient:
-    """GET/SET/DELETE of bytes values, each bounded by ``timeout_s`` and guarded by a ``CircuitBreaker``.
+    """GET/SET/DELETE of bytes values (and ``execute``/``script`` for the rest), each bounded by ``timeout_s`` and
+    guarded by a ``CircuitBreaker``.
 
     ``on_error(operation)`` is called for every failed or skipped call (a metric hook); ``on_state(up)`` when
     the breaker opens (False) or closes again (True).
@@ -151,6 +152,16 @@ class RedisClient:
     async def execute(self, operation: str, command: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
         """Any other command (streams, say) on the client, under the same deadline and breaker."""
         return await self._call(operation, lambda: command(self._client))
+
+    def script(self, operation: str, lua: str) -> Callable[[Sequence[str], Sequence[Any]], Awaitable[Any]]:
+        """A Lua script as an async function of (keys, args), under the deadline and breaker (EVALSHA, loaded
+        again by redis-py after a Redis restart)."""
+        compiled = self._client.register_script(lua)
+
+        async def run(keys: Sequence[str], args: Sequence[Any]) -> Any:
+            return await self._call(operation, lambda: compiled(keys=list(keys), args=list(args)))
+
+        return run
 
     async def ping(self) -> bool:
         try:

@@ -40,6 +40,7 @@ from captioner.tools.caption_backends import (
     offline_settings,
 )
 from captioner.tools.caption_output import CaptionRecord, OutputError, open_output, path_key
+from captioner.tools.command_line import add_command, runs
 
 # What a folder search picks up. HEIC and AVIF are listed so that a phone's folder reports them (the server
 # names the format it can't read) instead of skipping them silently.
@@ -170,21 +171,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_client_arguments(parser)
 
 
-def add_caption_command(
-    commands: Any,
-    add_config_argument: Callable[[argparse.ArgumentParser], None],
-    settings_of: Callable[[argparse.Namespace], Settings],
-) -> None:
+def add_caption_command(commands: Any) -> None:
     """Register ``caption`` on the top-level subparsers ``commands``."""
-    caption = commands.add_parser(
-        "caption",
-        help="caption image files and folders (offline, or through --server)",
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    caption = add_command(
+        commands, "caption", help="caption image files and folders (offline, or through --server)", doc=__doc__
     )
     add_arguments(caption)
-    add_config_argument(caption)
-    caption.set_defaults(run=lambda args: run(args, settings_of(args)))
+    runs(caption, run)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

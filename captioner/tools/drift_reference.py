@@ -4,8 +4,9 @@ Without a reference file every start learns its reference from the first ``drift
 so a node restarted in the middle of an incident would call the incident normal. Two ways to make one:
 
 - ``--server URL``: copy a running server's reference, learnt from its first requests (inputs and captions).
-  Run it against a node that has served a known-good stretch of traffic. With auth on, the key is read from
-  the ``CAPTIONER_API_KEY`` environment variable (never a command-line argument: those show in ``ps``).
+  Run it against a node that has served a known-good stretch of traffic. With auth on, the key (an admin key:
+  ``auth.admin_keys``) is read from the ``CAPTIONER_API_KEY`` environment variable (never a command-line
+  argument: those show in ``ps``).
 - ``--images DIR``: compute the input features (size, brightness, colourfulness, format, bytes) of a folder
   of representative images, with the server's own decode and feature code. No model runs, so the caption
   features (confidence, length, vocabulary) are left out, and a server using the file learns those from its
@@ -19,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from captioner.config import Settings
 from captioner.errors import CaptionerError
 from captioner.observability.drift_features import InputFeatures
 from captioner.observability.psi import DriftMonitor
+from captioner.tools.command_line import add_command, runs
 
 # Imported inside the functions that need them: images pulls in torch, which `captioner --help` should not pay.
 
@@ -42,26 +43,18 @@ class DriftReferenceError(RuntimeError):
     """Why no reference was written, as one line for the operator."""
 
 
-def add_drift_commands(
-    commands: Any,
-    add_config_argument: Callable[[argparse.ArgumentParser], None],
-    settings_of: Callable[[argparse.Namespace], Settings],
-) -> None:
+def add_drift_commands(commands: Any) -> None:
     """Register ``drift save-reference`` on the top-level subparsers ``commands``."""
     drift = commands.add_parser("drift", help="drift monitoring tools")
     actions = drift.add_subparsers(dest="drift_command", required=True, metavar="ACTION")
-    save = actions.add_parser(
-        "save-reference",
-        help="write a drift reference file for drift.reference_path",
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    save = add_command(
+        actions, "save-reference", help="write a drift reference file for drift.reference_path", doc=__doc__
     )
     source = save.add_mutually_exclusive_group(required=True)
     source.add_argument("--server", metavar="URL", help="copy the reference of the server at URL")
     source.add_argument("--images", metavar="DIR", help="compute input features from the images under DIR")
     save.add_argument("--out", required=True, metavar="FILE", help="where to write the reference (JSON)")
-    add_config_argument(save)  # --images: drift.bins and limits.max_pixels come from the config
-    save.set_defaults(run=lambda args: save_reference(args, settings_of(args)))
+    runs(save, save_reference)  # --images: drift.bins and limits.max_pixels come from the config
 
 
 def save_reference(args: argparse.Namespace, settings: Settings) -> int:
@@ -95,6 +88,8 @@ def reference_from_server(url: str, api_key: str | None) -> dict[str, Any]:
         raise DriftReferenceError(f"cannot reach {target}: {exc}") from exc
     if response.status_code == 401:
         raise DriftReferenceError(f"{target} wants an API key: set {API_KEY_ENV}")
+    if response.status_code == 403:
+        raise DriftReferenceError(f"{target} wants an admin key (auth.admin_keys) in {API_KEY_ENV}")
     if response.status_code != 200:
         raise DriftReferenceError(f"{target} answered {response.status_code}: {response.text[:200]}")
     reference: dict[str, Any] = response.json()

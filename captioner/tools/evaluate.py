@@ -21,7 +21,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from captioner.errors import CaptionerError
 from captioner.tools.caption import Failure, add_client_arguments, caption_files, open_backend
 from captioner.tools.caption_backends import BackendUnavailable
 from captioner.tools.caption_output import CaptionRecord, path_key
+from captioner.tools.command_line import add_command, runs
 
 
 class AnnotationsError(ValueError):
@@ -93,22 +94,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="where to write the JSON report (default: stdout)")
 
 
-def add_eval_command(
-    commands: Any,
-    add_config_argument: Callable[[argparse.ArgumentParser], None],
-    settings_of: Callable[[argparse.Namespace], Settings],
-) -> None:
+def add_eval_command(commands: Any) -> None:
     """Register ``eval`` on the top-level subparsers ``commands``."""
-    scorer = commands.add_parser(
-        "eval",
-        help="caption a COCO-format set and score it (BLEU, METEOR, ROUGE-L, CIDEr)",
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    scorer = add_command(
+        commands, "eval", help="caption a COCO-format set and score it (BLEU, METEOR, ROUGE-L, CIDEr)", doc=__doc__
     )
     add_arguments(scorer)
     add_client_arguments(scorer)
-    add_config_argument(scorer)
-    scorer.set_defaults(run=lambda args: run(args, settings_of(args)))
+    runs(scorer, run)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -116,36 +109,64 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        report = await evaluate_set(
+            settings,
+            args.annotations,
+            args.images,
+            server=args.server,
+            api_key=args.api_key,
+            batch_size=args.batch_size,
+            concurrency=args.concurrency,
+        )
+    except (AnnotationsError, BackendUnavailable, CaptionerError) as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    for note in report["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    _emit(report, args.out)
+    if not report["num_images"]:
+        print("no image could be captioned: nothing was scored", file=sys.stderr)
+    return 1 if report["num_failed"] else 0
+
+
+async def evaluate_set(
+    settings: Settings,
+    annotations: Path,
+    images_dir: Path,
+    *,
+    server: str | None = None,
+    api_key: str | None = None,
+    batch_size: int | None = None,
+    concurrency: int = 8,
+) -> dict[str, Any]:
+    """Caption every referenced image of a COCO-format set with ``settings``' model (or ``server``) and score it.
+
+    Returns the report that ``captioner eval`` writes; raises ``AnnotationsError`` for an unusable annotations
+    file and ``BackendUnavailable`` / ``CaptionerError`` when no captions can be had at all. The deploy gate
+    (``captioner models promote``) scores its versions with this too.
+    """
     from tqdm import tqdm
 
     from captioner.tools.coco_scores import find_java, score_captions
 
     started = time.monotonic()
-    try:
-        images, notes = load_annotations(args.annotations)
-    except AnnotationsError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
+    images, notes = load_annotations(annotations)
     if not images:
-        print(f"--annotations {args.annotations}: no image has a reference caption", file=sys.stderr)
-        return 2
+        raise AnnotationsError(f"--annotations {annotations}: no image has a reference caption")
     by_path: dict[str, list[EvalImage]] = {}
     for image in images:
-        by_path.setdefault(path_key(str(args.images / image.file_name)), []).append(image)
-    paths = [args.images / group[0].file_name for group in by_path.values()]
+        by_path.setdefault(path_key(str(images_dir / image.file_name)), []).append(image)
+    paths = [images_dir / group[0].file_name for group in by_path.values()]
 
-    try:
-        backend = await open_backend(
-            settings,
-            server=args.server,
-            api_key=args.api_key,
-            num_captions=1,
-            batch_size=args.batch_size,
-            concurrency=args.concurrency,
-        )
-    except (BackendUnavailable, CaptionerError) as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
+    backend = await open_backend(
+        settings,
+        server=server,
+        api_key=api_key,
+        num_captions=1,
+        batch_size=batch_size,
+        concurrency=concurrency,
+    )
     records: dict[str, CaptionRecord] = {}
     failures: list[Failure] = []
     progress: Any = tqdm(total=len(paths), unit="img", desc="captioning", file=sys.stderr, disable=None)
@@ -168,10 +189,10 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
 
     captioned = [(image, records[key]) for key, group in by_path.items() if key in records for image in group]
     report: dict[str, Any] = {
-        "annotations": str(args.annotations),
-        "images_dir": str(args.images),
+        "annotations": str(annotations),
+        "images_dir": str(images_dir),
         "model": backend.model,
-        "server": args.server,
+        "server": server,
         "num_images": len(captioned),
         "num_failed": len(failures),
         "metrics": {},
@@ -199,12 +220,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
             for image, record in captioned
         ]
     report["elapsed_s"] = round(time.monotonic() - started, 3)
-    for note in report["notes"]:
-        print(f"note: {note}", file=sys.stderr)
-    _emit(report, args.out)
-    if not captioned:
-        print("no image could be captioned: nothing was scored", file=sys.stderr)
-    return 1 if failures else 0
+    return report
 
 
 def _top(record: CaptionRecord) -> str:

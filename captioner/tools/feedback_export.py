@@ -16,7 +16,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,26 +24,22 @@ from captioner.config import Settings
 from captioner.observability.metrics import Metrics
 from captioner.serving.feedback import build_feedback_store
 from captioner.serving.feedback_store import FeedbackRecord
+from captioner.tools.command_line import add_command, runs
 
 
-def add_feedback_commands(
-    commands: Any,
-    add_config_argument: Callable[[argparse.ArgumentParser], None],
-    settings_of: Callable[[argparse.Namespace], Settings],
-) -> None:
+def add_feedback_commands(commands: Any) -> None:
     """Register ``feedback export`` on the top-level subparsers ``commands``."""
     feedback = commands.add_parser("feedback", help="users' ratings and corrected captions")
     actions = feedback.add_subparsers(dest="feedback_command", required=True, metavar="ACTION")
-    export = actions.add_parser(
+    export = add_command(
+        actions,
         "export",
         help="corrected captions as COCO-format annotations (for captioner train / eval)",
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        doc=__doc__,
     )
     export.add_argument("--out", required=True, type=Path, help="where to write the COCO captions JSON")
     export.add_argument("--images", type=Path, help="also write the kept images to this folder")
-    add_config_argument(export)
-    export.set_defaults(run=lambda args: run(args, settings_of(args)))
+    runs(export, run)
 
 
 def coco_annotations(records: Sequence[FeedbackRecord]) -> dict[str, Any]:

@@ -38,8 +38,11 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         args: list[str] | None = None,
         ready_timeout_s: float = 120,
+        module: str = "captioner",
     ) -> None:
+        """``module`` is what ``python -m`` runs: the real CLI, or a test wrapper around it."""
         self.args = args or []
+        self.module = module
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ready_timeout_s = ready_timeout_s
@@ -69,7 +72,7 @@ class ServerProcess:
                 [
                     sys.executable,
                     "-m",
-                    "captioner",
+                    self.module,
                     "serve",
                     "--host",
                     "127.0.0.1",

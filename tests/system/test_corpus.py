@@ -92,6 +92,18 @@ def png_bomb(width: int = 30_000, height: int = 30_000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
+def icon_around(embedded: bytes) -> bytes:
+    """An ICO whose one directory entry says 256x256 (a 0 byte) but holds ``embedded``, which can be any size:
+    Pillow decodes it inside ``Image.open``."""
+    entry = struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(embedded), 6 + 16)
+    return struct.pack("<HHH", 0, 1, 1) + entry + embedded
+
+
+def wrapped_base64(name: str) -> str:
+    """base64 broken into 76-character lines, as MIME writes it."""
+    return base64.encodebytes(payload(name)).decode()
+
+
 def random_bytes(size: int, seed: int = 0) -> bytes:
     return random.Random(seed).randbytes(size)
 
@@ -130,6 +142,10 @@ def payload(name: str) -> bytes:
         "tga-no-signature": lambda: encode(scene(), "TGA"),
         "random-1mb": lambda: random_bytes(MB),
         "bomb-30000x30000": png_bomb,
+        "ico": lambda: encode(scene(), "ICO", sizes=[(64, 64)]),
+        # 49 M pixels (over max_pixels, under Pillow's own default limit) behind an icon directory: before, it
+        # was decoded inside Image.open, ahead of the pixel check.
+        "ico-bomb": lambda: icon_around(png_bomb(7000, 7000)),
         "over-limit": lambda: random_bytes(MAX_BODY + 1, seed=1),
     }
     return builders[name]()
@@ -217,6 +233,8 @@ CASES: list[Case] = [
     Case("valid-json-base64", 200, None, lambda: json_body({"image": b64("webp")})),
     Case("valid-json-data-url", 200, None, lambda: json_body({"image": "data:image/png;base64," + b64("png-rgba")})),
     Case("valid-octet-stream", 200, None, lambda: raw("bmp", "application/octet-stream")),
+    Case("valid-ico", 200, None, lambda: raw("ico", "image/x-icon")),
+    Case("valid-json-base64-in-lines", 200, None, lambda: json_body({"image": wrapped_base64("png-rgb")})),
     Case("valid-num-captions-3", 200, None, lambda: raw("png-rgb", query="?num_captions=3")),
     # -- not an image, or a broken one: 400 invalid_image
     Case(
@@ -242,13 +260,13 @@ CASES: list[Case] = [
     Case("heic", 415, "unsupported_media_type", lambda: raw("heic", "image/heic")),
     Case("content-type-text-plain", 415, "unsupported_media_type", lambda: raw("png-rgb", "text/plain")),
     Case("content-type-xml", 415, "unsupported_media_type", lambda: raw("png-rgb", "application/xml")),
-    # No Content-Type at all: the magic bytes decide (DESIGN.md: raw bodies are read as images when they say so).
+    # No Content-Type: read as an image when the magic bytes say so (DESIGN.md, raw-body sniffing), else 415.
     Case("content-type-missing", 200, None, lambda: {"url": CAPTION, "content": payload("png-rgb")}),
     Case(
-        "content-type-missing-not-an-image",
+        "content-type-missing-text",
         415,
         "unsupported_media_type",
-        lambda: {"url": CAPTION, "content": b"just some text"},
+        lambda: {"url": CAPTION, "content": payload("text")},
     ),
     # -- too big: 413
     Case("bomb-30000x30000", 413, "too_large", lambda: raw("bomb-30000x30000")),
@@ -256,6 +274,8 @@ CASES: list[Case] = [
     Case("body-over-limit", 413, "too_large", lambda: raw("over-limit", "application/octet-stream")),
     Case("body-over-limit-chunked", 413, "too_large", lambda: chunked(payload("over-limit")), streamed=True),
     Case("multipart-file-over-limit", 413, "too_large", lambda: multipart("over-limit")),
+    Case("ico-bomb", 413, "too_large", lambda: raw("ico-bomb", "image/x-icon")),
+    Case("ico-bomb-in-json", 413, "too_large", lambda: json_body({"image": b64("ico-bomb")})),
     # -- malformed requests: 422 invalid_request
     Case("wrong-form-field", 422, "invalid_request", lambda: multipart("png-rgb", field="picture")),
     Case("urlencoded-image-is-text", 422, "invalid_request", lambda: {"url": CAPTION, "data": {"image": "abc"}}),
@@ -325,6 +345,61 @@ CASES: list[Case] = [
         "invalid_request",
         lambda: json_body({"image": b64("png-rgb"), "num_captions": "2"}),
     ),
+    # -- odd inputs that were a 500 once (issue 13): now each a 422
+    *(
+        Case(
+            f"num-captions-{name}",
+            422,
+            "invalid_request",
+            functools.partial(raw, "png-rgb", query=f"?num_captions={value}"),
+        )
+        for name, value in [
+            ("superscript-two", "%C2%B2"),
+            ("arabic-indic-one", "%D9%A1"),
+            ("fullwidth-two", "%EF%BC%92"),
+            ("5000-digits", "9" * 5000),
+        ]
+    ),
+    Case(
+        "num-captions-form-superscript",
+        422,
+        "invalid_request",
+        lambda: multipart("png-rgb", data={"num_captions": "\u00b2"}),
+    ),
+    Case(
+        "json-nested-100000",
+        422,
+        "invalid_request",
+        lambda: {
+            "url": CAPTION,
+            "content": b"[" * 100_000 + b"]" * 100_000,
+            "headers": {"Content-Type": "application/json"},
+        },
+    ),
+    Case(
+        "json-image-nested-100000",
+        422,
+        "invalid_request",
+        lambda: {
+            "url": CAPTION,
+            "content": b'{"image": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+            "headers": {"Content-Type": "application/json"},
+        },
+    ),
+    Case(
+        "json-num-captions-5000-digits",
+        422,
+        "invalid_request",
+        lambda: {
+            "url": CAPTION,
+            "content": b'{"image": "' + b64("png-rgb").encode() + b'", "num_captions": ' + b"9" * 5000 + b"}",
+            "headers": {"Content-Type": "application/json"},
+        },
+    ),
+    Case("base64-non-ascii", 422, "invalid_request", lambda: json_body({"image": "\u00c5" * 64})),
+    Case(
+        "base64-unicode-line-separator", 422, "invalid_request", lambda: json_body({"image": b64("png-rgb") + "\u2028"})
+    ),
     # -- URLs the server must refuse to fetch (refused before any connection: no network needed)
     *(
         Case(f"url-{name}", 400, "url_not_allowed", functools.partial(json_body, {"url": url}))
@@ -336,6 +411,8 @@ CASES: list[Case] = [
             ("decimal-loopback", "http://2130706433/"),
             ("ipv4-mapped-ipv6", "http://[::ffff:127.0.0.1]/"),
             ("private-10", "http://10.0.0.1/cat.png"),
+            # A name resolving to a private address gets the answer an unknown name gets (from /etc/hosts: no DNS).
+            ("name-resolving-to-loopback", "http://localhost/cat.png"),
         ]
     ),
     # -- the wrong route or method

@@ -15,9 +15,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from captioner.config import Settings, load_settings
+from captioner.config import ConfigError, Settings, load_settings
 from captioner.http.body import body_limit
 from captioner.observability.metrics import Metrics
+from captioner.server import check_exposure
 from tests.conftest import REPO_ROOT, free_port
 from tests.system.nginx_proc import DEPLOY_NGINX_CONF, Nginx
 
@@ -77,12 +78,15 @@ def test_nginx_body_limit_is_the_largest_body_the_server_accepts() -> None:
 def test_nginx_balances_retries_and_health_checks_as_intended() -> None:
     assert re.search(r"^\s*least_conn;", DEPLOY_NGINX_CONF.read_text(), flags=re.MULTILINE)
     (next_upstream,) = nginx_directive("proxy_next_upstream")
-    assert {"error", "timeout", "http_503", "non_idempotent"} <= set(next_upstream.split())
+    assert {"error", "timeout", "http_502", "http_503", "non_idempotent"} <= set(next_upstream.split())
     servers = upstream_servers()
     assert servers and all("max_fails=" in s and "fail_timeout=" in s for s in servers)
     (read_timeout,) = nginx_directive("proxy_read_timeout")
     assert float(read_timeout.rstrip("s")) > DEFAULTS.batching.request_timeout_s  # the server's 504 comes first
     assert "X-Request-ID $captioner_request_id" in nginx_directive("proxy_set_header")
+    # Replaced, never appended to: a client's own X-Forwarded-For must not reach the replicas, which believe it.
+    assert "X-Forwarded-For $remote_addr" in nginx_directive("proxy_set_header")
+    assert "$proxy_add_x_forwarded_for" not in DEPLOY_NGINX_CONF.read_text()
 
 
 def test_nginx_upstreams_compose_services_and_prometheus_targets_agree() -> None:
@@ -161,15 +165,44 @@ def test_compose_gives_each_replica_its_own_gpu_and_a_drain_long_enough() -> Non
     assert "./prometheus:/etc/prometheus:ro" in everything["prometheus"]["volumes"]
 
 
+def compose_environ(spec: dict[str, Any], **given: str) -> dict[str, str]:
+    """The replica's environment as Compose makes it: ${VAR:-default} -> default; ${VAR:?message} -> the value
+    given here, or a KeyError (Compose refuses to start without it)."""
+
+    def substitute(value: Any) -> str:
+        text = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(value))
+        return re.sub(r"\$\{(\w+):\?[^}]*\}", lambda m: given[m.group(1)], text)
+
+    return {k: substitute(v) for k, v in spec["environment"].items()}
+
+
 def test_compose_environment_is_a_valid_captioner_config() -> None:
     (spec, *_) = replica_services().values()
-    # ${VAR:-default} -> default, as Compose does with the variable unset.
-    environ = {k: re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(v)) for k, v in spec["environment"].items()}
+    with pytest.raises(KeyError):  # compose refuses to start without keys
+        compose_environ(spec)
+    environ = compose_environ(spec, CAPTIONER_AUTH__API_KEYS='["sha256:' + "ab" * 32 + '"]')
     settings = load_settings(None, environ)
     assert settings.server.port == DEFAULTS.server.port
+    assert settings.server.host == "0.0.0.0" and settings.auth.api_keys  # exposed, and therefore keyed
+    check_exposure(settings)
+    with pytest.raises(ConfigError, match=r"auth\.api_keys"):
+        check_exposure(load_settings(None, {**environ, "CAPTIONER_AUTH__API_KEYS": "[]"}))
     assert settings.cache.redis_url == ""
     with_redis = load_settings(None, {**environ, "CAPTIONER_CACHE__REDIS_URL": "redis://redis:6379/0"})
     assert with_redis.cache.redis_url == "redis://redis:6379/0"
+
+
+def test_compose_trusts_only_nginx_and_keeps_the_dashboards_local() -> None:
+    everything = compose()["services"]
+    (spec, *_) = replica_services().values()
+    settings = load_settings(None, compose_environ(spec, CAPTIONER_AUTH__API_KEYS='["k"]'))
+    nginx_address = everything["nginx"]["networks"]["backend"]["ipv4_address"]
+    assert settings.server.forwarded_allow_ips == [nginx_address]
+    assert "FORWARDED_ALLOW_IPS" not in spec["environment"]  # uvicorn's own variable is not read any more
+    for name in ("prometheus", "grafana"):
+        assert all(port.startswith("127.0.0.1:") for port in everything[name]["ports"]), name
+    password = everything["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    assert password.startswith("${GRAFANA_ADMIN_PASSWORD:?")  # required: no admin/admin
 
 
 # --- Kubernetes --------------------------------------------------------------------------------------------
@@ -221,10 +254,34 @@ def test_configmap_is_a_valid_config_and_the_pod_outlasts_its_drain(tmp_path: Pa
 
 def test_hpa_scales_on_a_metric_the_server_exports() -> None:
     hpa = k8s("HorizontalPodAutoscaler")
-    (metric,) = hpa["spec"]["metrics"]
-    name = metric["pods"]["metric"]["name"]
-    assert name == "captioner_queue_depth"
+    names = [metric["pods"]["metric"]["name"] for metric in hpa["spec"]["metrics"]]
+    # The queue, and the admission budget (fetching and decoding move it, the queue does not).
+    assert names == ["captioner_queue_depth", "captioner_admission_in_use"]
     exported = {m.name for m in Metrics().registry.collect()}
-    assert name in exported
+    assert set(names) <= exported
     assert hpa["spec"]["scaleTargetRef"]["name"] == k8s("Deployment")["metadata"]["name"]
     assert hpa["spec"]["minReplicas"] >= 2  # never down to a single point of failure
+
+
+def test_the_pod_is_locked_down() -> None:
+    deployment = k8s("Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    keys = next(e for e in container["env"] if e["name"] == "CAPTIONER_AUTH__API_KEYS")
+    assert keys["valueFrom"]["secretKeyRef"]["optional"] is False  # no Secret, no pod: never an open replica
+    scratch = [v for v in pod["volumes"] if "emptyDir" in v]
+    assert scratch and all(v["emptyDir"].get("sizeLimit") for v in scratch)
+    config = yaml.safe_load(k8s("ConfigMap")["data"]["config.yaml"])
+    assert config["server"]["host"] == "0.0.0.0" and config["server"]["forwarded_allow_ips"] == []
+
+
+def test_egress_is_dns_redis_and_public_http_only() -> None:
+    policy = k8s("NetworkPolicy")
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    assert policy["spec"]["podSelector"]["matchLabels"] == k8s("Deployment")["spec"]["selector"]["matchLabels"]
+    blocks = [peer["ipBlock"] for rule in policy["spec"]["egress"] for peer in rule["to"] if "ipBlock" in peer]
+    (public,) = blocks
+    assert public["cidr"] == "0.0.0.0/0"
+    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "127.0.0.0/8"} <= set(public["except"])

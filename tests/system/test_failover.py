@@ -1,10 +1,14 @@
 """Failover through the real nginx: two ``python -m captioner serve`` processes (tiny model) behind
-deploy/nginx.conf on loopback, steady load from a few client threads, then SIGKILL one server mid-load.
+deploy/nginx.conf on loopback, steady load from a few client threads, then a failure mid-load.
 
-Every client request must succeed (nginx replays requests the dead replica had taken, and routes around it),
-and from the kill on, every response must come from the survivor. Which replica answered is read from
-nginx's own access log (its ``upstream`` field, joined on our X-Request-ID), and checked against the
-survivor's request counter.
+- SIGKILL one server: every client request must succeed (nginx replays requests the dead replica had taken,
+  and routes around it), and from the kill on, every response must come from the survivor.
+- SIGKILL one server's model process (``model.worker: process``): once its /readyz has dropped, no client gets
+  a 5xx (the replica answers 503, which nginx retries on the other one), and once the model process is
+  respawned the replica takes traffic again.
+
+Which replica answered is read from nginx's own access log (its ``upstream`` field, joined on our
+X-Request-ID), and checked against the replicas' own counters.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import httpx
 import pytest
 
 from tests.conftest import photo
+from tests.system.model_children import model_child_pid
 from tests.system.nginx_proc import Nginx
 from tests.system.serverproc import ServerProcess
 
@@ -41,22 +46,29 @@ class Sent:
     error: str = ""
 
 
-@pytest.fixture(scope="module")
-def replicas(tiny_model_dir: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    # Greedy, short captions: the test is about routing, so each request's model work is kept small.
-    env = {
-        "CAPTIONER_BATCHING__MAX_WAIT_MS": "10",
-        "CAPTIONER_SERVER__DRAIN_TIMEOUT_S": "5",
-        "CAPTIONER_GENERATION__NUM_BEAMS": "1",
-        "CAPTIONER_GENERATION__MIN_LENGTH": "1",
-        "CAPTIONER_GENERATION__MAX_LENGTH": "8",
-    }
+# Greedy, short captions: the tests are about routing, so each request's model work is kept small.
+LIGHT_MODEL_ENV = {
+    "CAPTIONER_BATCHING__MAX_WAIT_MS": "10",
+    "CAPTIONER_SERVER__DRAIN_TIMEOUT_S": "5",
+    "CAPTIONER_GENERATION__NUM_BEAMS": "1",
+    "CAPTIONER_GENERATION__MIN_LENGTH": "1",
+    "CAPTIONER_GENERATION__MAX_LENGTH": "8",
+}
+
+
+def start_two(tiny_model_dir: Path, env: dict[str, str]) -> tuple[ServerProcess, ServerProcess]:
     first, second = ServerProcess(tiny_model_dir, env=env), ServerProcess(tiny_model_dir, env=env)
     # Start both before waiting for either: the model loads overlap.
     with ThreadPoolExecutor(2) as pool:
         started = [pool.submit(server.__enter__) for server in (first, second)]
         for future in started:
             future.result()
+    return first, second
+
+
+@pytest.fixture(scope="module")
+def replicas(tiny_model_dir: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    first, second = start_two(tiny_model_dir, LIGHT_MODEL_ENV)
     try:
         yield first, second
     finally:
@@ -64,45 +76,60 @@ def replicas(tiny_model_dir: Path) -> Iterator[tuple[ServerProcess, ServerProces
             server.__exit__(None, None, None)
 
 
+class Load:
+    """``CLIENTS`` threads posting a new image each time through nginx, until ``stop()``; ``sent`` records all."""
+
+    def __init__(self, nginx: Nginx) -> None:
+        self.sent: list[Sent] = []
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._seeds = iter(range(10_000, 1_000_000))
+        self._url = nginx.url
+        self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(CLIENTS)]
+        for thread in self._threads:
+            thread.start()
+
+    def answered_since(self, instant: float) -> int:
+        with self.lock:
+            return sum(s.started >= instant for s in self.sent)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        assert not any(thread.is_alive() for thread in self._threads), "a client thread is stuck"
+
+    def _client(self) -> None:
+        with httpx.Client(base_url=self._url, timeout=30) as http:
+            while not self._stop.is_set():
+                with self.lock:
+                    seed = next(self._seeds)
+                request_id = uuid.uuid4().hex
+                record = Sent(request_id, time.monotonic(), None)
+                try:
+                    # A new image every time: each request is real model work, so some are in flight at the kill.
+                    response = http.post(
+                        "/api/v1/caption",
+                        content=photo(seed, size=(64, 48)),
+                        headers={"Content-Type": "image/png", "X-Request-ID": request_id},
+                    )
+                    record.status = response.status_code
+                    if response.status_code != 200:
+                        record.error = response.text[:200]
+                    assert response.headers["x-request-id"] == request_id  # passed through both ways
+                except (httpx.HTTPError, AssertionError) as exc:
+                    record.error = repr(exc)
+                with self.lock:
+                    self.sent.append(record)
+
+
 def test_sigkill_of_one_replica_under_load_fails_no_client_request(
     replicas: tuple[ServerProcess, ServerProcess], tmp_path: Path
 ) -> None:
     victim, survivor = replicas
     with Nginx(tmp_path, upstream_ports=[victim.port, survivor.port]) as nginx:
-        sent: list[Sent] = []
-        started = 0  # requests begun: each must end up in ``sent``, answered or failed, or a thread died
-        lock = threading.Lock()
-        stop = threading.Event()
-        seeds = iter(range(10_000, 1_000_000))
-
-        def client() -> None:
-            nonlocal started
-            with httpx.Client(base_url=nginx.url, timeout=60) as http:
-                while not stop.is_set():
-                    with lock:
-                        seed = next(seeds)
-                        started += 1
-                    request_id = uuid.uuid4().hex
-                    record = Sent(request_id, time.monotonic(), None)
-                    try:
-                        # A new image every time: each request is real model work, so some are in flight at the kill.
-                        response = http.post(
-                            "/api/v1/caption",
-                            content=photo(seed, size=(64, 48)),
-                            headers={"Content-Type": "image/png", "X-Request-ID": request_id},
-                        )
-                        record.status = response.status_code
-                        if response.status_code != 200:
-                            record.error = response.text[:200]
-                        assert response.headers.get("x-request-id") == request_id  # passed through both ways
-                    except (httpx.HTTPError, AssertionError) as exc:
-                        record.error = repr(exc)
-                    with lock:
-                        sent.append(record)
-
-        threads = [threading.Thread(target=client, daemon=True) for _ in range(CLIENTS)]
-        for thread in threads:
-            thread.start()
+        load = Load(nginx)
+        sent = load.sent
         victim_addr, survivor_addr = f"127.0.0.1:{victim.port}", f"127.0.0.1:{survivor.port}"
 
         def served_by_both() -> bool:
@@ -113,16 +140,8 @@ def test_sigkill_of_one_replica_under_load_fails_no_client_request(
         os.kill(victim.pid, signal.SIGKILL)
         killed_at = time.monotonic()
 
-        def answered_after_kill() -> int:
-            with lock:
-                return sum(s.started >= killed_at for s in sent)
-
-        _wait_until(lambda: answered_after_kill() >= ANSWERED_AFTER_KILL, "load after the kill")
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=PHASE_TIMEOUT_S)
-        assert not any(thread.is_alive() for thread in threads), "a client thread is stuck"
-        assert len(sent) == started  # every request the clients began is accounted for
+        _wait_until(lambda: load.answered_since(killed_at) >= ANSWERED_AFTER_KILL, "load after the kill")
+        load.stop()
         assert victim.process is not None and victim.process.wait(timeout=10) == -signal.SIGKILL
 
         failed = [s for s in sent if s.status != 200]
@@ -159,5 +178,60 @@ def _wait_until(condition: Callable[[], bool], what: str) -> None:
 
 def _requests_total(server: ServerProcess) -> float:
     """captioner_requests_total summed over its status labels."""
-    text = httpx.get(server.url + "/metrics", timeout=60).text
+    text = httpx.get(server.url + "/metrics", timeout=5).text
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("captioner_requests_total{"))
+
+
+def test_a_dead_model_process_sends_no_5xx_to_clients_once_readiness_dropped(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    victim, survivor = start_two(tiny_model_dir, {**LIGHT_MODEL_ENV, "CAPTIONER_MODEL__WORKER": "process"})
+    try:
+        with Nginx(tmp_path, upstream_ports=[victim.port, survivor.port]) as nginx:
+            load = Load(nginx)
+            victim_addr, survivor_addr = f"127.0.0.1:{victim.port}", f"127.0.0.1:{survivor.port}"
+
+            def upstreams() -> set[str]:
+                return {str(e["upstream"]).split(", ")[-1] for e in nginx.access_log()}
+
+            _wait_until(lambda: len(load.sent) >= ANSWERED_BEFORE_KILL and upstreams() >= {victim_addr, survivor_addr},
+                        "load before the kill")  # fmt: skip
+            os.kill(model_child_pid(victim.pid), signal.SIGKILL)
+            killed_at = time.monotonic()
+            _wait_until(lambda: _readyz(victim) == 503, "the victim's /readyz to drop")
+            dropped_at = time.monotonic()
+            _wait_until(lambda: load.answered_since(dropped_at) >= ANSWERED_AFTER_KILL, "load after the drop")
+            _wait_until(lambda: _readyz(victim) == 200, "the victim's model process to be respawned")
+            back_at = time.monotonic()
+            victim_served_before = _requests_total(victim)
+            # nginx's passive check (max_fails/fail_timeout) lets it back in within 10 s; then it takes work again.
+            _wait_until(lambda: _requests_total(victim) > victim_served_before, "the victim to serve again")
+            load.stop()
+            assert victim.alive() and survivor.alive()  # only the model process died, and it came back
+
+            with load.lock:
+                sent = list(load.sent)
+            after_drop = [s for s in sent if s.started >= dropped_at]
+            failed_after_drop = [s for s in after_drop if s.status != 200]
+            assert not failed_after_drop, f"{len(failed_after_drop)} of {len(after_drop)}: {failed_after_drop[:5]}"
+            # Before the drop, only what the victim's model was running at the kill may have failed, with a 500
+            # (not replayed: that request may be what killed it).
+            failed = [s for s in sent if s.status != 200]
+            assert all(s.status == 500 and s.started < dropped_at for s in failed), failed
+            log = {entry["request_id"]: entry for entry in nginx.access_log()}
+            retried = [s for s in after_drop if log[s.request_id]["upstream"] == f"{victim_addr}, {survivor_addr}"]
+            assert retried, "nginx never had to retry a request the victim refused"
+            assert all(log[s.request_id]["upstream_status"].startswith("503") for s in retried)
+            assert victim.metric("captioner_model_respawns_total") == 1
+            print(
+                f"\n/readyz dropped {dropped_at - killed_at:.2f} s after the kill, back {back_at - killed_at:.1f} s "
+                f"after it; {len(after_drop)} requests after the drop, all 200, {len(retried)} replayed by nginx; "
+                f"{len(failed)} failed in all (500: in flight at the kill)"
+            )
+    finally:
+        for server in (victim, survivor):
+            server.__exit__(None, None, None)
+
+
+def _readyz(server: ServerProcess) -> int:
+    return httpx.get(server.url + "/readyz", timeout=5).status_code

@@ -29,6 +29,20 @@ def test_cmd_runs_the_serve_subcommand_of_the_console_script() -> None:
     assert cmd[0] == "captioner"
     args = build_parser().parse_args(cmd[1:])
     assert args.command == "serve"
+    assert args.host == "0.0.0.0"  # explicit: the config default is loopback, a container must be reachable
+
+
+def test_the_image_installs_the_hashed_lock_file() -> None:
+    runs = re.findall(r"^RUN\s+(.+)$", re.sub(r"\\\n\s*", " ", DOCKERFILE), re.MULTILINE)
+    assert any("--require-hashes -r requirements.lock" in run for run in runs)
+    assert any("--no-deps" in run and ".[fast]" in run for run in runs)  # nothing unlocked comes in after it
+    lock = (ROOT / "requirements.lock").read_text()
+    pins = re.findall(r"^([a-z0-9._-]+)==(\S+) \\$", lock, re.MULTILINE)
+    assert len(pins) > 30
+    assert lock.count("--hash=sha256:") >= len(pins)
+    pinned = dict(pins)
+    for name in ("starlette", "uvicorn", "transformers", "pillow", "python-multipart", "h11", "httpx"):
+        assert name in pinned, name
 
 
 def test_exposed_port_and_healthcheck_match_the_config_default() -> None:

@@ -13,7 +13,7 @@ ROOT = REPO_ROOT
 
 def test_defaults_match_the_contract() -> None:
     s = load_settings(None, {})
-    assert (s.server.host, s.server.port) == ("0.0.0.0", 8000)
+    assert (s.server.host, s.server.port) == ("127.0.0.1", 8000)  # loopback: `make serve` needs no keys
     assert s.model.name == "Salesforce/blip-image-captioning-base"
     assert s.model.path == "weights/blip-image-captioning-base"
     assert (s.model.device, s.model.dtype, s.model.prompt) == ("auto", "auto", "a picture of ")
@@ -112,3 +112,45 @@ def test_settings_are_immutable_and_replace_validates() -> None:
     assert s.replace("server", port=9000).server.port == 9000
     with pytest.raises(ConfigError, match=r"server\.port"):
         s.replace("server", port="x")
+
+
+# ---- secrets never echoed; proxies validated ----
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"CAPTIONER_AUTH__API_KEYS": "s3cr3t-key-value"},
+        {"CAPTIONER_AUTH__ADMIN_KEYS": "s3cr3t-key-value"},
+        {"CAPTIONER_AUTH__ALLOW_ANONYMOUS": "s3cr3t-key-value"},
+        {"CAPTIONER_CACHE__REDIS_URL": "{s3cr3t-key-value: 1}"},
+        {"CAPTIONER_JOBS__REDIS_URL": "http://:s3cr3t-key-value@redis"},
+    ],
+)
+def test_config_errors_never_echo_secret_values(environ: dict[str, str]) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(None, environ)
+    message = str(refused.value)
+    assert "s3cr3t-key-value" not in message
+    assert ("auth." in message) or ("redis_url" in message)  # still names the key
+
+
+def test_a_yaml_error_does_not_quote_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text('auth:\n  api_keys: ["s3cr3t-key-value"\nserver: {port: 1}\n')
+    with pytest.raises(ConfigError) as refused:
+        load_settings(path, {})
+    assert "s3cr3t-key-value" not in str(refused.value) and "line" in str(refused.value)
+
+
+def test_non_secret_values_are_still_shown() -> None:
+    with pytest.raises(ConfigError, match="got 'x'"):
+        load_settings(None, {"CAPTIONER_BATCHING__MAX_BATCH_SIZE": "x"})
+
+
+def test_forwarded_allow_ips_must_be_addresses_or_networks() -> None:
+    settings = load_settings(None, {"CAPTIONER_SERVER__FORWARDED_ALLOW_IPS": "[10.0.0.0/8, '::1', 172.28.0.10]"})
+    assert settings.server.forwarded_allow_ips == ["10.0.0.0/8", "::1", "172.28.0.10"]
+    assert load_settings(None, {}).server.forwarded_allow_ips == ["127.0.0.1", "::1"]
+    with pytest.raises(ConfigError, match="forwarded_allow_ips"):
+        load_settings(None, {"CAPTIONER_SERVER__FORWARDED_ALLOW_IPS": "[nginx]"})

@@ -1,7 +1,8 @@
 """The package's architecture, enforced: imports point one way between subpackages, and no module cycles.
 
 http -> guard -> serving -> model, with tools beside http (offline commands use serving and model, never
-the HTTP layer); observability and shared_state are leaves; config, errors and client import nothing of ours.
+the HTTP layer); observability and shared_state are leaves, registry nearly one (config and errors only);
+config, errors and client import nothing of ours.
 Imports inside functions count too: a lazy import is still a dependency.
 """
 
@@ -23,10 +24,12 @@ ALLOWED: dict[str, set[str]] = {
     "observability": {"config", "errors"},
     "shared_state": {"config", "errors", "observability"},
     "model": {"config", "errors", "observability"},
-    "serving": {"config", "errors", "observability", "shared_state", "model"},
-    "guard": {"config", "errors", "observability", "shared_state", "serving", "model"},
-    "http": {"config", "errors", "observability", "shared_state", "serving", "model", "guard"},
-    "tools": {"config", "errors", "observability", "shared_state", "serving", "model", "client"},
+    # The model registry: a folder of versions and aliases; the server and the CLI both use it.
+    "registry": {"config", "errors"},
+    "serving": {"config", "errors", "observability", "shared_state", "model", "registry"},
+    "guard": {"config", "errors", "observability", "shared_state", "serving", "model", "registry"},
+    "http": {"config", "errors", "observability", "shared_state", "serving", "model", "guard", "registry"},
+    "tools": {"config", "errors", "observability", "shared_state", "serving", "model", "client", "registry"},
 }
 ENTRY_POINTS = {"cli", "server", "__main__", "__init__"}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+import time
 from pathlib import Path
 
 import httpx
@@ -12,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import LiveServer, photo
+from tests.conftest import LiveServer, photo, tiny_settings
 
 CAPTION = "/api/v1/caption"
 
@@ -184,3 +185,24 @@ def test_unknown_route_is_a_json_404(live_server: LiveServer) -> None:
     response = httpx.get(live_server.url + "/nope")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
+
+
+def test_readyz_says_failed_without_the_load_errors_text(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The load error (paths, hub names, library messages) goes to the log, never to an unauthenticated probe."""
+    from starlette.testclient import TestClient
+
+    from captioner.http.app import create_app
+
+    missing = tmp_path / "secret-internal-path" / "no-model-here"
+    settings = tiny_settings(tiny_model_dir).replace("model", path=str(missing))
+    fatal: list[bool] = []
+    app = create_app(settings, on_fatal=lambda: fatal.append(True))
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 60
+        while not fatal and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert fatal
+        answer = client.get("/readyz")
+    assert answer.status_code == 503
+    assert answer.json() == {"status": "failed"}
+    assert "secret-internal-path" not in answer.text

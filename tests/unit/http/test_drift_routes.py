@@ -210,16 +210,23 @@ def test_bad_reference_path_stops_start_up_naming_the_key(tiny_model_dir: Path, 
 def test_drift_off_and_behind_auth(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    key = "drift-test-key"
-    settings = tiny_settings(tiny_model_dir, drift={"enabled": False}, auth={"api_keys": [key]})
+    key, admin_key = "drift-test-key", "drift-admin-key"
+    settings = tiny_settings(
+        tiny_model_dir, drift={"enabled": False}, auth={"api_keys": [key], "admin_keys": [admin_key]}
+    )
     with LiveServer(settings) as server:
         assert httpx.get(server.url + "/api/v1/drift").status_code == 401  # same rules as every /api/v1 route
         auth = {"Authorization": f"Bearer {key}"}
-        assert httpx.get(server.url + "/api/v1/drift", headers=auth).json() == {"enabled": False, "features": {}}
-        missing = httpx.get(server.url + "/api/v1/drift/reference", headers=auth)
+        admin = {"Authorization": f"Bearer {admin_key}"}
+        # The drift report and reference summarise every caller's traffic: a plain key may not read them.
+        for path in ("/api/v1/drift", "/api/v1/drift/reference"):
+            refused = httpx.get(server.url + path, headers=auth)
+            assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
+        assert httpx.get(server.url + "/api/v1/drift", headers=admin).json() == {"enabled": False, "features": {}}
+        missing = httpx.get(server.url + "/api/v1/drift/reference", headers=admin)
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
-        response = httpx.post(
-            server.url + CAPTION, content=photo(1), headers={**auth, "Content-Type": "image/png"}, timeout=60
+        response = httpx.post(  # an admin key is an API key too
+            server.url + CAPTION, content=photo(1), headers={**admin, "Content-Type": "image/png"}, timeout=60
         )
         assert response.status_code == 200
         metrics = httpx.get(server.url + "/metrics").text
@@ -231,6 +238,9 @@ def test_drift_off_and_behind_auth(
         assert main(save) == 1
         assert "wants an API key: set CAPTIONER_API_KEY" in capsys.readouterr().err
         monkeypatch.setenv("CAPTIONER_API_KEY", key)
+        assert main(save) == 1
+        assert "wants an admin key" in capsys.readouterr().err
+        monkeypatch.setenv("CAPTIONER_API_KEY", admin_key)
         assert main(save) == 1
         assert "answered 404" in capsys.readouterr().err and not out.exists()
 

@@ -90,7 +90,7 @@ async def test_a_reload_applies_the_models_list_and_nothing_else(tmp_path: Path)
 
 
 async def test_one_drain_budget_from_the_sigterm_for_batches_and_jobs_together() -> None:
-    """``drain_timeout_s`` is the whole drain: what the HTTP drain and the batchers used is gone for the jobs."""
+    """``drain_timeout_s`` is the whole drain: what the HTTP drain and the jobs used is gone for the batchers."""
     now = [1000.0]
     given: dict[str, float] = {}
     async with running(load_settings(None, {}).replace("server", drain_timeout_s=30)) as state:
@@ -98,19 +98,18 @@ async def test_one_drain_budget_from_the_sigterm_for_batches_and_jobs_together()
         assert state.pool is not None
         close_pool, close_jobs = state.pool.close, state.jobs.close
 
-        async def pool_close(timeout_s: float) -> bool:
-            given["pool"] = timeout_s
-            finished = await close_pool(timeout_s)
-            now[0] += 20  # the batchers took 20 s to finish
-            return finished
-
         async def jobs_close(timeout_s: float) -> None:
             given["jobs"] = timeout_s
             await close_jobs(timeout_s)
+            now[0] += 20  # the jobs took 20 s to finish
+
+        async def pool_close(timeout_s: float) -> bool:
+            given["pool"] = timeout_s
+            return await close_pool(timeout_s)
 
         state.pool.close = pool_close  # type: ignore[method-assign]
         state.jobs.close = jobs_close  # type: ignore[method-assign]
         state.start_draining()  # SIGTERM: the budget starts here
-        now[0] += 4  # the HTTP drain took 4 s; then the lifespan shuts down
-    assert given == {"pool": 26.0, "jobs": 6.0}
+        now[0] += 4  # the HTTP drain took 4 s; then the lifespan shuts down: jobs first, then the batchers
+    assert given == {"jobs": 26.0, "pool": 6.0}
     assert state.drain_left_s() == 6.0

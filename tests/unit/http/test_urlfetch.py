@@ -352,10 +352,10 @@ async def test_the_timeout_covers_all_redirect_hops_together() -> None:
 
 async def test_dns_failures_and_connection_errors_fail_cleanly() -> None:
     harness = Harness(respond(), {"empty.example": []})
-    with pytest.raises(UrlFetchFailed, match="resolve"):
+    with pytest.raises(UrlNotAllowed, match="does not resolve to a public address"):
         await harness.fetch("http://nowhere.example/")
     harness = Harness(respond(), {"empty.example": []})
-    with pytest.raises(UrlFetchFailed):
+    with pytest.raises(UrlNotAllowed, match="does not resolve to a public address"):
         await harness.fetch("http://empty.example/")
 
     async def refuse(request: httpx.Request) -> httpx.Response:
@@ -376,6 +376,47 @@ async def test_a_connect_error_falls_back_to_the_next_checked_address() -> None:
     harness = Harness(handler, {"dual.example": [PUBLIC_V6, PUBLIC_V4]})
     assert await harness.fetch("http://dual.example/") == b"via v4"
     assert [r.url.host for r in harness.requests] == [PUBLIC_V6, PUBLIC_V4]
+
+
+@pytest.mark.parametrize("internal", ["10.1.2.3", "127.0.0.1", "169.254.169.254", "fd00::1"])
+async def test_an_unknown_name_and_an_internal_one_get_the_same_answer(internal: str) -> None:
+    """Telling "no such host" from "resolves to a private address" would map our internal DNS for a client."""
+    answers = []
+    for host in ("internal.example", "unknown.example"):
+        harness = Harness(respond(), {"internal.example": [internal]})
+        with pytest.raises(UrlNotAllowed) as info:
+            await harness.fetch(f"http://{host}/cat.png")
+        answers.append((info.value.status_code, info.value.code, info.value.message))
+        assert harness.requests == []
+    assert answers[0] == answers[1]
+
+
+async def test_outbound_fetches_are_capped_and_the_rest_wait_their_turn() -> None:
+    """However many jobs are accepted, at most max_concurrent_fetches connections go out at once."""
+    running = 0
+    peak = 0
+    release = asyncio.Event()
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await release.wait()
+        running -= 1
+        return httpx.Response(200, content=b"img")
+
+    harness = Harness(slow, {"img.example": [PUBLIC_V4]}, max_concurrent_fetches=3, timeout_s=30)
+    fetches = [asyncio.create_task(harness.fetcher.fetch("http://img.example/")) for _ in range(10)]
+    deadline = time.monotonic() + 10
+    while len(harness.requests) < 3 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    for _ in range(20):  # give the other seven every chance to start if nothing held them back
+        await asyncio.sleep(0)
+    assert (len(harness.requests), harness.fetcher.in_flight) == (3, 3)
+    release.set()
+    assert await asyncio.gather(*fetches) == [b"img"] * 10
+    await harness.fetcher.aclose()
+    assert peak == 3 and harness.fetcher.in_flight == 0
 
 
 async def test_url_input_can_be_disabled() -> None:

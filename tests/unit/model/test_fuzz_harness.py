@@ -39,6 +39,7 @@ def seeds() -> dict[str, bytes]:
 
 EXPECTED = {
     "huge-header.png": "too_large",
+    "icon-bomb.ico": "too_large",
     "truncated.jpg": "invalid_image",
     "svg.svg": "unsupported_media_type",
     "pdf.pdf": "unsupported_media_type",
@@ -91,3 +92,37 @@ def test_mutations_of_the_seeds_only_raise_client_errors(harness: ModuleType, se
         outcome = harness.run_one(bytes(data))
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
     assert outcomes.get("ok", 0) > 200 and outcomes.get("invalid_image", 0) > 200, outcomes
+
+
+# ---- the request-side harness (fuzz/fuzz_requests.py): JSON, base64, num_captions, forwarded addresses, ICO
+
+
+@pytest.fixture(scope="module")
+def requests_harness() -> ModuleType:
+    return load("fuzz_requests")
+
+
+def test_request_seeds_give_only_client_errors(requests_harness: ModuleType) -> None:
+    seeds = load("seeds").request_seeds()
+    outcomes = {name: requests_harness.run_one(data) for name, data in seeds.items()}
+    assert outcomes["json-nested.json"][0] == "invalid_request"  # RecursionError (a 500) before
+    assert outcomes["json-big-int.json"][0] == "invalid_request"  # ValueError from int() (a 500) before
+    assert outcomes["digits-superscript.txt"][-2] == "invalid_request"  # num_captions from text
+    assert outcomes["icon-bomb.ico"][-1] == "too_large"
+    assert outcomes["json-image.json"][:3] == ["ok", "ok", "ok"]
+
+
+def test_request_mutations_only_raise_client_errors(requests_harness: ModuleType) -> None:
+    rng = random.Random(13)
+    sources = list(load("seeds").request_seeds().values())
+    seen: set[str] = set()
+    for _ in range(1500):
+        data = bytearray(rng.choice(sources))
+        for _ in range(rng.randrange(1, 6)):
+            position = rng.randrange(len(data))
+            if rng.random() < 0.7:
+                data[position] = rng.choice([rng.randrange(256), *b'[]{}":,0123456789 \n\xc2\xb2'])
+            else:
+                data[position:position] = rng.randbytes(rng.randrange(1, 8))
+        seen.update(requests_harness.run_one(bytes(data)))
+    assert {"ok", "invalid_request"} <= seen

@@ -4,6 +4,8 @@ the real untrained tiny BLIP: accepted by the config, applied to the model, and 
 from __future__ import annotations
 
 import os
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 import torch
 
 from captioner.config import ConfigError, load_settings
+from captioner.errors import ModelUnavailable
 from captioner.model import acceleration
 from captioner.model.blip import BlipCaptioner
 from captioner.model.process_worker import ModelProcessError, ProcessCaptioner
@@ -82,8 +85,9 @@ def test_sdpa_attention_matches_eager(tiny_model_dir: Path, reference: BlipCapti
         plain = eager._model.vision_model(pixel_values=pixels).last_hidden_state
     torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-4)
     assert _texts(reference.caption_batch(jobs)) == _texts(eager.caption_batch(jobs))
-    # Every vision layer was switched, and only those.
-    layers = reference._model.config.vision_config.num_hidden_layers
+    # Every vision layer was switched, and each text layer's self- and cross-attention (test_gpu_options.py).
+    config = reference._model.config
+    layers = config.vision_config.num_hidden_layers + 2 * config.text_config.num_hidden_layers
     assert acceleration.use_sdpa_attention(eager._model) == layers
 
 
@@ -109,9 +113,11 @@ def test_int8_is_refused_off_float32_cpu(tiny_model_dir: Path) -> None:
 
 def test_compile_flag_wraps_the_model(tiny_model_dir: Path) -> None:
     compiled = _captioner(tiny_model_dir, compile=True)
-    # Compilation itself is lazy (the server's warm-up pays for it); both modules generate() runs are wrapped.
+    # Compilation itself is lazy (the server's warm-up pays for it). The vision tower is wrapped; the text decoder's
+    # forward is compiled in place, because generate() reaches it through text_decoder.generate, which a wrapped
+    # module would hand to the uncompiled original.
     assert isinstance(compiled._model.vision_model, torch._dynamo.eval_frame.OptimizedModule)
-    assert isinstance(compiled._model.text_decoder, torch._dynamo.eval_frame.OptimizedModule)
+    assert hasattr(compiled._model.text_decoder.forward, "_torchdynamo_orig_callable")
 
 
 def test_traced_model_captions_like_the_plain_one(
@@ -150,14 +156,24 @@ def test_process_worker_failure_fails_one_batch_only(child: ProcessCaptioner, jo
     assert len(child.caption_batch(jobs[:2])) == 2
 
 
-def test_process_worker_death_is_reported(tiny_model_dir: Path, jobs: list[CaptionJob]) -> None:
-    settings = tiny_settings(tiny_model_dir)
-    captioner = ProcessCaptioner(tiny_model_dir, settings.model, settings.generation, settings.limits.max_pixels)
-    captioner._process.kill()
-    captioner._process.join(10)
-    with pytest.raises(ModelProcessError, match="model process is gone"):
+def test_process_worker_death_is_reported_and_close_stops_the_respawn(
+    tiny_model_dir: Path, jobs: list[CaptionJob]
+) -> None:
+    settings = tiny_settings(tiny_model_dir, health={"respawn_backoff_s": 30, "respawn_max_backoff_s": 30})
+    captioner = ProcessCaptioner(
+        tiny_model_dir, settings.model, settings.generation, settings.limits.max_pixels, health=settings.health
+    )
+    assert captioner.pid is not None
+    os.kill(captioner.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while captioner.up:  # the supervisor notices
+        assert time.monotonic() < deadline, "the death was never noticed"
+        time.sleep(0.01)
+    with pytest.raises(ModelUnavailable) as down:
         captioner.caption_batch(jobs[:1])
-    captioner.close()
+    assert down.value.status_code == 503 and int(down.value.headers["Retry-After"]) > 1  # the respawn is 30 s off
+    captioner.close()  # during the backoff: no respawn follows
+    assert not captioner._supervisor.is_alive() and captioner.respawns == 0
     captioner.close()  # idempotent
     with pytest.raises(ModelProcessError, match="stopped"):
         captioner.caption_batch(jobs[:1])
@@ -177,5 +193,22 @@ def test_server_with_process_worker(tiny_model_dir: Path) -> None:
             assert body["captions"][0]["text"] and 0 < body["captions"][0]["confidence"] <= 1
         service = server.app.state.captioner.service
         assert isinstance(service.captioner, ProcessCaptioner)
-        child = service.captioner._process
+        child = service.captioner._child.process
     assert not child.is_alive()  # the service closed its model process on shutdown
+
+
+def test_close_during_a_respawn_stops_the_new_child_too(tiny_model_dir: Path) -> None:
+    settings = tiny_settings(tiny_model_dir, health={"respawn_backoff_s": 0.01})
+    captioner = ProcessCaptioner(
+        tiny_model_dir, settings.model, settings.generation, settings.limits.max_pixels, health=settings.health
+    )
+    assert captioner.pid is not None
+    os.kill(captioner.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while (respawning := captioner._spawning) is None:  # the replacement is loading
+        assert time.monotonic() < deadline and captioner.respawns == 0, "no respawn was started"
+        time.sleep(0.005)
+    captioner.close()
+    assert not captioner._supervisor.is_alive() and captioner.respawns == 0
+    respawning.process.join(10)
+    assert not respawning.process.is_alive()  # no orphaned model process

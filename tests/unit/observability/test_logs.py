@@ -54,6 +54,17 @@ def test_json_formatter_one_object_per_line_with_extras() -> None:
     assert "ValueError: boom" in failed["exception"]
 
 
+def test_json_formatter_timestamps_each_record_and_encodes_anything() -> None:
+    formatter = JsonFormatter()
+    first = make_record("a", where=Path("/x/y"), big=2**70, nested={"k": (1, 2)})
+    first.created, first.msecs = 86399.5, 500.0  # 1970-01-01T23:59:59.500Z
+    second = make_record("b")
+    second.created, second.msecs = 86400.25, 250.0  # the next second, the next day: the cached part changes
+    one, two = json.loads(formatter.format(first)), json.loads(formatter.format(second))
+    assert (one["ts"], two["ts"]) == ("1970-01-01T23:59:59.500Z", "1970-01-02T00:00:00.250Z")
+    assert (one["where"], one["big"], one["nested"]) == ("/x/y", 2**70, {"k": [1, 2]})
+
+
 def test_text_formatter_appends_fields_and_keeps_one_line() -> None:
     line = TextFormatter().format(
         make_record("POST /x\ninjected 200", request_id="r1", cached=False, code=None, note="two words")
@@ -70,10 +81,12 @@ def test_text_formatter_appends_fields_and_keeps_one_line() -> None:
 def restore_root_logger() -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    flags = (logging._srcfile, logging.logThreads, logging.logProcesses, logging.logMultiprocessing)  # type: ignore[attr-defined]
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
     logging.captureWarnings(False)
+    logging._srcfile, logging.logThreads, logging.logProcesses, logging.logMultiprocessing = flags  # type: ignore[attr-defined]
 
 
 @pytest.mark.usefixtures("restore_root_logger")
@@ -85,6 +98,16 @@ def test_configure_logging_picks_the_format_and_silences_uvicorn_access() -> Non
     assert config["loggers"]["uvicorn.access"]["level"] == "WARNING"  # our own line replaces it
     configure_logging("json", "debug")
     assert isinstance(root.handlers[0].formatter, JsonFormatter) and root.level == logging.DEBUG
+
+
+def test_request_header_and_path_helpers() -> None:
+    from captioner.http.access_log import _header, _shown_path
+
+    scope = {"headers": [(b"content-type", b"image/jpeg"), (b"x-request-id", b"first"), (b"x-request-id", b"2nd")]}
+    assert (_header(scope, b"x-request-id"), _header(scope, b"authorization")) == ("first", None)
+    assert _shown_path("/api/v1/caption") == "/api/v1/caption"  # the common case is passed through as is
+    assert _shown_path("/x\ninjected") == "/x\\ninjected"  # a decoded %0a cannot start a second line
+    assert _shown_path("/caf\u00e9") == "/caf\\xe9"
 
 
 def test_request_ids_are_kept_when_sane_and_replaced_otherwise() -> None:
@@ -184,7 +207,8 @@ def test_serve_writes_only_json_lines_to_stderr(tiny_model_dir: Path, tmp_path: 
     )
     env = {
         **os.environ,
-        "CAPTIONER_SERVER__HOST": "0.0.0.0",  # no auth on every interface: must warn
+        "CAPTIONER_SERVER__HOST": "0.0.0.0",  # no auth on every interface, on purpose: must still warn
+        "CAPTIONER_AUTH__ALLOW_ANONYMOUS": "true",
         "CAPTIONER_SERVER__PORT": str(port),
         "CAPTIONER_LOGGING__FORMAT": "json",
         "PYTHONUNBUFFERED": "1",

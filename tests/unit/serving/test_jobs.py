@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,9 @@ import pytest
 
 from captioner.errors import InvalidImage, NotFound, Overloaded
 from captioner.observability.metrics import Metrics
-from captioner.serving.jobs import Job, JobManager, MemoryJobStore
+from captioner.serving.job_manager import JobManager
+from captioner.serving.job_queue import JobRequest, MemoryJobQueue
+from captioner.serving.jobs import Job, MemoryJobStore
 from tests.conftest import LiveServer, photo, tiny_settings
 from tests.system.redis_server import RedisServer
 
@@ -64,31 +67,40 @@ async def test_memory_store_forgets_expired_jobs() -> None:
     assert len(store) == 1  # adding swept the expired one out
 
 
+def memory_manager(metrics: Metrics, store: MemoryJobStore | None = None) -> JobManager:
+    queue = MemoryJobQueue(store if store is not None else MemoryJobStore(max_jobs=10), ttl_s=60, max_keys=10)
+    return JobManager(queue, ttl_s=60, metrics=metrics)
+
+
+def job_request(url: str, owner: str | None = None) -> JobRequest:
+    """A job whose fake runner below acts on its ``url``."""
+    return JobRequest(secrets.token_hex(16), owner, 1, url=url)
+
+
 @pytest.mark.anyio
 async def test_manager_records_success_errors_and_ownership() -> None:
     metrics = Metrics()
-    manager = JobManager(MemoryJobStore(max_jobs=10), ttl_s=60, metrics=metrics)
+    manager = memory_manager(metrics)
     release = asyncio.Event()
 
-    async def ok() -> dict[str, Any]:
-        await release.wait()
-        return {"status": "success", "captions": []}
-
-    async def bad() -> dict[str, Any]:
-        raise InvalidImage("not an image")
-
-    async def bug() -> dict[str, Any]:
+    async def run(request: JobRequest, deadline: float) -> dict[str, Any]:
+        if request.url == "ok":
+            await release.wait()
+            return {"status": "success", "captions": []}
+        if request.url == "bad":
+            raise InvalidImage("not an image")
         raise RuntimeError("secret internals")
 
-    first = await manager.submit(ok, owner="key:aaa")
+    manager.start_worker(run, capacity=4, request_timeout_s=30, lease_s=30, callbacks=None)
+    first = (await manager.submit(job_request("ok", owner="key:aaa"))).job
     assert len(first.job_id) == 32
     running = await manager.get(first.job_id, principal="key:aaa")
     assert running.body() == {"status": "processing", "job_id": first.job_id}
     with pytest.raises(NotFound):
         await manager.get(first.job_id, principal="key:bbb")  # another key's job reads as unknown
     release.set()
-    failed = await manager.submit(bad, owner=None)
-    crashed = await manager.submit(bug, owner=None)
+    failed = (await manager.submit(job_request("bad"))).job
+    crashed = (await manager.submit(job_request("bug"))).job
     await manager.close(5)
     assert (await manager.get(first.job_id, principal="key:aaa")).body() == {
         "status": "success", "captions": [], "job_id": first.job_id,
@@ -107,17 +119,20 @@ async def test_manager_records_success_errors_and_ownership() -> None:
 @pytest.mark.anyio
 async def test_manager_shutdown_records_an_error_for_jobs_that_could_not_finish() -> None:
     store = MemoryJobStore(max_jobs=10)
-    manager = JobManager(store, ttl_s=60, metrics=Metrics())
+    manager = memory_manager(Metrics(), store)
 
-    async def forever() -> dict[str, Any]:
+    async def forever(request: JobRequest, deadline: float) -> dict[str, Any]:
         await asyncio.Event().wait()
         return {}
 
-    stuck = await manager.submit(forever, owner=None)
+    manager.start_worker(forever, capacity=1, request_timeout_s=30, lease_s=30, callbacks=None)
+    stuck = (await manager.submit(job_request("x"))).job
+    never_started = (await manager.submit(job_request("y"))).job  # capacity 1: it waits behind the stuck one
     await manager.close(0.05)
-    record = await store.get(stuck.job_id)
-    assert record is not None and record.status == "error"
-    assert record.body()["error"]["code"] == "overloaded"
+    for job_id in (stuck.job_id, never_started.job_id):
+        record = await store.get(job_id)
+        assert record is not None and record.status == "error"
+        assert record.body()["error"]["code"] == "overloaded"
 
 
 @pytest.fixture

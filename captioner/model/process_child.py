@@ -1,0 +1,69 @@
+"""The model process's side of ``model.worker: process`` (process_worker.py is the server's side).
+
+``child_main`` loads BLIP, says what it loaded, then answers ``batch`` and ``warm_up`` requests one at a time
+until told to ``stop`` or the server goes away. Each answer is ``(status, payload, traceback)``. An exception
+fails that request only, except a fatal device error (device_errors.py): the child then answers and exits with
+``EXIT_DEVICE_ERROR`` at once, since its CUDA context is unusable and only a new process gets a new one.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import traceback
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from captioner.config import GenerationSettings, ModelSettings
+from captioner.model.device_errors import is_fatal_device_error
+from captioner.model.protocol import CaptionJob
+
+# The exit status after a fatal device error (EX_SOFTWARE); the server's supervisor names it in its log.
+EXIT_DEVICE_ERROR = 70
+
+
+def child_main(
+    conn: Connection, model_dir: str, model: ModelSettings, generation: GenerationSettings, max_pixels: int
+) -> None:
+    """The child: load, say what was loaded, then answer batches until told to stop or the parent goes."""
+    # Ctrl-C reaches the whole process group; the parent decides when the model stops (after its drain).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from captioner.model.blip import BlipCaptioner  # in the child only: the parent never loads the model
+
+    try:
+        captioner = BlipCaptioner(Path(model_dir), model, generation, max_pixels)
+    except BaseException as exc:
+        conn.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+        return
+    info = {
+        "name": captioner.name,
+        "revision": captioner.revision,
+        "device": captioner.device,
+        "dtype": captioner.dtype,
+        "untrained": captioner.untrained,
+    }
+    conn.send(("ok", info, ""))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return  # the server is gone
+        if message[0] == "stop":
+            return
+        try:
+            if message[0] == "batch":
+                _, pixels, counts = message
+                result: Any = captioner.caption_batch([CaptionJob(pixels[i], n) for i, n in enumerate(counts)])
+            elif message[0] == "warm_up":
+                captioner.warm_up()
+                result = None
+            else:
+                raise ValueError(f"unknown request {message[0]!r}")
+        except Exception as exc:
+            conn.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+            if is_fatal_device_error(exc):
+                os._exit(EXIT_DEVICE_ERROR)  # no clean-up: it would touch the broken context, and may hang
+        else:
+            conn.send(("ok", result, ""))
