@@ -43,6 +43,13 @@ def test_the_image_installs_the_hashed_lock_file() -> None:
     pinned = dict(pins)
     for name in ("starlette", "uvicorn", "transformers", "pillow", "python-multipart", "h11", "httpx"):
         assert name in pinned, name
+    # pip reads a requirement and its continuation lines as one: each pin must be followed by its own hashes
+    # (a stray pin line, as a bad merge leaves, makes pip refuse the whole file).
+    lines = lock.splitlines()
+    for number, line in enumerate(lines):
+        if line and not line.startswith((" ", "#")):
+            assert lines[number + 1].lstrip().startswith("--hash="), f"requirements.lock:{number + 1}: {line}"
+    assert len(pinned) == len(pins)  # no package pinned twice
 
 
 def test_exposed_port_and_healthcheck_match_the_config_default() -> None:
