@@ -207,12 +207,16 @@ def test_200_jobs_survive_a_replica_killed_mid_run(tiny_model_dir: Path, tmp_pat
             jobs = [r.json()["job_id"] for r in responses]
             assert len(set(jobs)) == 200
             # Kill A while it holds jobs (delivered to it, not yet ended): they must move to B.
-            held = _wait_until_holding(client, consumer_of(a.pid), at_least=4)
+            _wait_until_holding(client, consumer_of(a.pid), at_least=4)
             outstanding = client.xlen(STREAM)
             assert a.process is not None
             a.process.send_signal(signal.SIGKILL)
             a.process.wait(timeout=30)
             killed_at = time.monotonic()
+            # What A held when it died (it kept finishing jobs until the signal landed): the entries still in its
+            # name, plus any that B already claimed from it (delivered more than once; nothing else redelivers here).
+            held = _held_at_death(client, consumer_of(a.pid))
+            assert held >= 1
             deadline = killed_at + 600
             while (client.xlen(STREAM) or client.xpending(STREAM, GROUP)["pending"]) and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -237,6 +241,11 @@ def test_200_jobs_survive_a_replica_killed_mid_run(tiny_model_dir: Path, tmp_pat
                 f"{outstanding} not ended; the queue was empty {drained_at - killed_at:.1f} s after the kill; B "
                 f"counted {retries:.0f} retries and finished {by_b:.0f} jobs"
             )
+
+
+def _held_at_death(client: redis.Redis, consumer_prefix: str) -> int:
+    entries = client.xpending_range(STREAM, GROUP, min="-", max="+", count=1000)
+    return sum(1 for e in entries if e["consumer"].decode().startswith(consumer_prefix) or e["times_delivered"] >= 2)
 
 
 def _wait_until_holding(client: redis.Redis, consumer_prefix: str, *, at_least: int, timeout_s: float = 120) -> int:
