@@ -65,6 +65,8 @@ def read_response(sock: socket.socket, deadline: float) -> bytes:
             chunk = sock.recv(65536)
         except TimeoutError:
             continue
+        except ConnectionResetError:  # closed with our unread bytes still in its buffer: the kernel sends a reset
+            break
         if not chunk:
             break
         received += chunk
