@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 
 from captioner.config import Settings, load_settings
 from captioner.http.app import create_app
+from captioner.model.blip import BlipCaptioner
 from captioner.observability.metrics import Metrics
 
 # The repository's root, for tests that read deploy/, fuzz/, docs/ or config.yaml.
@@ -100,6 +101,12 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
+
+
+def tiny_blip(model_dir: Path, **model: object) -> BlipCaptioner:
+    """The tiny BLIP loaded in this process, with some ``model.*`` options changed."""
+    settings = tiny_settings(model_dir).replace("model", **model)
+    return BlipCaptioner(model_dir, settings.model, settings.generation, settings.limits.max_pixels)
 
 class LiveServer:
     """uvicorn serving a real app (real model, real sockets) on a background thread."""

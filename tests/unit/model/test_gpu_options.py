@@ -32,19 +32,14 @@ from captioner.model import acceleration, budgets, device_jpeg, static_decoding
 from captioner.model.blip import BlipCaptioner
 from captioner.model.preprocessing import ImagePreprocessor
 from captioner.model.protocol import Caption, CaptionJob
-from tests.conftest import LiveServer, photo, tiny_settings
+from tests.conftest import LiveServer, photo, tiny_blip, tiny_settings
 
 GREY_LEVEL = 1 / (255 * 0.2758)  # one level of 255 after normalising, with the largest of BLIP's channel stds
 
 
-def _captioner(model_dir: Path, **model: object) -> BlipCaptioner:
-    settings = tiny_settings(model_dir).replace("model", **model)
-    return BlipCaptioner(model_dir, settings.model, settings.generation, settings.limits.max_pixels)
-
-
 @pytest.fixture(scope="module")
 def reference(tiny_model_dir: Path) -> BlipCaptioner:
-    return _captioner(tiny_model_dir)
+    return tiny_blip(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +108,7 @@ def test_sdpa_covers_both_towers_and_matches_eager(
 
     # On the CPU the default switches the vision tower only (the text tower's SDPA measured no gain there).
     assert all("forward" not in vars(m) for m in text_modules(reference))
-    eager = _captioner(tiny_model_dir, attention="eager")
+    eager = tiny_blip(tiny_model_dir, attention="eager")
     _assert_same(eager.caption_batch(jobs), expected)
     config = reference._model.config
     # Both towers, as on a GPU: each text layer has a self- and a cross-attention module.
@@ -121,7 +116,7 @@ def test_sdpa_covers_both_towers_and_matches_eager(
     assert acceleration.use_sdpa_attention(eager._model, text=True) == layers
     assert all(m.forward.__func__ is acceleration._text_sdpa_forward for m in text_modules(eager))
     _assert_same(eager.caption_batch(jobs), expected)
-    static = _captioner(tiny_model_dir, kv_cache="static")  # the fused text attention reads static caches too
+    static = tiny_blip(tiny_model_dir, kv_cache="static")  # the fused text attention reads static caches too
     acceleration.use_sdpa_attention(static._model, text=True)
     _assert_same(static.caption_batch(jobs), expected)
 
@@ -161,7 +156,7 @@ def test_static_caches_reorder_in_place_and_leave_image_keys(reference: BlipCapt
 def test_static_cache_captions_equal_the_dynamic_ones(
     tiny_model_dir: Path, jobs: list[CaptionJob], expected: list[list[Caption]]
 ) -> None:
-    static = _captioner(tiny_model_dir, kv_cache="static")
+    static = tiny_blip(tiny_model_dir, kv_cache="static")
     _assert_same(static.caption_batch(jobs), expected)
 
 
@@ -175,7 +170,7 @@ def test_compiled_static_decoding_captions_equal_and_compile_once_per_padded_siz
         return graph.forward  # runs the traced graph as is (no code generation)
 
     torch._dynamo.reset()
-    compiled = _captioner(tiny_model_dir, kv_cache="static")
+    compiled = tiny_blip(tiny_model_dir, kv_cache="static")
     acceleration.compile_model(compiled._model, backend=counting_backend, static_shapes=True)
     _assert_same(compiled.caption_batch(jobs), expected)
     assert graphs, "the decoder's forward was never compiled"
@@ -207,7 +202,7 @@ def test_autocast_captions_within_tolerance(
     tiny_model_dir: Path, reference: BlipCaptioner, jobs: list[CaptionJob], expected: list[list[Caption]],
     dtype: str, min_equal: int, max_nats: float,
 ) -> None:  # fmt: skip
-    half = _captioner(tiny_model_dir, autocast=dtype)
+    half = tiny_blip(tiny_model_dir, autocast=dtype)
     assert half.dtype == f"{dtype}-autocast"  # in the cache key: half-precision captions never answer float32's
     assert next(half._model.parameters()).dtype == torch.float32  # weights stay float32
     got = half.caption_batch(jobs)
@@ -346,7 +341,7 @@ def test_measured_threads_are_applied_after_warm_up(tiny_model_dir: Path, monkey
     before = torch.get_num_threads()
     monkeypatch.setattr(budgets, "threads_from_costs", record)
     try:
-        captioner = _captioner(tiny_model_dir, auto_threads="measured")
+        captioner = tiny_blip(tiny_model_dir, auto_threads="measured")
         torch.set_num_threads(2)
         captioner.warm_up()
         assert torch.get_num_threads() == 1

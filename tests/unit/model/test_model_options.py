@@ -19,18 +19,13 @@ from captioner.model import acceleration
 from captioner.model.blip import BlipCaptioner
 from captioner.model.process_worker import ModelProcessError, ProcessCaptioner
 from captioner.model.protocol import CaptionJob
-from tests.conftest import LiveServer, photo, tiny_settings
-
-
-def _captioner(model_dir: Path, **model: object) -> BlipCaptioner:
-    settings = tiny_settings(model_dir).replace("model", **model)
-    return BlipCaptioner(model_dir, settings.model, settings.generation, settings.limits.max_pixels)
+from tests.conftest import LiveServer, photo, tiny_blip, tiny_settings
 
 
 @pytest.fixture(scope="module")
 def reference(tiny_model_dir: Path) -> BlipCaptioner:
     """The tiny model with the default options (SDPA attention, float32, no compile)."""
-    return _captioner(tiny_model_dir)
+    return tiny_blip(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +66,14 @@ def test_thread_count_auto_leaves_a_core_on_cpu_only(monkeypatch: pytest.MonkeyP
 def test_num_threads_is_applied(tiny_model_dir: Path) -> None:
     before = torch.get_num_threads()
     try:
-        _captioner(tiny_model_dir, num_threads=1)
+        tiny_blip(tiny_model_dir, num_threads=1)
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
 
 
 def test_sdpa_attention_matches_eager(tiny_model_dir: Path, reference: BlipCaptioner, jobs: list[CaptionJob]) -> None:
-    eager = _captioner(tiny_model_dir, attention="eager")
+    eager = tiny_blip(tiny_model_dir, attention="eager")
     pixels = torch.stack([job.pixel_values for job in jobs])
     with torch.inference_mode():
         fused = reference._model.vision_model(pixel_values=pixels).last_hidden_state
@@ -92,7 +87,7 @@ def test_sdpa_attention_matches_eager(tiny_model_dir: Path, reference: BlipCapti
 
 
 def test_int8_quantisation_captions(tiny_model_dir: Path, jobs: list[CaptionJob]) -> None:
-    quantized = _captioner(tiny_model_dir, quantize="int8")
+    quantized = tiny_blip(tiny_model_dir, quantize="int8")
     assert quantized.dtype == "int8"
     from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
 
@@ -108,11 +103,11 @@ def test_int8_quantisation_captions(tiny_model_dir: Path, jobs: list[CaptionJob]
 
 def test_int8_is_refused_off_float32_cpu(tiny_model_dir: Path) -> None:
     with pytest.raises(ValueError, match=r"model.quantize: int8 runs on the CPU in float32 only"):
-        _captioner(tiny_model_dir, quantize="int8", dtype="bfloat16")
+        tiny_blip(tiny_model_dir, quantize="int8", dtype="bfloat16")
 
 
 def test_compile_flag_wraps_the_model(tiny_model_dir: Path) -> None:
-    compiled = _captioner(tiny_model_dir, compile=True)
+    compiled = tiny_blip(tiny_model_dir, compile=True)
     # Compilation itself is lazy (the server's warm-up pays for it). The vision tower is wrapped; the text decoder's
     # forward is compiled in place, because generate() reaches it through text_decoder.generate, which a wrapped
     # module would hand to the uncompiled original.
@@ -124,7 +119,7 @@ def test_traced_model_captions_like_the_plain_one(
     tiny_model_dir: Path, reference: BlipCaptioner, jobs: list[CaptionJob]
 ) -> None:
     # The eager backend runs the dynamo-traced graph without inductor's minute of code generation.
-    traced = _captioner(tiny_model_dir)
+    traced = tiny_blip(tiny_model_dir)
     acceleration.compile_model(traced._model, backend="eager")
     assert _texts(traced.caption_batch(jobs)) == _texts(reference.caption_batch(jobs))
 
