@@ -6,9 +6,11 @@ import asyncio
 import io
 import re
 import socket
+import struct
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -94,6 +96,19 @@ def photo(seed: int, size: tuple[int, int] = (160, 120), fmt: str = "PNG") -> by
     buffer = io.BytesIO()
     image.save(buffer, format=fmt)
     return buffer.getvalue()
+
+
+def black_png(width: int, height: int) -> bytes:
+    """A valid all-black 1-bit PNG of any size, streamed through zlib: even 900 megapixels take about 100 KB."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    compressor = zlib.compressobj(9)
+    row = bytes(1 + (width + 7) // 8)
+    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def free_port() -> int:

@@ -16,7 +16,6 @@ import io
 import random
 import socket
 import struct
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import photo
+from tests.conftest import black_png, photo
 from tests.system.serverproc import ServerProcess
 
 CAPTION = "/api/v1/caption"
@@ -81,15 +80,7 @@ def animated_gif() -> bytes:
 
 def png_bomb(width: int = 30_000, height: int = 30_000) -> bytes:
     """A valid all-black 1-bit PNG, streamed through zlib: 900 megapixels in about 100 KB."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    compressor = zlib.compressobj(9)
-    row = bytes(1 + (width + 7) // 8)
-    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    return black_png(width, height)
 
 
 def icon_around(embedded: bytes) -> bytes:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import struct
 import warnings
-import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +15,7 @@ from PIL import Image
 from captioner.errors import TooLarge
 from captioner.model.pixel_guard import check_icon
 from captioner.model.preprocessing import _WANTED_FORMATS, ImagePreprocessor
+from tests.conftest import black_png
 
 MAX_PIXELS = 10_000  # 100 x 100
 SIDE = 120  # 14,400 pixels: over the limit
@@ -62,17 +62,6 @@ def test_no_format_is_decoded_before_the_pixel_check(fmt: str, decoders_started:
     assert preprocessor(SIDE * SIDE).decode(data)[0].size == (SIDE, SIDE)
 
 
-def png(width: int, height: int) -> bytes:
-    """A valid 1-bit all-black PNG of any size, in a few KB."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    compressor = zlib.compressobj(9)
-    row = bytes(1 + (width + 7) // 8)
-    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def icon_around(embedded: bytes, listed: tuple[int, int] = (16, 16)) -> bytes:
@@ -82,16 +71,16 @@ def icon_around(embedded: bytes, listed: tuple[int, int] = (16, 16)) -> bytes:
 
 
 def test_an_icon_whose_directory_lies_is_refused_from_the_embedded_header(decoders_started: list[str]) -> None:
-    data = icon_around(png(3000, 3000))  # 9 MP behind a "16x16" directory entry
+    data = icon_around(black_png(3000, 3000))  # 9 MP behind a "16x16" directory entry
     with pytest.raises(TooLarge, match="3000x3000"):
         preprocessor(1_000_000).decode(data)
     assert decoders_started == []
 
 
 def test_check_icon_reads_bmp_and_png_entries() -> None:
-    check_icon(icon_around(png(50, 50)), 2500)  # at the limit
+    check_icon(icon_around(black_png(50, 50)), 2500)  # at the limit
     with pytest.raises(TooLarge):
-        check_icon(icon_around(png(51, 50)), 2500)
+        check_icon(icon_around(black_png(51, 50)), 2500)
     dib = struct.pack("<Iii", 40, 80, 160) + bytes(40)  # 80 x 80 (the height counts the AND mask too)
     with pytest.raises(TooLarge, match="80x80"):
         check_icon(icon_around(dib), 6399)
