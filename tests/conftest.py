@@ -117,11 +117,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-
 def tiny_blip(model_dir: Path, **model: object) -> BlipCaptioner:
     """The tiny BLIP loaded in this process, with some ``model.*`` options changed."""
     settings = tiny_settings(model_dir).replace("model", **model)
     return BlipCaptioner(model_dir, settings.model, settings.generation, settings.limits.max_pixels)
+
 
 class LiveServer:
     """uvicorn serving a real app (real model, real sockets) on a background thread."""
@@ -180,7 +180,9 @@ def tiny_settings(model_dir: Path, **sections: dict[str, Any]) -> Settings:
     """The tiny model's settings, on the CPU even where there is a GPU: tests compare against CPU references and
     assert ``device == "cpu"``. A test about GPU behaviour sets the device itself and is marked ``gpu``."""
     settings = load_settings(None, {})
-    settings = settings.replace("model", path=str(model_dir), name="test/tiny-blip", device="cpu")
+    # The model on a thread of the test process: an in-process server then starts in a second, not the child's
+    # several (the default process worker has tests of its own, and every system test runs it).
+    settings = settings.replace("model", path=str(model_dir), name="test/tiny-blip", device="cpu", worker="thread")
     settings = settings.replace("server", preprocess_workers=2)
     # Ratings a test posts go to a folder of their own, never into the working directory.
     settings = settings.replace("feedback", path=tempfile.mkdtemp(prefix="captioner-feedback-"))

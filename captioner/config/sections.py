@@ -38,11 +38,12 @@ class ModelSettings:
     compile: bool = False
     quantize: str = setting("none", choices=("none", "int8"))
     num_threads: int = setting(0, ge=0)  # torch intra-op threads; 0: auto (see auto_threads)
-    # How num_threads 0 decides on the CPU: leave_one (cores - 1); measured (from the model's and the
-    # preprocessing's measured cost per image at warm-up: all cores when the model dominates).
-    auto_threads: str = setting("leave_one", choices=("leave_one", "measured"))
-    # thread: generate() on a thread of the server process; process: in a child process with its own GIL.
-    worker: str = setting("thread", choices=("thread", "process"))
+    # How num_threads 0 decides on the CPU: measured (from the model's and the preprocessing's measured cost
+    # per image at warm-up: all cores when the model dominates); leave_one (cores - 1).
+    auto_threads: str = setting("measured", choices=("measured", "leave_one"))
+    # process: generate() in a supervised child process with its own GIL (the default: faster on every
+    # benchmark, docs/benchmarks.md); thread: on a thread of the server process (jpeg_decode: device needs it).
+    worker: str = setting("process", choices=("process", "thread"))
     # GPU options (docs/benchmarks.md, "GPU"), each checked on the CPU against the reference path:
     # float16/bfloat16 autocast around generate() (weights stay float32; dtype auto then means float32).
     autocast: str = setting("none", choices=("none", "float16", "bfloat16"))

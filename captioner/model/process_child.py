@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from captioner.config import GenerationSettings, ModelSettings
+from captioner.model import heap
 from captioner.model.device_errors import is_fatal_device_error
 from captioner.model.protocol import CaptionJob
 
@@ -45,6 +46,7 @@ def child_main(
         "untrained": captioner.untrained,
     }
     conn.send(("ok", info, ""))
+    slab: Any = None
     while True:
         try:
             message = conn.recv()
@@ -54,10 +56,14 @@ def child_main(
             return
         try:
             if message[0] == "batch":
-                _, pixels, counts = message
+                _, size, counts, handed = message
+                if handed is not None:  # the parent's shared batch buffer, new or grown (process_worker.py)
+                    slab = handed
+                pixels = slab[:size]
                 result: Any = captioner.caption_batch([CaptionJob(pixels[i], n) for i, n in enumerate(counts)])
             elif message[0] == "warm_up":
                 captioner.warm_up()
+                heap.settle()  # what the model left on the heap is here for good: out of the GC's way
                 result = None
             else:
                 raise ValueError(f"unknown request {message[0]!r}")

@@ -21,7 +21,8 @@ from typing import Any
 import orjson
 
 from captioner.config import DEFAULT_VARIANT, Settings
-from captioner.errors import CaptionerError, RequestTimeout
+from captioner.errors import CaptionerError, ModelUnavailable, RequestTimeout
+from captioner.model.device_errors import is_fatal_device_error
 from captioner.model.preprocessing import ImageInfo, PreparedImage
 from captioner.model.protocol import Caption, Captioner, CaptionJob
 from captioner.observability.metrics import Metrics
@@ -148,6 +149,7 @@ class CaptionService:
         )
         # Read by /readyz (through the variant pool); refuses model work while the model can't take it.
         self.health = ModelHealth(variant, metrics, settings.health, probe=self._probe, on_fatal=on_fatal)
+        self._device_failed = False  # set on the model thread by a fatal device error (see _timed_batch)
         self._shared_cache = _shared_cache(settings, metrics)
         self.cache: CaptionCache[_Computed] = CaptionCache(
             max_entries=settings.cache.max_entries, ttl_s=settings.cache.ttl_s, second_level=self._shared_cache
@@ -291,12 +293,27 @@ class CaptionService:
 
     async def _run_batch(self, jobs: Sequence[CaptionJob]) -> list[_Inferred]:
         self.health.admit()  # queued before the model went down: refused without touching it
-        started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        results = await self.health.track(loop.run_in_executor(self._model_pool, self.captioner.caption_batch, jobs))
-        self._series.inference_seconds.observe(time.perf_counter() - started)
+        results, seconds = await self.health.track(loop.run_in_executor(self._model_pool, self._timed_batch, jobs))
+        self._series.inference_seconds.observe(seconds)
         self._series.images.inc(len(jobs))
         return [_Inferred(captions, len(jobs)) for captions in results]
+
+    def _timed_batch(self, jobs: Sequence[CaptionJob]) -> tuple[list[list[Caption]], float]:
+        """On the model thread, where a full batch may have waited for the one before it (batcher.py): it is
+        admitted again now, and a device that failed under the batch before is not touched (that news reaches
+        ``health`` through the event loop, which may not have run yet). Timed from here, not from the wait."""
+        if self._device_failed:
+            raise ModelUnavailable("the model failed; this replica is restarting", retry_after_s=1)
+        self.health.admit()
+        started = time.perf_counter()
+        try:
+            results = self.captioner.caption_batch(jobs)
+        except BaseException as exc:
+            if is_fatal_device_error(exc):
+                self._device_failed = True
+            raise
+        return results, time.perf_counter() - started
 
     def _observe_batch(self, info: BatchInfo) -> None:
         self._series.batch_size.observe(info.size)

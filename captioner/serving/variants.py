@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from captioner.config import Settings
 from captioner.errors import Overloaded
+from captioner.model import heap
 from captioner.model.protocol import Captioner
 from captioner.observability.metrics import Metrics
 from captioner.serving.drift_watch import DriftWatch
@@ -182,6 +183,7 @@ class VariantPool:
         except BaseException:
             await service.close(0)
             raise
+        heap.settle()  # the model's objects are long-lived: out of the GC's full passes (model/heap.py)
         logger.info(
             "variant %s ready: model %s on %s (%s), weight %g", name, model.name, model.device, model.dtype, weight,
             extra={"model": model.name, "revision": model.revision, "device": model.device, "dtype": model.dtype,
@@ -197,9 +199,15 @@ class VariantPool:
 
     def _retire(self, variant: Variant) -> None:
         """Stop routing to ``variant`` (done by the caller), then let what it accepted finish, then close it."""
-        task = asyncio.create_task(variant.service.close(self.settings.server.drain_timeout_s))
+        task = asyncio.create_task(self._close_retired(variant.service))
         self._retired.add(task)
         task.add_done_callback(self._retired.discard)
+
+    async def _close_retired(self, service: CaptionService) -> bool:
+        finished = await service.close(self.settings.server.drain_timeout_s)
+        del service  # the last reference: the old model is garbage now, frozen or not
+        heap.settle()
+        return finished
 
     async def reload(self, settings: Settings) -> ReloadPlan:
         """Apply a new `models:` list: reweight at once, load changed variants in the background of traffic.

@@ -70,18 +70,19 @@ def test_defaults_and_refusals() -> None:
     settings = load_settings(None, {})
     model, batching = settings.model, settings.batching
     assert (model.autocast, model.kv_cache, model.jpeg_decode, model.auto_threads) == (
-        "none", "dynamic", "cpu", "leave_one",
+        "none", "dynamic", "cpu", "measured",
     )  # fmt: skip
     assert (batching.auto_batch_size, batching.max_auto_batch_size, batching.max_batch_size) == (False, 128, 16)
     env = {"CAPTIONER_MODEL__AUTOCAST": "bfloat16", "CAPTIONER_MODEL__KV_CACHE": "static",
-           "CAPTIONER_MODEL__JPEG_DECODE": "device", "CAPTIONER_BATCHING__AUTO_BATCH_SIZE": "true",
+           "CAPTIONER_MODEL__JPEG_DECODE": "device", "CAPTIONER_MODEL__WORKER": "thread",
+           "CAPTIONER_BATCHING__AUTO_BATCH_SIZE": "true",
            "CAPTIONER_BATCHING__MAX_AUTO_BATCH_SIZE": "64"}  # fmt: skip
     changed = load_settings(None, env)
     model = changed.model
     assert (model.autocast, model.kv_cache, model.jpeg_decode) == ("bfloat16", "static", "device")
     assert (changed.batching.auto_batch_size, changed.batching.max_auto_batch_size) == (True, 64)
     refused = {
-        "model.jpeg_decode: device needs model.worker: thread": {"JPEG_DECODE": "device", "WORKER": "process"},
+        "model.jpeg_decode: device needs model.worker: thread": {"JPEG_DECODE": "device"},  # process: the default
         "model.dtype must be auto or float32": {"AUTOCAST": "float16", "DTYPE": "bfloat16"},
         "cannot be combined": {"AUTOCAST": "float16", "QUANTIZE": "int8"},
         r"model\.kv_cache must be one of": {"KV_CACHE": "paged"},

@@ -40,11 +40,11 @@ def _texts(results: list[list[object]]) -> list[list[str]]:
 def test_defaults_and_validation() -> None:
     model = load_settings(None, {}).model
     assert (model.attention, model.compile, model.quantize, model.num_threads, model.worker) == (
-        "sdpa", False, "none", 0, "thread",
+        "sdpa", False, "none", 0, "process",
     )  # fmt: skip
-    env = {"QUANTIZE": "int8", "COMPILE": "true", "WORKER": "process"}
+    env = {"QUANTIZE": "int8", "COMPILE": "true", "WORKER": "thread"}
     model = load_settings(None, {f"CAPTIONER_MODEL__{k}": v for k, v in env.items()}).model
-    assert (model.quantize, model.compile, model.worker) == ("int8", True, "process")
+    assert (model.quantize, model.compile, model.worker) == ("int8", True, "thread")
     for key, bad in (("quantize", "int4"), ("attention", "flash"), ("worker", "gpu"), ("num_threads", -1)):
         with pytest.raises(ConfigError, match=rf"model\.{key}"):
             load_settings(None, {f"CAPTIONER_MODEL__{key.upper()}": str(bad)})
@@ -143,6 +143,20 @@ def test_process_worker_captions_like_the_thread(
     for mine, theirs in zip(got, want, strict=True):
         assert [c.confidence for c in mine] == pytest.approx([c.confidence for c in theirs], rel=1e-5)
     assert child.caption_batch([]) == []
+
+
+def test_process_worker_batches_travel_in_one_shared_slab(
+    child: ProcessCaptioner, reference: BlipCaptioner, jobs: list[CaptionJob]
+) -> None:
+    """A batch is written into a buffer the child holds; a new one is handed over only when a batch outgrows it."""
+    child._child.slab = None  # as a new child: the next batch hands it a slab
+    slabs = []
+    for n in (2, 3, 1, 3, 2):
+        assert _texts(child.caption_batch(jobs[:n])) == _texts(reference.caption_batch(jobs[:n]))
+        slabs.append(child._child.slab)
+    assert [s.shape[0] for s in slabs if s is not None] == [2, 4, 4, 4, 4]  # rows: powers of two
+    assert slabs[1] is not None and slabs[1].is_shared()
+    assert all(s is slabs[1] for s in slabs[2:])  # kept, not sent again
 
 
 def test_process_worker_failure_fails_one_batch_only(child: ProcessCaptioner, jobs: list[CaptionJob]) -> None:

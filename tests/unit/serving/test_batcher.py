@@ -95,6 +95,43 @@ async def test_request_arriving_while_a_batch_runs_goes_into_the_next_batch(
     assert late.result() == "caption of late"
 
 
+async def test_a_full_batch_waits_at_the_model_while_one_runs_and_only_one_does(
+    model: GatedModel, clock: FakeClock
+) -> None:
+    batcher = make_batcher(model, clock, max_batch_size=2)
+    running = [batcher.submit(f"a{i}") for i in range(2)]
+    await settle()
+    ahead = [batcher.submit(f"b{i}") for i in range(2)]  # full: it can't grow, so it goes to the model now
+    await settle()
+    assert model.batches == [["a0", "a1"], ["b0", "b1"]]
+    assert batcher.busy
+    later = [batcher.submit(f"c{i}") for i in range(3)]  # a full batch again, but one already waits: it queues
+    await clock.advance(0.5)  # past its deadline too: still queued, and growing
+    assert model.batches == [["a0", "a1"], ["b0", "b1"]]
+    assert batcher.queue_depth == 3
+    model.gate.set()
+    await settle()
+    assert model.batches == [["a0", "a1"], ["b0", "b1"], ["c0", "c1"], ["c2"]]
+    assert [f.result() for f in running + ahead + later] == [f"caption of {x}" for x in
+                                                            ("a0", "a1", "b0", "b1", "c0", "c1", "c2")]  # fmt: skip
+    assert not batcher.busy
+    await batcher.drain(1)
+
+
+async def test_a_partial_batch_waits_for_the_model_even_past_its_deadline(model: GatedModel, clock: FakeClock) -> None:
+    batcher = make_batcher(model, clock, max_batch_size=4)
+    batcher.submit("running")
+    await clock.advance(0.1)
+    assert model.batches == [["running"]]
+    batcher.submit("waits")
+    await clock.advance(1.0)
+    assert model.batches == [["running"]]  # not full: it keeps the chance to grow until the model is free
+    model.gate.set()
+    await settle()
+    assert model.batches == [["running"], ["waits"]]
+    await batcher.drain(1)
+
+
 async def test_full_queue_raises_overloaded_with_retry_after(model: GatedModel, clock: FakeClock) -> None:
     batcher = make_batcher(model, clock, max_batch_size=1, max_queue=2)
     batcher.submit("running")
