@@ -23,6 +23,7 @@ from typing import Any
 from bench import harness, profile
 from bench.images import photo
 from bench.loadgen import BodySource
+from bench.report import OLD_DEFAULTS
 
 ROOT = harness.ROOT
 
@@ -160,12 +161,11 @@ class Runner:
         configuration (docs/benchmarks.md, "Default configuration")."""
         cores = os.cpu_count() or 1
         offered = load.pop("offered_rps", None)
-        process = {"worker": "process"}
         variants = {
             f"model.num_threads={cores} (every core)": {"model": {"num_threads": cores}},
-            "model.auto_threads=measured": {"model": {"auto_threads": "measured"}},
-            "model.worker=process": {"model": process},
-            "model.worker=process + auto_threads=measured": {"model": {**process, "auto_threads": "measured"}},
+            "model.worker=thread": {"model": {"worker": "thread"}},
+            "model.auto_threads=leave_one": {"model": {"auto_threads": "leave_one"}},
+            OLD_DEFAULTS: {"model": {"worker": "thread", "auto_threads": "leave_one"}},
         }
         if size == "tiny":
             variants["server.preprocess_workers=1"] = {"server": {"preprocess_workers": 1}}
@@ -175,7 +175,7 @@ class Runner:
             config = harness.write_config(self.workdir, f"{size}-variant{index}", model, **sections)
             with harness.serve("ours", config, self.workdir) as server:
                 results[name] = {"saturation": self.load(server.url, **load)}
-                if name == "model.worker=process" and offered:  # also at the LitServe p99 comparison's load
+                if name == OLD_DEFAULTS and offered:  # also at the LitServe p99 comparison's load
                     results[name]["open"] = self.load(server.url, rate=offered)
         return results
 
