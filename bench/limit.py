@@ -17,6 +17,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from bench.images import photo
+from bench.servers import in_process
 from captioner.config import load_settings
 
 
@@ -36,9 +37,10 @@ def measure(
     from captioner.model.loader import load_captioner
     from captioner.model.protocol import CaptionJob
 
-    settings = load_settings(config)
+    settings = in_process(load_settings(config))
     size = batch_size or settings.batching.max_batch_size
     captioner = load_captioner(settings)
+    captioner.warm_up()  # sizes the threads as the server's warm-up does (model.auto_threads)
     tensors = [captioner.preprocess(photo(seed)).pixel_values for seed in range(max(size, 64))]
     started = time.perf_counter()
     captioner.caption_batch([CaptionJob(t) for t in tensors[:size]])

@@ -30,11 +30,17 @@ from captioner.config import Settings, load_settings
 CAPTION_PATH = "/api/v1/caption"
 
 
+def in_process(settings: Settings) -> Settings:
+    """The model in the caller's own process, as a hand-written endpoint and LitServe's docs hold it (LitServe's
+    inference worker is a process of its own already); every other model option stays as configured."""
+    return settings.replace("model", worker="thread")
+
+
 def load_warm_captioner(settings: Settings) -> Any:
-    """The server's own loader (honours model.worker), warmed up: every peer serves this same model."""
+    """The server's own loader, in process, warmed up (``auto_threads`` applies): every peer serves this model."""
     from captioner.model.loader import load_captioner
 
-    captioner = load_captioner(settings)
+    captioner = load_captioner(in_process(settings))
     captioner.warm_up()
     return captioner
 
