@@ -1,6 +1,6 @@
 """The model process's side of ``model.worker: process`` (process_worker.py is the server's side).
 
-``child_main`` loads BLIP, says what it loaded, then answers ``batch`` and ``warm_up`` requests one at a time
+``child_main`` loads BLIP, says what it loaded, then answers ``batch``, ``warm_up`` and ``measure_batch_limit`` requests one at a time
 until told to ``stop`` or the server goes away. Each answer is ``(status, payload, traceback)``. An exception
 fails that request only, except a fatal device error (device_errors.py): the child then answers and exits with
 ``EXIT_DEVICE_ERROR`` at once, since its CUDA context is unusable and only a new process gets a new one.
@@ -61,6 +61,8 @@ def child_main(
                     slab = handed
                 pixels = slab[:size]
                 result: Any = captioner.caption_batch([CaptionJob(pixels[i], n) for i, n in enumerate(counts)])
+            elif message[0] == "measure_batch_limit":  # batching.auto_batch_size, on the child's device
+                result = captioner.measure_batch_limit(message[1])
             elif message[0] == "warm_up":
                 captioner.warm_up()
                 heap.settle()  # what the model left on the heap is here for good: out of the GC's way

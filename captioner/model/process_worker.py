@@ -135,6 +135,11 @@ class ProcessCaptioner(Preprocessing):
     def warm_up(self) -> None:
         self._call(lambda _: ("warm_up",))
 
+    def measure_batch_limit(self, limit: int) -> int | None:
+        """``batching.auto_batch_size``: the child measures its device's memory (None off a GPU)."""
+        size: int | None = self._call(lambda _: ("measure_batch_limit", limit))
+        return size
+
     def caption_batch(self, jobs: Sequence[CaptionJob]) -> list[list[Caption]]:
         if not jobs:
             return []

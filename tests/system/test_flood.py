@@ -187,9 +187,7 @@ async def flood(url: str, image_url: str, base: bytes) -> tuple[Counter[str], li
     # short one makes httpx's pool close connections under requests it has just assigned to them when its event
     # loop stalls (ReadError(ClosedResourceError), a client-side race).
     limits = httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client, keepalive_expiry=30.0)
-    clients = [
-        httpx.AsyncClient(base_url=url, limits=limits, timeout=120) for _ in range(CONNECTIONS // per_client)
-    ]
+    clients = [httpx.AsyncClient(base_url=url, limits=limits, timeout=120) for _ in range(CONNECTIONS // per_client)]
 
     async def worker(client: httpx.AsyncClient) -> None:
         for kind, request in pending:  # the workers share one iterator: each request is sent once

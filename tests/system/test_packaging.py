@@ -72,10 +72,19 @@ def test_python_dash_m_behaves_like_the_console_script() -> None:
 
 
 def test_serve_without_weights_and_without_network_fails_with_one_clear_line(tmp_path: Path) -> None:
-    env = {"CAPTIONER_MODEL__PATH": str(tmp_path / "empty"), "CAPTIONER_MODEL__NAME": "nobody/no-such-model",
-           "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-m", "captioner", "serve", "--port", "8799"], capture_output=True,
-                         text=True, env=env, timeout=120)
+    env = {
+        "CAPTIONER_MODEL__PATH": str(tmp_path / "empty"),
+        "CAPTIONER_MODEL__NAME": "nobody/no-such-model",
+        "HF_HUB_OFFLINE": "1",
+        "PATH": "/usr/bin:/bin",
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "captioner", "serve", "--port", "8799"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert out.returncode == 1
     last = out.stderr.strip().splitlines()[-1]
     assert "captioner init-model" in last and str(tmp_path / "empty") in last

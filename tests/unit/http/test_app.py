@@ -86,8 +86,9 @@ def test_second_identical_request_is_cached(live_server: LiveServer) -> None:
     assert second["captions"] == first["captions"]
     assert live_server.metric("captioner_cache_hits_total") == hits_before + 1
     # A different num_captions is a different answer, hence a different cache entry.
-    third = httpx.post(live_server.url + CAPTION + "?num_captions=2", content=data,
-                       headers={"Content-Type": "image/png"}).json()
+    third = httpx.post(
+        live_server.url + CAPTION + "?num_captions=2", content=data, headers={"Content-Type": "image/png"}
+    ).json()
     assert third["cached"] is False and len(third["captions"]) == 2
 
 
@@ -163,8 +164,9 @@ def test_health_ready_metrics_openapi(live_server: LiveServer) -> None:
         ({"files": {"picture": ("x.png", b"x", "image/png")}}, 422, "invalid_request"),
     ],
 )
-def test_errors_have_the_contract_shape(live_server: LiveServer, kwargs: dict[str, object], status: int,
-                                        code: str) -> None:
+def test_errors_have_the_contract_shape(
+    live_server: LiveServer, kwargs: dict[str, object], status: int, code: str
+) -> None:
     response = httpx.post(live_server.url + CAPTION, **kwargs)  # type: ignore[arg-type]
     assert response.status_code == status, response.text
     body = response.json()
@@ -175,8 +177,11 @@ def test_errors_have_the_contract_shape(live_server: LiveServer, kwargs: dict[st
 
 def test_num_captions_out_of_range(live_server: LiveServer) -> None:
     for value in ("0", "4", "abc", "-1"):
-        response = httpx.post(live_server.url + CAPTION + f"?num_captions={value}", content=photo(1),
-                              headers={"Content-Type": "image/png"})
+        response = httpx.post(
+            live_server.url + CAPTION + f"?num_captions={value}",
+            content=photo(1),
+            headers={"Content-Type": "image/png"},
+        )
         assert response.status_code == 422, value
         assert response.json()["error"]["code"] == "invalid_request"
 

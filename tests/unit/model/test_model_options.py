@@ -143,6 +143,7 @@ def test_process_worker_captions_like_the_thread(
     for mine, theirs in zip(got, want, strict=True):
         assert [c.confidence for c in mine] == pytest.approx([c.confidence for c in theirs], rel=1e-5)
     assert child.caption_batch([]) == []
+    assert child.measure_batch_limit(128) is None  # batching.auto_batch_size reaches the child's model: no GPU here
 
 
 def test_process_worker_batches_travel_in_one_shared_slab(

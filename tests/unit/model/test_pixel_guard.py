@@ -62,8 +62,6 @@ def test_no_format_is_decoded_before_the_pixel_check(fmt: str, decoders_started:
     assert preprocessor(SIDE * SIDE).decode(data)[0].size == (SIDE, SIDE)
 
 
-
-
 def icon_around(embedded: bytes, listed: tuple[int, int] = (16, 16)) -> bytes:
     """An ICO whose directory lists ``listed`` (1 byte a side) but holds ``embedded``, which can be any size."""
     entry = struct.pack("<BBBBHHII", listed[0] % 256, listed[1] % 256, 0, 0, 1, 32, len(embedded), 6 + 16)

@@ -36,12 +36,19 @@ def test_key_changes_with_every_generation_setting_and_the_model() -> None:
         key(min_length=6),
         key(num_captions=2),
         key(length_penalty=0.5),
-        cache_key("cd" * 32, model_id=MODEL, generation={"num_beams": 3, "max_length": 20, "min_length": 5,
-                                                         "num_captions": 1}),
-        cache_key(SHA, model_id={**MODEL, "revision": "v2"}, generation={"num_beams": 3, "max_length": 20,
-                                                                           "min_length": 5, "num_captions": 1}),
-        cache_key(SHA, model_id={**MODEL, "prompt": "an image of "}, generation={"num_beams": 3, "max_length": 20,
-                                                                                   "min_length": 5, "num_captions": 1}),
+        cache_key(
+            "cd" * 32, model_id=MODEL, generation={"num_beams": 3, "max_length": 20, "min_length": 5, "num_captions": 1}
+        ),
+        cache_key(
+            SHA,
+            model_id={**MODEL, "revision": "v2"},
+            generation={"num_beams": 3, "max_length": 20, "min_length": 5, "num_captions": 1},
+        ),
+        cache_key(
+            SHA,
+            model_id={**MODEL, "prompt": "an image of "},
+            generation={"num_beams": 3, "max_length": 20, "min_length": 5, "num_captions": 1},
+        ),
     ]
     assert len({reference, *variants}) == len(variants) + 1
     assert key() == reference  # and it is stable
