@@ -1,9 +1,10 @@
 """The model process's side of ``model.worker: process`` (process_worker.py is the server's side).
 
-``child_main`` loads BLIP, says what it loaded, then answers ``batch``, ``warm_up`` and ``measure_batch_limit`` requests one at a time
-until told to ``stop`` or the server goes away. Each answer is ``(status, payload, traceback)``. An exception
-fails that request only, except a fatal device error (device_errors.py): the child then answers and exits with
-``EXIT_DEVICE_ERROR`` at once, since its CUDA context is unusable and only a new process gets a new one.
+``child_main`` loads BLIP, says what it loaded, then answers ``batch``, ``warm_up`` and ``measure_batch_limit``
+requests one at a time until told to ``stop`` or the server goes away. Each answer is ``(status, payload,
+traceback)``. An exception fails that request only, except a fatal device error (device_errors.py): the child
+then answers and exits with ``EXIT_DEVICE_ERROR`` at once, since its CUDA context is unusable and only a new
+process gets a new one.
 """
 
 from __future__ import annotations

@@ -51,6 +51,7 @@ from captioner.model.blip import Preprocessing
 from captioner.model.preprocessing import ImagePreprocessor
 from captioner.model.process_child import EXIT_DEVICE_ERROR, child_main
 from captioner.model.protocol import Caption, CaptionJob, ModelListener
+from captioner.model.spawn import start_without_main
 
 logger = logging.getLogger("captioner.model_process")
 
@@ -205,7 +206,7 @@ class ProcessCaptioner(Preprocessing):
             name="captioner-model",
             daemon=True,  # never outlives the server
         )
-        process.start()
+        start_without_main(process)
         child_end.close()
         child = _Child(process, parent_end, time.monotonic())
         self._spawning = child

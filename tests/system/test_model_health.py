@@ -109,13 +109,17 @@ def test_a_cuda_error_drains_the_replica_and_exits_non_zero(tiny_model_dir: Path
         FAULT_FILE_ENV: str(trigger),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
         "CAPTIONER_BATCHING__MAX_BATCH_SIZE": "1",  # one request per batch: the others queue behind the broken one
+        # The fault is injected into this process's BlipCaptioner, and a CUDA error on the thread worker is the
+        # case that needs a new replica (the process worker's child exits and is respawned: the test above).
+        "CAPTIONER_MODEL__WORKER": "thread",
         "CAPTIONER_SERVER__DRAIN_TIMEOUT_S": "30",
     }
     with ServerProcess(tiny_model_dir, env=env, module="tests.system.faulty_serve") as server:
         assert post(server.url, 1).status_code == 200
         trigger.touch()  # the next batch fails once released
         threads, responses, errors = concurrently(server.url, [2, 3, 4])
-        wait_until(lambda: server.metric("captioner_queue_depth") == 2, "two requests queued behind the first")
+        # One waits at the model's door behind the broken batch (a full batch of 1), one in the queue.
+        wait_until(lambda: server.metric("captioner_queue_depth") == 1, "requests queued behind the first")
         release_file(trigger).touch()
         fault_at = time.monotonic()
         assert server.process is not None
@@ -125,7 +129,7 @@ def test_a_cuda_error_drains_the_replica_and_exits_non_zero(tiny_model_dir: Path
             thread.join(timeout=60)
         assert not errors and len(responses) == 3, errors  # every request it had accepted was answered
         codes = sorted((r.status_code, r.json()["error"]["code"]) for r in responses)
-        # The batch on the device: 500; the two queued behind it: refused without touching the device, 503.
+        # The batch on the device: 500; the two behind it: refused without touching the device, 503.
         assert codes == [(500, "model_error"), (503, "overloaded"), (503, "overloaded")], codes
         log = server.log(20_000)
         assert "device error: AcceleratorError: CUDA error: an illegal memory access" in log, log

@@ -30,6 +30,7 @@ def workdir(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("CAPTIONER_MODEL__PATH", str(tiny_model_dir))
     monkeypatch.setenv("CAPTIONER_MODEL__NAME", MODEL_NAME)
     monkeypatch.setenv("CAPTIONER_MODEL__DEVICE", "cpu")  # as tiny_settings: compared with the server's answers
+    monkeypatch.setenv("CAPTIONER_MODEL__WORKER", "thread")  # as tiny_settings: in process, started in a second
     monkeypatch.delenv("CAPTIONER_API_KEY", raising=False)
     return tmp_path
 

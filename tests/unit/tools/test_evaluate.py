@@ -31,6 +31,7 @@ def workdir(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("CAPTIONER_MODEL__PATH", str(tiny_model_dir))
     monkeypatch.setenv("CAPTIONER_MODEL__NAME", "test/tiny-blip")
     monkeypatch.setenv("CAPTIONER_MODEL__DEVICE", "cpu")  # as tiny_settings: compared with the server's answers
+    monkeypatch.setenv("CAPTIONER_MODEL__WORKER", "thread")  # as tiny_settings: in process, started in a second
     return tmp_path
 
 
