@@ -8,9 +8,10 @@ hurt the same way. In its own process the model never waits for anyone.
 
 Split: the server process keeps everything per request (HTTP, hashing, cache, decoding and resizing on its
 thread pool, the batcher); the child only runs batches. A batch crosses as one stacked tensor in shared memory
-written into a slab the child was handed once (a new shared tensor per batch cost ~8 ms of file-descriptor
-passing, a fifth of a 16-image batch of the tiny model), so a batch message is its size and the captions wanted
-per image; captions come back pickled. Calls are serialised, one batch at a time, as on the model thread.
+written into a slab the child was handed once (a new shared tensor per batch costs a round of file-descriptor
+passing: 1.6 ms against 0.07 ms for 16 images at 64 px, 26 ms against 1.3 ms at 384 px, `bench.process_costs`),
+so a batch message is its size and the captions wanted per image; captions come back pickled. Calls are
+serialised, one batch at a time, as on the model thread.
 
 Failures:
 - An exception in the child fails that batch only (``ModelProcessError`` with its message, the child's

@@ -11,7 +11,7 @@ Scheduling rules:
   its deadline passes meanwhile, it is flushed the moment the model is free (and may have grown meanwhile,
   which only helps throughput). A batch that is already full can't grow: it goes at once to wait at the
   model's door (at most one does), so the model starts it the moment the running one ends instead of after
-  a round trip through the event loop (a sixth of the model's time at saturation on the tiny model).
+  a round trip through the event loop.
 - Requests whose own deadline passed, or whose caller went away (future cancelled), are dropped before
   inference, so no model time is spent on them.
 - The queue is bounded: ``submit`` raises ``Overloaded`` when ``max_queue`` requests are waiting.
