@@ -65,7 +65,7 @@ tiny-model: install
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-# Benchmarks (docs/benchmarks.md): not part of `make test`. Full ~12 min on 2 cores; quick < 2 min.
+# Benchmarks (docs/benchmarks.md): not part of `make test`. Full ~18 min on 2 cores; quick ~2.5 min.
 bench: $(VENV)/.installed-bench
 	PYTHON=$(BIN)/python bench/run_all
 

@@ -1,6 +1,6 @@
 """Every yardstick of issue 5, side by side in one run, written to docs/benchmarks.md and a plot.
 
-    bench/run_all            # full: tiny and small models, every server, ~12 min on 2 cores
+    bench/run_all            # full: tiny and small models, every server, ~18 min on 2 cores
     bench/run_all --quick    # smoke: tiny model only, short windows, < 2 min
 
 Each server runs in turn, alone, on loopback, loading the same untrained BLIP (``captioner init-model``, cached
