@@ -8,14 +8,14 @@ from collections.abc import Callable, Sequence
 
 from captioner import __version__
 from captioner.config import ROLES, ConfigError, Settings, check_role
-from captioner.tools.caption import add_caption_command
+from captioner.tools.caption.command import add_caption_command
 from captioner.tools.command_line import add_config_argument, settings_of
 from captioner.tools.drift_reference import add_drift_commands
-from captioner.tools.evaluate import add_eval_command
+from captioner.tools.eval.command import add_eval_command
 from captioner.tools.feedback_export import add_feedback_commands
-from captioner.tools.models_cli import add_models_command
+from captioner.tools.models.command import add_models_command
 from captioner.tools.synth import add_data_commands
-from captioner.tools.train import add_train_commands
+from captioner.tools.train.command import add_train_commands
 
 
 def build_parser() -> argparse.ArgumentParser:

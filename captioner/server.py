@@ -21,10 +21,10 @@ from captioner import __version__
 from captioner.config import ConfigError, Settings
 from captioner.guard.admission import admission_capacity
 from captioner.http.app import create_app
-from captioner.http.header_limits import MAX_HEAD_BYTES, http_protocol
 from captioner.model.weights import WeightsUnavailable, ensure_weights
 from captioner.observability.logs import configure_logging
-from captioner.serving.registry_source import RegistrySource
+from captioner.rollout.registry_source import RegistrySource
+from captioner.runtime.header_limits import MAX_HEAD_BYTES, http_protocol
 
 logger = logging.getLogger("captioner.server")
 

@@ -9,29 +9,29 @@ from starlette.middleware import Middleware
 from starlette.types import Scope
 
 from captioner.config import Settings, check_role
+from captioner.feedback.collector import build_feedback
 from captioner.guard.admission import AdmissionBudget, AdmissionGate
+from captioner.guard.api_guard import ApiGuard
 from captioner.guard.api_keys import ApiKeys
-from captioner.guard.gate import ApiGuard
 from captioner.guard.job_quota import JobQuota
 from captioner.guard.shared_limiter import SharedRateLimiter
 from captioner.http import paths
 from captioner.http.access_log import RequestObserver
 from captioner.http.body import BodyDeadline
-from captioner.http.drift_webhook import DriftWebhook
 from captioner.http.exception_handlers import EXCEPTION_HANDLERS
-from captioner.http.lifespan import lifespan
 from captioner.http.routes import routes
-from captioner.http.state import AppState
-from captioner.http.urlfetch import UrlFetcher
 from captioner.http.web import render_index
+from captioner.jobs.manager import JobManager
 from captioner.model.loader import load_captioner
 from captioner.model.protocol import Captioner
 from captioner.observability.metrics import Metrics
-from captioner.serving.callbacks import build_callback_sender
-from captioner.serving.drift_watch import DriftWatch
-from captioner.serving.feedback import build_feedback
-from captioner.serving.job_manager import JobManager
-from captioner.serving.registry_source import RegistrySource
+from captioner.outbound.callbacks import build_callback_sender
+from captioner.outbound.drift_webhook import DriftWebhook
+from captioner.outbound.url_fetch import UrlFetcher
+from captioner.rollout.drift_watch import DriftWatch
+from captioner.rollout.registry_source import RegistrySource
+from captioner.runtime.lifespan import lifespan
+from captioner.runtime.state import AppState
 
 
 def create_app(

@@ -15,12 +15,12 @@ from starlette.responses import Response
 
 from captioner.config import Settings
 from captioner.errors import InvalidRequest, Overloaded, error_from_body
-from captioner.guard.gate import key_principal
+from captioner.guard.api_guard import key_principal
 from captioner.http.access_log import request_record
 from captioner.http.inputs import CaptionRequest, parse_caption_request
 from captioner.http.jobs_api import accept_job, idempotency_key, job_request, wants_async
 from captioner.http.responses import FastJSONResponse
-from captioner.http.state import AppState, app_state
+from captioner.runtime.state import AppState, app_state
 from captioner.serving.service import CaptionOutcome, CaptionService
 
 T = TypeVar("T")

@@ -10,9 +10,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from captioner.errors import Forbidden, NotFound
-from captioner.guard.gate import is_admin
+from captioner.guard.api_guard import is_admin
 from captioner.http.responses import FastJSONResponse
-from captioner.http.state import app_state
+from captioner.runtime.state import app_state
 
 
 def _require_admin(request: Request) -> None:

@@ -20,14 +20,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from captioner.errors import InvalidRequest, NotFound, Overloaded, UnsupportedMediaType
+from captioner.feedback.collector import UNKNOWN_VARIANT
+from captioner.feedback.store import FeedbackRecord
 from captioner.http.body import body_limit, read_capped_body
 from captioner.http.caption_api import sticky_key
 from captioner.http.jobs_api import owner
 from captioner.http.json_body import decode_base64, parse_json
 from captioner.http.responses import FastJSONResponse
-from captioner.http.state import AppState, app_state
-from captioner.serving.feedback import UNKNOWN_VARIANT
-from captioner.serving.feedback_store import FeedbackRecord
+from captioner.runtime.state import AppState, app_state
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 JOB_ID = re.compile(r"[0-9a-f]{32}")

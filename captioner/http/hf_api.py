@@ -22,7 +22,7 @@ from captioner.http.caption_api import cancel_on_disconnect, prepare, relayed
 from captioner.http.inputs import CaptionRequest
 from captioner.http.json_body import decode_base64_off_loop, parse_json
 from captioner.http.responses import FastJSONResponse
-from captioner.http.state import app_state
+from captioner.runtime.state import app_state
 
 
 async def image_to_text(request: Request) -> Response:

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from captioner.errors import InvalidImage, InvalidRequest, TooLarge, UnsupportedMediaType
 from captioner.http.body import body_limit, read_capped_body
 from captioner.http.json_body import decode_base64_off_loop, parse_json
-from captioner.model.preprocessing import sniff_format
+from captioner.model.formats import sniff_format
 from captioner.serving.options import parse_num_captions
 
 _RAW_TYPES = ("image/", "application/octet-stream")

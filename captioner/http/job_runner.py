@@ -8,9 +8,9 @@ from typing import Any
 
 from captioner.errors import Overloaded
 from captioner.http.caption_api import success_body
-from captioner.http.state import AppState
-from captioner.serving.job_queue import JobRequest
-from captioner.serving.job_worker import JobRunner
+from captioner.jobs.queue import JobRequest
+from captioner.jobs.worker import JobRunner
+from captioner.runtime.state import AppState
 
 
 def job_runner(state: AppState) -> JobRunner:

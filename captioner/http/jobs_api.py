@@ -20,13 +20,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from captioner.errors import InvalidRequest, Overloaded
+from captioner.guard.api_guard import key_principal
 from captioner.guard.forwarded import client_bucket
-from captioner.guard.gate import key_principal
 from captioner.http import paths
 from captioner.http.inputs import CaptionRequest, parse_caption_request
 from captioner.http.responses import FastJSONResponse
-from captioner.http.state import AppState, app_state
-from captioner.serving.job_queue import JobRequest
+from captioner.jobs.queue import JobRequest
+from captioner.runtime.state import AppState, app_state
 
 MODES = ("sync", "async")
 IDEMPOTENCY_HEADER = "Idempotency-Key"

@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from captioner.http.openapi import openapi_schema
 from captioner.http.responses import FastJSONResponse
-from captioner.http.state import app_state
+from captioner.runtime.state import app_state
 
 
 async def healthz(request: Request) -> Response:

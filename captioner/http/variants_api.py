@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from captioner.http.responses import FastJSONResponse
-from captioner.http.state import app_state
+from captioner.runtime.state import app_state
 
 
 async def variants_report(request: Request) -> Response:

@@ -19,7 +19,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.staticfiles import StaticFiles
 
 from captioner.config import Settings
-from captioner.http.state import app_state
+from captioner.runtime.state import app_state
 
 STATIC_DIR = Path(__file__).with_name("static")
 

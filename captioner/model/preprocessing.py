@@ -39,6 +39,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as tvF
 
 from captioner.errors import CaptionerError, InvalidImage, TooLarge, UnsupportedMediaType
+from captioner.model.formats import sniff_supported, sniff_unsupported
 from captioner.model.pixel_guard import check_icon, harden_pillow
 
 # Only these decoders may touch client bytes: each is common for photos and has a magic number. The rest of
@@ -49,14 +50,6 @@ _DRAFT_FORMATS = frozenset({"JPEG", "MPO"})
 # does real filtering; at 1x the DCT shortcut alone visibly aliases fine texture.
 _DRAFT_MARGIN = 2
 SAMPLE_SIDE = 64
-
-_SIGNATURES = (
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"GIF8", "GIF"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-)
 
 # PIL resample codes (as in preprocessor_config.json) -> what transformers' torchvision backend uses.
 _INTERPOLATION = {
@@ -192,12 +185,12 @@ class ImagePreprocessor:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # Pillow's own check fired
             raise TooLarge(f"the image has too many pixels ({exc})") from exc
         except UnidentifiedImageError as exc:
-            kind = _sniff_unsupported(data)
+            kind = sniff_unsupported(data)
             if kind is not None:
                 raise UnsupportedMediaType(
                     f"{kind} images are not supported; send JPEG, PNG, WebP, GIF, BMP or TIFF"
                 ) from exc
-            kind = _sniff_supported(data)
+            kind = sniff_supported(data)
             if kind is not None:  # the signature is right, the header behind it is not
                 raise InvalidImage(f"the {kind} image is corrupt: its header could not be read") from exc
             raise InvalidImage("the body is not a recognised image (JPEG, PNG, WebP, GIF, BMP or TIFF)") from exc
@@ -285,44 +278,3 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
     # convert() on an RGB image is a full copy; the values are the same, so skip it.
     return image if image.mode == "RGB" else image.convert("RGB")
-
-
-def sniff_format(data: bytes) -> str | None:
-    """The image format the magic bytes name, decodable here or not; None when they name no image."""
-    return _sniff_supported(data) or _sniff_unsupported(data)
-
-
-def _sniff_supported(data: bytes) -> str | None:
-    """Name a format we decode when its signature is there, to tell "corrupt PNG" from "not an image"."""
-    for signature, kind in _SIGNATURES:
-        if data.startswith(signature):
-            return kind
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WebP"
-    return None
-
-
-def _sniff_unsupported(data: bytes) -> str | None:
-    """Name a format we recognise but cannot decode, or None for plain garbage."""
-    head = data[:8192]
-    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    if text.startswith(b"%pdf-"):
-        return "PDF"
-    # An SVG document, possibly behind an XML declaration, comments or a doctype; but an HTML page with
-    # inline <svg> is not an image.
-    preamble = text.startswith((b"<?xml", b"<!--", b"<!doctype svg")) and b"<html" not in text
-    if text.startswith(b"<svg") or (preamble and b"<svg" in text):
-        return "SVG"
-    if head[4:8] == b"ftyp" and head[8:12] in (
-        b"heic",
-        b"heix",
-        b"hevc",
-        b"heim",
-        b"heis",
-        b"mif1",
-        b"msf1",
-        b"avif",
-        b"avis",
-    ):
-        return "HEIC/HEIF"
-    return None

@@ -54,7 +54,7 @@ def check_name(name: str) -> str:
 
 
 def weights_sha256(model_dir: Path) -> str | None:
-    """One hash over a model folder's weight files, the same way ``tools/model_card.py`` hashes a parent."""
+    """One hash over a model folder's weight files, the same way ``tools/train/model_card.py`` hashes a parent."""
     files = sorted(
         f for f in [*model_dir.glob("*.safetensors"), *model_dir.glob("*.bin")] if f.name != "training_args.bin"
     )

@@ -26,9 +26,9 @@ from captioner.model.device_errors import is_fatal_device_error
 from captioner.model.preprocessing import ImageInfo, PreparedImage
 from captioner.model.protocol import Caption, Captioner, CaptionJob
 from captioner.observability.metrics import Metrics
+from captioner.rollout.drift_watch import DriftWatch
 from captioner.serving.batcher import Batcher, BatchInfo
 from captioner.serving.cache import CaptionCache, Lookup, cache_key
-from captioner.serving.drift_watch import DriftWatch
 from captioner.serving.health import ModelHealth, OnFatal
 from captioner.serving.live_stats import VariantStats
 from captioner.shared_state.redis_cache import RedisCacheLevel
@@ -122,7 +122,7 @@ class CaptionService:
         self.captioner = captioner
         self.metrics = metrics
         self.drift = drift if drift is not None else DriftWatch(None)
-        self.stats = VariantStats()  # live signals for the canary analysis (serving/canary.py)
+        self.stats = VariantStats()  # live signals for the canary analysis (rollout/canary.py)
         gen = settings.generation
         self._model_id = {
             "variant": variant,

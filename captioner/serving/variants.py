@@ -23,7 +23,7 @@ from captioner.errors import Overloaded
 from captioner.model import heap
 from captioner.model.protocol import Captioner
 from captioner.observability.metrics import Metrics
-from captioner.serving.drift_watch import DriftWatch
+from captioner.rollout.drift_watch import DriftWatch
 from captioner.serving.health import OnFatal
 from captioner.serving.service import CaptionService
 

@@ -58,7 +58,7 @@ def add_drift_commands(commands: Any) -> None:
 
 
 def save_reference(args: argparse.Namespace, settings: Settings) -> int:
-    from captioner.serving.drift_watch import write_reference  # torch: kept off `captioner --help`
+    from captioner.rollout.drift_watch import write_reference  # torch: kept off `captioner --help`
 
     try:
         if args.server:
@@ -106,7 +106,7 @@ def reference_from_server(url: str, api_key: str | None) -> dict[str, Any]:
 def reference_from_images(folder: Path, settings: Settings) -> dict[str, Any]:
     # torch: kept off `captioner --help`
     from captioner.model.preprocessing import ImagePreprocessor, pixel_sample
-    from captioner.serving.drift_watch import features_of
+    from captioner.rollout.drift_watch import features_of
 
     if not folder.is_dir():
         raise DriftReferenceError(f"{folder} is not a folder")

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from captioner.config import Settings
+from captioner.feedback.collector import build_feedback_store
+from captioner.feedback.store import FeedbackRecord
 from captioner.observability.metrics import Metrics
-from captioner.serving.feedback import build_feedback_store
-from captioner.serving.feedback_store import FeedbackRecord
 from captioner.tools.command_line import add_command, runs
 
 

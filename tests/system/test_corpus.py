@@ -504,7 +504,7 @@ def raw_exchange(port: int, request: bytes, *, piece: int = 0, timeout: float = 
     return received
 
 
-# Over captioner.http.header_limits.MAX_HEAD_BYTES (64 KiB): our capped httptools protocol answers 431; without
+# Over captioner.runtime.header_limits.MAX_HEAD_BYTES (64 KiB): our capped httptools protocol answers 431; without
 # httptools, uvicorn's h11 protocol (given the same cap) answers 400.
 REFUSED = 431 if importlib.util.find_spec("httptools") else 400
 

@@ -25,7 +25,7 @@ import orjson
 import pytest
 import redis
 
-from captioner.shared_state.redis_job_queue import GROUP, IMAGE_PREFIX, RECORD_PREFIX, STREAM
+from captioner.shared_state.job_stream import GROUP, IMAGE_PREFIX, RECORD_PREFIX, STREAM
 from tests.callback_receiver import Receiver
 from tests.conftest import photo
 from tests.system.redis_server import RedisServer
@@ -70,7 +70,7 @@ def ended(url: str, job_id: str, headers: dict[str, str] | None = None, timeout_
 
 
 def consumer_of(pid: int) -> str:
-    """The consumer-name prefix a replica uses in the group (see serving/job_manager.py)."""
+    """The consumer-name prefix a replica uses in the group (see jobs/manager.py)."""
     return f"{socket.gethostname()}-{pid}-"
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from captioner.cli import main
 from captioner.client import Client, Overloaded
-from captioner.serving.feedback_redis import STREAM
-from captioner.tools.evaluate import load_annotations
+from captioner.feedback.redis_store import STREAM
+from captioner.tools.eval.command import load_annotations
 from tests.conftest import LiveServer, photo, tiny_settings
 from tests.system.redis_server import RedisServer
 

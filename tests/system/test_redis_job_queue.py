@@ -15,12 +15,12 @@ import pytest
 from prometheus_client import generate_latest
 
 from captioner.errors import InvalidRequest, ModelError, Overloaded
+from captioner.jobs.durable_queue import StreamJobQueue
+from captioner.jobs.queue import JobRequest
+from captioner.jobs.worker import JobWorker
 from captioner.observability.metrics import Metrics
-from captioner.serving.job_queue import JobRequest
-from captioner.serving.job_worker import JobWorker
-from captioner.serving.stream_queue import StreamJobQueue
+from captioner.shared_state.job_stream import GROUP, IMAGE_PREFIX, RECORD_PREFIX, STREAM, RedisJobStream
 from captioner.shared_state.redis_client import RedisClient
-from captioner.shared_state.redis_job_queue import GROUP, IMAGE_PREFIX, RECORD_PREFIX, STREAM, RedisJobStream
 from tests.conftest import metric_value
 from tests.system.redis_server import RedisServer
 

@@ -21,7 +21,7 @@ from captioner.config import ConfigError
 from captioner.model.preprocessing import ImagePreprocessor, pixel_sample
 from captioner.observability.drift_features import INPUT_NUMERIC
 from captioner.observability.psi import DriftMonitor
-from captioner.serving.drift_watch import features_of
+from captioner.rollout.drift_watch import features_of
 from captioner.tools.drift_reference import reference_from_images
 from tests.conftest import LiveServer, photo, tiny_settings
 

@@ -12,9 +12,9 @@ import pytest
 from prometheus_client import generate_latest
 
 from captioner.config import DriftSettings, UrlInputSettings
-from captioner.http import drift_webhook
-from captioner.http.drift_webhook import DriftWebhook
 from captioner.observability.metrics import Metrics
+from captioner.outbound import drift_webhook
+from captioner.outbound.drift_webhook import DriftWebhook
 from tests.callback_receiver import Receiver
 from tests.conftest import LiveServer, metric_value, tiny_settings
 from tests.unit.http.test_drift_routes import FAST, dark_tiny, normal_photo, send

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from captioner.serving.feedback_store import FeedbackRecord
+from captioner.feedback.store import FeedbackRecord
 from tests.conftest import LiveServer, photo, tiny_settings
 
 FEEDBACK = "/api/v1/feedback"

@@ -17,7 +17,7 @@ import yaml
 
 from captioner.config import Settings, load_settings
 from captioner.http.app import create_app
-from captioner.http.state import AppState
+from captioner.runtime.state import AppState
 from tests.fakes import FakeCaptioner
 
 pytestmark = pytest.mark.anyio

@@ -21,7 +21,7 @@ import pytest
 from captioner import __version__
 from captioner.config import UrlInputSettings
 from captioner.errors import TooLarge, UrlFetchFailed, UrlNotAllowed
-from captioner.http.urlfetch import UrlFetcher, check_address, system_resolver
+from captioner.outbound.url_fetch import UrlFetcher, check_address, system_resolver
 
 pytestmark = pytest.mark.anyio
 

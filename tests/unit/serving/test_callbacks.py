@@ -11,7 +11,7 @@ import pytest
 
 from captioner.config import load_settings
 from captioner.errors import UrlNotAllowed
-from captioner.serving.callbacks import JOB_ID_HEADER, SIGNATURE_HEADER, CallbackSender, sign
+from captioner.outbound.callbacks import JOB_ID_HEADER, SIGNATURE_HEADER, CallbackSender, sign
 from tests.callback_receiver import Receiver
 
 pytestmark = pytest.mark.anyio

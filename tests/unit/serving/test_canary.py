@@ -10,8 +10,8 @@ from prometheus_client import generate_latest
 
 from captioner.config import CanarySettings, load_settings
 from captioner.observability.metrics import Metrics
-from captioner.serving.canary import Signals, Verdict, decide
-from captioner.serving.canary_watch import CanaryWatch
+from captioner.rollout.canary import Signals, Verdict, decide
+from captioner.rollout.canary_watch import CanaryWatch
 from captioner.serving.live_stats import StatsSnapshot, VariantStats
 from captioner.serving.variants import Variant, VariantRouter
 from tests.conftest import metric_value

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from captioner.serving.feedback import FeedbackStats
-from captioner.serving.feedback_file import FileFeedbackStore
-from captioner.serving.feedback_store import FeedbackRecord
+from captioner.feedback.collector import FeedbackStats
+from captioner.feedback.file_store import FileFeedbackStore
+from captioner.feedback.store import FeedbackRecord
 
 SHA = "ab" * 32
 DAY = 86400.0

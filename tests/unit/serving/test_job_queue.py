@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from captioner.errors import InvalidRequest, ModelError, Overloaded
+from captioner.jobs.manager import JobManager
+from captioner.jobs.queue import JobRequest, MemoryJobQueue
+from captioner.jobs.records import MemoryJobStore
+from captioner.jobs.worker import JobWorker
 from captioner.observability.metrics import Metrics
-from captioner.serving.job_manager import JobManager
-from captioner.serving.job_queue import JobRequest, MemoryJobQueue
-from captioner.serving.job_worker import JobWorker
-from captioner.serving.jobs import MemoryJobStore
 from tests.fakes import settle
 
 pytestmark = pytest.mark.anyio

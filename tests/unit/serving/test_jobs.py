@@ -15,10 +15,10 @@ import httpx
 import pytest
 
 from captioner.errors import InvalidImage, NotFound, Overloaded
+from captioner.jobs.manager import JobManager
+from captioner.jobs.queue import JobRequest, MemoryJobQueue
+from captioner.jobs.records import Job, MemoryJobStore
 from captioner.observability.metrics import Metrics
-from captioner.serving.job_manager import JobManager
-from captioner.serving.job_queue import JobRequest, MemoryJobQueue
-from captioner.serving.jobs import Job, MemoryJobStore
 from tests.conftest import LiveServer, photo, tiny_settings
 from tests.system.redis_server import RedisServer
 

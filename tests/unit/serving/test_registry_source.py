@@ -11,8 +11,8 @@ import yaml
 
 from captioner.config import ConfigError, Settings, load_settings
 from captioner.registry.store import Registry
-from captioner.serving.canary import Verdict
-from captioner.serving.registry_source import RegistrySource
+from captioner.rollout.canary import Verdict
+from captioner.rollout.registry_source import RegistrySource
 from captioner.serving.variants import Variant
 from tests.unit.registry.test_store import fake_model
 

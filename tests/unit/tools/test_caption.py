@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from captioner.cli import main
-from captioner.tools.caption import find_images
-from captioner.tools.caption_output import open_output
+from captioner.tools.caption.command import find_images
+from captioner.tools.caption.output import open_output
 from tests.conftest import LiveServer, photo, tiny_settings
 
 MODEL_NAME = "test/tiny-blip"
@@ -259,8 +259,8 @@ def test_output_store_recognises_paths_across_spellings(workdir: Path) -> None:
 def test_local_backend_batches_like_the_server(tiny_model_dir: Path, tmp_path: Path) -> None:
     import asyncio
 
-    from captioner.tools.caption import caption_files
-    from captioner.tools.caption_backends import LocalBackend, offline_settings
+    from captioner.tools.caption.backends import LocalBackend, offline_settings
+    from captioner.tools.caption.command import caption_files
 
     paths = []
     for seed in range(8):

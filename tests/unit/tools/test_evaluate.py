@@ -19,7 +19,7 @@ from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
 from captioner.cli import main
-from captioner.tools.coco_scores import PTB_TOKENIZER, PYTHON_TOKENIZER, python_ptb_tokenize
+from captioner.tools.eval.coco_scores import PTB_TOKENIZER, PYTHON_TOKENIZER, python_ptb_tokenize
 from tests.conftest import LiveServer, photo
 
 FILES = ["a.png", "b.png", "c.jpg", "d.png"]

@@ -10,7 +10,7 @@ import pytest
 
 from captioner.cli import main
 from captioner.client import Client
-from captioner.tools.evaluate import load_annotations
+from captioner.tools.eval.command import load_annotations
 from tests.conftest import LiveServer, photo, tiny_settings
 
 

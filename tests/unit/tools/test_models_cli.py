@@ -14,8 +14,8 @@ import pytest
 
 from captioner.cli import main
 from captioner.registry.store import Registry
-from captioner.tools import models_promote
-from captioner.tools.gate_eval import GateSet, Scored
+from captioner.tools.eval.gate import GateSet, Scored
+from captioner.tools.models import promote as models_promote
 from tests.unit.registry.test_store import fake_model
 
 CIDER = {1: 1.0, 2: 0.5, 3: 1.01}  # per version: v2 is worse than v1, v3 as good
@@ -151,7 +151,7 @@ def test_show_and_usage_errors(registry: Path, capsys: pytest.CaptureFixture[str
 def test_without_a_gate_set_promote_needs_force(
     registry: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from captioner.tools.gate_eval import gate_set
+    from captioner.tools.eval.gate import gate_set
 
     monkeypatch.setattr(models_promote, "gate_set", gate_set)  # the real one: gate.annotations is unset
     code, _, err = run(capsys, "models", "promote", "cap", "1", "--registry", str(registry))

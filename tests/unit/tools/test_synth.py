@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from captioner.cli import main
-from captioner.tools.evaluate import load_annotations
+from captioner.tools.eval.command import load_annotations
 from captioner.tools.synth import BACKGROUNDS, COLORS, REFERENCES_PER_IMAGE, SHAPES, write_dataset
 
 

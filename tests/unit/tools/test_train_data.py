@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from captioner.model.preprocessing import ImagePreprocessor
 from captioner.tools.synth import write_dataset
-from captioner.tools.train_data import IGNORE_INDEX, CaptionCollator, CaptionDataset, CaptionSet, clean_caption
+from captioner.tools.train.data import IGNORE_INDEX, CaptionCollator, CaptionDataset, CaptionSet, clean_caption
 from tests.conftest import photo
 
 PROMPT = "a picture of "

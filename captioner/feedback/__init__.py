@@ -1,0 +1,1 @@
+"""User feedback on captions: records, their stores (files or Redis), per-variant approval."""

@@ -1,0 +1,170 @@
+"""``jobs.queue: redis``: the durable job queue, a ``JobQueue`` over a Redis stream (``shared_state/redis_job_queue``).
+
+What survives what:
+- a replica dying mid-job: its deliveries stop being heartbeated, and after ``jobs.lease_s`` another replica's
+  worker claims them (the attempt number grows with each delivery); after ``jobs.max_attempts`` deliveries the
+  job ends with an error result instead of running again (a poison image can't take every worker down);
+- two deliveries of one job racing (a worker that was only slow): the first result stored is the job's only
+  result, the other is dropped;
+- the image: stored next to the job with a TTL of ``jobs.ttl_s`` and deleted when the job ends;
+- a full stream (``jobs.max_jobs`` jobs waiting or running) or an unreachable Redis: 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+
+from captioner.errors import Overloaded
+from captioner.jobs.queue import Claim, JobRequest, QueueStats, Submitted, reused_key
+from captioner.jobs.records import Job, JobStatus
+from captioner.shared_state.job_stream import RedisJobStream, StreamEntry
+from captioner.shared_state.redis_client import RedisUnavailable
+
+logger = logging.getLogger("captioner.jobs")
+
+# Seconds a client should wait before trying again when the queue is full: about a batch's worth of work.
+_FULL_RETRY_AFTER_S = 5.0
+# Consumers of replicas gone (holding nothing) for a day are removed, checked every ten minutes by each worker.
+_FORGET_IDLE_S = 86400.0
+_FORGET_EVERY_S = 600.0
+
+
+def encode_request(request: JobRequest) -> bytes:
+    """The stream entry's payload: everything but the image, which has its own key (and TTL)."""
+    return orjson.dumps({
+        "owner": request.owner, "num_captions": request.num_captions, "url": request.url,
+        "callback_url": request.callback_url, "image": request.image is not None,
+    })  # fmt: skip
+
+
+def decode_request(job_id: str, payload: bytes, image: bytes | None) -> tuple[JobRequest, bool]:
+    """The request, and whether its input is gone (the image expired, or a payload we can't read)."""
+    try:
+        data = orjson.loads(payload)
+        request = JobRequest(
+            job_id, data["owner"], int(data["num_captions"]), image=image if data["image"] else None,
+            url=data["url"], callback_url=data["callback_url"],
+        )  # fmt: skip
+    except (ValueError, KeyError, TypeError):
+        logger.warning("job %s has an unreadable payload in the stream", job_id)
+        return JobRequest(job_id, None, 1), True
+    return request, request.image is None and request.url is None
+
+
+class StreamJobQueue:
+    redelivers = True
+
+    def __init__(
+        self,
+        stream: RedisJobStream,
+        *,
+        ttl_s: float,
+        lease_s: float,
+        max_attempts: int,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.stream = stream
+        self.ttl_s = ttl_s
+        self.max_attempts = max_attempts
+        self._clock = clock
+        self._monotonic = monotonic
+        # Look for abandoned deliveries a few times per lease: a dead replica's jobs move on within ~1.25 leases.
+        self._reclaim_every_s = max(0.1, lease_s / 4)
+        self._next_reclaim = 0.0
+        self._next_forget = 0.0
+
+    async def start(self) -> None:
+        await self.stream.ensure_group()
+
+    async def submit(self, request: JobRequest, *, idempotency_key: str | None) -> Submitted:
+        key, fingerprint = None, ""
+        if idempotency_key:
+            # Keys are per owner: another API key using the same Idempotency-Key gets its own job.
+            key = hashlib.sha256(f"{request.owner or ''}\0{idempotency_key}".encode()).hexdigest()
+            fingerprint = await request.fingerprint()
+        job = Job(request.job_id, "processing", None, request.owner, self._clock() + self.ttl_s)
+        try:
+            enqueued = await self.stream.enqueue(
+                request.job_id, payload=encode_request(request), record=job.to_json(), image=request.image,
+                key=key, fingerprint=fingerprint,
+            )  # fmt: skip
+        except RedisUnavailable as exc:
+            retry = max(1.0, self.stream.client.breaker.retry_in_s)
+            raise Overloaded("the job queue (Redis) is unavailable", retry_after_s=retry) from exc
+        if enqueued is None:
+            raise Overloaded(
+                f"the job queue is full ({self.stream.max_length} jobs waiting or running)",
+                retry_after_s=_FULL_RETRY_AFTER_S,
+            )
+        if enqueued.created:
+            return Submitted(job, replayed=False)
+        if idempotency_key and enqueued.fingerprint != fingerprint:
+            raise reused_key(idempotency_key)
+        existing = await self.get(enqueued.job_id)
+        if existing is None:  # the key outlived its job's record by a moment: report the job as just ended
+            existing = Job(enqueued.job_id, "processing", None, request.owner, self._clock() + self.ttl_s)
+        return Submitted(existing, replayed=True)
+
+    async def get(self, job_id: str) -> Job | None:
+        try:
+            raw = await self.stream.record(job_id)
+        except RedisUnavailable as exc:
+            # Not 404: the job may well exist; the client should ask again.
+            raise Overloaded("the job queue (Redis) is unavailable", retry_after_s=1) from exc
+        return Job.from_stored(raw, job_id)
+
+    async def claim(self, count: int, *, wait_s: float = 1.0) -> list[Claim]:
+        """Abandoned deliveries first (now and then), then new jobs (blocking up to the stream's block_s)."""
+        entries: list[StreamEntry] = []
+        if self._monotonic() >= self._next_forget:
+            self._next_forget = self._monotonic() + _FORGET_EVERY_S
+            await self.stream.forget_idle_consumers(_FORGET_IDLE_S)
+        if self._monotonic() >= self._next_reclaim:
+            self._next_reclaim = self._monotonic() + self._reclaim_every_s
+            entries += await self.stream.reclaim(count)
+        if len(entries) < count:
+            entries += await self.stream.read_new(count - len(entries), block=wait_s > 0 and not entries)
+        return [self._claim(entry) for entry in entries]
+
+    def _claim(self, entry: StreamEntry) -> Claim:
+        request, lost = decode_request(entry.job_id, entry.payload, entry.image)
+        finished = None
+        if entry.record is None:
+            lost = True  # the record expired: the job outlived jobs.ttl_s waiting
+        else:
+            try:
+                job = Job.from_json(entry.record)
+                finished = job if job.status != "processing" else None
+            except (ValueError, KeyError, TypeError):
+                lost = True
+        return Claim(request, entry.deliveries, entry.entry_id, finished=finished, lost_input=lost)
+
+    async def renew(self, claims: Sequence[Claim]) -> None:
+        owned = await self.stream.heartbeat([claim.token for claim in claims])
+        if owned < len(claims):
+            logger.warning("%d job deliveries were taken over by another replica (lease lost)", len(claims) - owned)
+
+    async def finish(self, claim: Claim, status: JobStatus, result: dict[str, Any]) -> bool:
+        request = claim.request
+        record = Job(request.job_id, status, result, request.owner, self._clock() + self.ttl_s).to_json()
+        return await self.stream.finish(request.job_id, record) == 1
+
+    async def settle(self, claim: Claim) -> None:
+        await self.stream.ack(claim.token)
+
+    async def abandon(self, claim: Claim) -> None:
+        pass  # left pending: once its lease runs out, the next claim (any replica's) takes it as a new attempt
+
+    async def stats(self) -> QueueStats:
+        stats = await self.stream.stats()
+        return QueueStats(stats.length, stats.pending, stats.oldest_pending_s)
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()

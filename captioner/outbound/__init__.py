@@ -1,0 +1,1 @@
+"""Every outbound HTTP call: URL input, job callbacks, the drift webhook; one SSRF policy."""

@@ -1,0 +1,1 @@
+"""`captioner caption`: caption files or a folder, in process or through a server."""

@@ -1,0 +1,1 @@
+"""`captioner models`: the registry's command line (list, show, register, promote, rollback)."""

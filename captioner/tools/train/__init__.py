@@ -1,0 +1,1 @@
+"""`captioner train`: fine-tune on a COCO-format set with transformers' Trainer."""
