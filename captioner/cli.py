@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from captioner import __version__
-from captioner.config import ROLES, ConfigError, Settings, check_role
+from captioner.config import ROLES, ConfigError, Settings
 from captioner.tools.caption.command import add_caption_command
 from captioner.tools.command_line import add_config_argument, settings_of
 from captioner.tools.drift_reference import add_drift_commands
@@ -83,8 +83,9 @@ def _serve(args: argparse.Namespace) -> int:
         return settings.replace("server", **overrides) if overrides else settings
 
     settings = load()
-    check_role(args.role, settings)  # a role the config can't serve stops here, in one line
-    from captioner.server import serve  # torch and the app: kept off the light commands and a refused start
+    from captioner.server import serve  # the app: kept off the light commands
+
+    # A role the config can't serve, or an exposed port without keys, stops in one line (ConfigError, exit 2).
 
     # SIGHUP re-reads the same file, environment and flags (A/B weights; see captioner/serving/variants.py).
     return serve(settings, reload_settings=load, role=args.role)

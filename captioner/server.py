@@ -21,9 +21,9 @@ from captioner import __version__
 from captioner.config import ConfigError, Settings
 from captioner.guard.admission import admission_capacity
 from captioner.http.app import create_app
-from captioner.model.weights import WeightsUnavailable, ensure_weights
+from captioner.model.weights import WeightsUnavailable
 from captioner.observability.logs import configure_logging
-from captioner.rollout.registry_source import RegistrySource
+from captioner.runtime.components import fetch_weights
 from captioner.runtime.header_limits import MAX_HEAD_BYTES, http_protocol
 
 logger = logging.getLogger("captioner.server")
@@ -150,18 +150,6 @@ def serve(settings: Settings, reload_settings: Callable[[], Settings] | None = N
             settings.server.host,
             extra={"event": "no_auth", "host": settings.server.host},
         )
-    variants = settings
-    if settings.registry.path:  # the registry's versions are on disk by construction; its fallback may not be
-        source = RegistrySource(settings)
-        source.refresh()
-        variants = source.resolve(settings)
-    try:
-        for _, _, variant in variants.variants() if role != "api" else []:  # weights first, then bind the port
-            ensure_weights(variant.model)
-    except WeightsUnavailable as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
-
     server: DrainingServer | None = None
     failed = False
 
@@ -172,6 +160,11 @@ def serve(settings: Settings, reload_settings: Callable[[], Settings] | None = N
             server.drain()
 
     app = create_app(settings, on_fatal=fatal, reload_settings=reload_settings, role=role)
+    try:
+        fetch_weights(app.state.captioner)  # weights first (a download, maybe), then bind the port
+    except WeightsUnavailable as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
     config = uvicorn.Config(
         app,
         host=settings.server.host,

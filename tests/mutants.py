@@ -53,7 +53,7 @@ MUTANTS = [
      "applied = self.settings.with_models_of(wanted)", "applied = wanted",
      ["tests/unit/http/test_lifespan.py"]),
     ("a drain budget per stage", "captioner/runtime/lifespan.py",
-     "await state.pool.close(state.drain_left_s())", "await state.pool.close(settings.server.drain_timeout_s)",
+     "await runtime.pool.close(runtime.drain_left_s())", "await runtime.pool.close(settings.server.drain_timeout_s)",
      ["tests/unit/http/test_lifespan.py"]),
     ("no expedite on SIGTERM", "captioner/runtime/state.py",
      "self.loop.call_soon_threadsafe(self.pool.expedite)", "pass",

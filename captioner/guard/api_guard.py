@@ -13,26 +13,14 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from captioner.errors import CaptionerError, error_response
-from captioner.guard.api_keys import KEY_PRINCIPAL_PREFIX, ApiKeys
+from captioner.guard.api_keys import ApiKeys
+from captioner.guard.caller import ADMIN, PRINCIPAL
 from captioner.guard.forwarded import client_bucket
 from captioner.guard.shared_limiter import SharedRateLimiter
 
-_ADMIN = "admin"
-
-
-def is_admin(scope: Scope) -> bool:
-    """True when the request carried one of ``auth.admin_keys`` (set by ``ApiGuard``)."""
-    return scope.get("state", {}).get(_ADMIN) is True
-
-
-def key_principal(scope: Scope) -> str | None:
-    """The API key's principal ("key:<id>") that ``ApiGuard`` admitted, or None (auth off: an "ip:" one)."""
-    value = scope.get("state", {}).get("principal")
-    return value if isinstance(value, str) and value.startswith(KEY_PRINCIPAL_PREFIX) else None
-
 
 class ApiGuard:
-    """Sets ``scope["state"]["principal"]`` ("key:<id>" or "ip:<address>") for the routes behind it."""
+    """Sets who is calling (``guard/caller.py``: the principal, and whether it is an admin) for the routes behind it."""
 
     def __init__(
         self,
@@ -60,9 +48,9 @@ class ApiGuard:
             await error_response(refused)(scope, receive, send)
             return
         state = scope.setdefault("state", {})
-        state["principal"] = principal
+        state[PRINCIPAL] = principal
         # No keys at all (a loopback development server): everything is open, operator endpoints too.
-        state[_ADMIN] = not self.keys.enabled or self.admin_keys.matches(Headers(scope=scope).get("authorization"))
+        state[ADMIN] = not self.keys.enabled or self.admin_keys.matches(Headers(scope=scope).get("authorization"))
         await self.app(scope, receive, send)
 
     async def admit(self, scope: Scope) -> str:

@@ -34,7 +34,7 @@ from captioner.http import paths
 from captioner.observability.metrics import Metrics
 
 if TYPE_CHECKING:
-    from captioner.serving.service import CaptionOutcome
+    from captioner.serving.outcome import CaptionOutcome
 
 log = logging.getLogger("captioner.access")
 

@@ -1,37 +1,31 @@
-"""``create_app``: the Starlette app wired from the settings. Endpoints: ``routes.py``; start-up: ``lifespan.py``."""
+"""``create_app``: the Starlette app over a replica's runtime. Endpoints: ``routes.py``; components, start-up and
+drain: ``captioner/runtime/``."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.types import Scope
 
-from captioner.config import Settings, check_role
-from captioner.feedback.collector import build_feedback
-from captioner.guard.admission import AdmissionBudget, AdmissionGate
+from captioner.config import Settings
+from captioner.guard.admission import AdmissionGate
 from captioner.guard.api_guard import ApiGuard
 from captioner.guard.api_keys import ApiKeys
-from captioner.guard.job_quota import JobQuota
-from captioner.guard.shared_limiter import SharedRateLimiter
 from captioner.http import paths
 from captioner.http.access_log import RequestObserver
 from captioner.http.body import BodyDeadline
 from captioner.http.exception_handlers import EXCEPTION_HANDLERS
 from captioner.http.routes import routes
 from captioner.http.web import render_index
-from captioner.jobs.manager import JobManager
-from captioner.model.loader import load_captioner
-from captioner.model.protocol import Captioner
 from captioner.observability.metrics import Metrics
-from captioner.outbound.callbacks import build_callback_sender
-from captioner.outbound.drift_webhook import DriftWebhook
-from captioner.outbound.url_fetch import UrlFetcher
-from captioner.rollout.drift_watch import DriftWatch
-from captioner.rollout.registry_source import RegistrySource
+from captioner.runtime.components import build_runtime
 from captioner.runtime.lifespan import lifespan
-from captioner.runtime.state import AppState
+
+if TYPE_CHECKING:
+    from captioner.model.protocol import Captioner
 
 
 def create_app(
@@ -45,52 +39,35 @@ def create_app(
 ) -> Starlette:
     """The app. Without ``captioner`` the model named by ``settings.model`` is loaded at start-up (never for
     ``role="api"``, which only accepts jobs and answers; ``"worker"`` serves only health and metrics)."""
-    check_role(role, settings)
-    metrics = metrics or Metrics()
-    fetcher = UrlFetcher(settings.url_input, max_bytes=settings.limits.max_body_bytes)
-    admission = AdmissionBudget.from_settings(settings, metrics)
-    metrics.url_fetches_in_flight.set_function(lambda: fetcher.in_flight)
-    state = AppState(
-        settings=settings,
-        metrics=metrics,
-        keys=ApiKeys.from_settings(settings.auth),  # a bad entry stops start-up here, naming its position
-        url_fetcher=fetcher,
-        jobs=JobManager.from_settings(settings, metrics),
-        drift=DriftWatch.from_settings(settings.drift, metrics),  # a bad reference file stops start-up here
-        feedback=build_feedback(settings, metrics),
-        page=render_index(settings),
-        limiter=SharedRateLimiter.from_settings(settings, metrics),
-        admission=admission,
-        job_quota=JobQuota.from_settings(settings, admission),
-        role=role,
-        callbacks=build_callback_sender(settings),
-        registry=RegistrySource(settings, metrics) if settings.registry.path and role != "api" else None,
-    )
-    if settings.drift.webhook_url and state.drift.enabled:
-        state.webhook = DriftWebhook(settings.drift, settings.url_input, state.drift, metrics)
+    runtime = build_runtime(settings, metrics or Metrics(), role)
 
     def load_model(variant_settings: Settings) -> Captioner:
-        return captioner if captioner is not None else load_captioner(variant_settings)
+        if captioner is not None:
+            return captioner
+        from captioner.model.loader import load_captioner  # the model side: never imported on an api replica
+
+        return load_captioner(variant_settings)
 
     app = Starlette(
         routes=routes(role),
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[
-            Middleware(RequestObserver, metrics=metrics),  # outermost: sees every answer, 401/429/503 too
+            Middleware(RequestObserver, metrics=runtime.metrics),  # outermost: sees every answer, 401/429/503 too
             Middleware(BodyDeadline, timeout_s=settings.limits.body_timeout_s),  # 408 for a body that trickles
             Middleware(
                 ApiGuard,
-                keys=state.keys,
-                limiter=state.limiter,
+                keys=runtime.keys,
+                limiter=runtime.limiter,
                 protects=paths.is_protected,
                 admin_keys=ApiKeys.admins(settings.auth),
             ),
             # After the keys (a stranger takes no ticket), before the body is read (a refusal costs nothing).
-            Middleware(AdmissionGate, budget=state.admission, admits=_takes_work),
+            Middleware(AdmissionGate, budget=runtime.admission, admits=_takes_work),
         ],
-        lifespan=lifespan(state, load_model, on_fatal, reload_settings),
+        lifespan=lifespan(runtime, load_model, on_fatal, reload_settings),
     )
-    app.state.captioner = state
+    app.state.captioner = runtime
+    app.state.page = render_index(settings)
     return app
 
 

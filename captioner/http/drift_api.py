@@ -10,9 +10,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from captioner.errors import Forbidden, NotFound
-from captioner.guard.api_guard import is_admin
+from captioner.guard.caller import is_admin
 from captioner.http.responses import FastJSONResponse
-from captioner.runtime.state import app_state
+from captioner.runtime.state import runtime_of
 
 
 def _require_admin(request: Request) -> None:
@@ -22,12 +22,12 @@ def _require_admin(request: Request) -> None:
 
 async def drift_report(request: Request) -> Response:
     _require_admin(request)
-    return FastJSONResponse(app_state(request).drift.report())
+    return FastJSONResponse(runtime_of(request).drift.report())
 
 
 async def drift_reference(request: Request) -> Response:
     _require_admin(request)
-    monitor = app_state(request).drift.monitor
+    monitor = runtime_of(request).drift.monitor
     if monitor is None:
         raise NotFound("drift monitoring is off on this server (drift.enabled: false)")
     report = monitor.report()

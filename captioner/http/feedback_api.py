@@ -11,7 +11,6 @@ A/B routing assigns to this caller and image (assignment is sticky, so that is t
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -22,12 +21,12 @@ from starlette.responses import Response
 from captioner.errors import InvalidRequest, NotFound, Overloaded, UnsupportedMediaType
 from captioner.feedback.collector import UNKNOWN_VARIANT
 from captioner.feedback.store import FeedbackRecord
+from captioner.guard.caller import api_key_of
 from captioner.http.body import body_limit, read_capped_body
-from captioner.http.caption_api import sticky_key
-from captioner.http.jobs_api import owner
 from captioner.http.json_body import decode_base64, parse_json
 from captioner.http.responses import FastJSONResponse
-from captioner.runtime.state import AppState, app_state
+from captioner.runtime.state import Runtime, runtime_of
+from captioner.serving.hashing import sha256_off_loop
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 JOB_ID = re.compile(r"[0-9a-f]{32}")
@@ -46,7 +45,7 @@ class FeedbackRequest:
 
 
 async def feedback(request: Request) -> Response:
-    state = app_state(request)
+    state = runtime_of(request)
     if not state.settings.feedback.enabled:
         raise NotFound("feedback is off here (feedback.enabled: false)")
     content_type = request.headers.get("content-type", "").lower()
@@ -56,7 +55,7 @@ async def feedback(request: Request) -> Response:
     payload = await parse_json(body)  # orjson: nesting capped, off the event loop when big
     asked = parse_feedback(payload)
     image_sha256, variant = await _rated_image(request, state, asked)
-    if asked.image is not None and hashlib.sha256(asked.image).hexdigest() != image_sha256:
+    if asked.image is not None and await sha256_off_loop(asked.image) != image_sha256:
         raise InvalidRequest("'image' is not the image that was captioned")
     record = FeedbackRecord(
         image_sha256=image_sha256,
@@ -106,22 +105,20 @@ def _text(payload: dict[str, Any], name: str) -> str:
     return value.strip()
 
 
-async def _rated_image(request: Request, state: AppState, asked: FeedbackRequest) -> tuple[str, str]:
+async def _rated_image(request: Request, state: Runtime, asked: FeedbackRequest) -> tuple[str, str]:
     """The rated image's SHA-256 and the variant that captioned it."""
     if asked.job_id is not None:
-        job = await state.jobs.get(asked.job_id, principal=owner(request, state))  # 404: unknown or not yours
+        job = await state.jobs.get(asked.job_id, principal=api_key_of(request.scope))  # 404: unknown or not yours
         result = job.result or {}
         if job.status != "success" or not isinstance(result.get("image_sha256"), str):
             raise InvalidRequest(f"job {asked.job_id} has no caption to rate ({job.status})")
         return result["image_sha256"], str(result.get("variant") or UNKNOWN_VARIANT)
     assert asked.image_sha256 is not None
-    if state.pool is None:
-        return asked.image_sha256, UNKNOWN_VARIANT
     try:
-        variant = state.pool.choose(sticky_key(request, asked.image_sha256)).name
+        variant = state.use_case.variant_for(asked.image_sha256, api_key_of(request.scope))
     except Overloaded:  # no variant takes traffic now
-        variant = UNKNOWN_VARIANT
-    return asked.image_sha256, variant
+        variant = None
+    return asked.image_sha256, variant or UNKNOWN_VARIANT
 
 
 def openapi_operation(errors: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,6 @@ limits), the body and pixel limits, the cache and the batcher; errors keep the c
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from starlette.requests import Request
@@ -18,21 +17,14 @@ from starlette.responses import Response
 from captioner.config import Settings
 from captioner.errors import InvalidImage, InvalidRequest, TooLarge
 from captioner.http.body import body_limit, read_capped_body
-from captioner.http.caption_api import cancel_on_disconnect, prepare, relayed
+from captioner.http.caption_api import caption_sync
 from captioner.http.inputs import CaptionRequest
 from captioner.http.json_body import decode_base64_off_loop, parse_json
 from captioner.http.responses import FastJSONResponse
-from captioner.runtime.state import app_state
 
 
 async def image_to_text(request: Request) -> Response:
-    started = time.monotonic()
-    state = app_state(request)
-    if state.role == "api":  # no model here: through the job queue (serve --role api)
-        body = await relayed(request, state, started, parse=parse_hf_request)
-        return FastJSONResponse([{"generated_text": body["captions"][0]["text"]}])
-    work = await prepare(request, state, started, parse=parse_hf_request)
-    outcome = work.hit if work.hit is not None else await cancel_on_disconnect(request, work())
+    outcome = await caption_sync(request, parse_hf_request)
     return FastJSONResponse([{"generated_text": outcome.captions[0].text}])
 
 

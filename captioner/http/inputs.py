@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
+from captioner.config import Settings
 from captioner.errors import InvalidImage, InvalidRequest, TooLarge, UnsupportedMediaType
 from captioner.http.body import body_limit, read_capped_body
 from captioner.http.json_body import decode_base64_off_loop, parse_json
@@ -177,3 +178,13 @@ def _num_captions(request: Request, fields: Mapping[str, Any], default: int, max
     if len(request.query_params.getlist("num_captions")) > 1:
         raise InvalidRequest("the query parameter 'num_captions' is given more than once")
     return parse_num_captions(request.query_params.get("num_captions", fields.get("num_captions")), default, maximum)
+
+
+async def parse_api_request(request: Request, settings: Settings) -> CaptionRequest:
+    """``parse_caption_request`` with the server's limits: ``POST /api/v1/caption``, sync or async."""
+    return await parse_caption_request(
+        request,
+        max_body_bytes=settings.limits.max_body_bytes,
+        default_num_captions=settings.generation.num_captions,
+        max_num_captions=settings.generation.max_num_captions,
+    )

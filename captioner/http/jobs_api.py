@@ -14,19 +14,17 @@ different request is a 422. Another API key's identical Idempotency-Key is a dif
 from __future__ import annotations
 
 import re
-import secrets
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from captioner.errors import InvalidRequest, Overloaded
-from captioner.guard.api_guard import key_principal
-from captioner.guard.forwarded import client_bucket
+from captioner.guard.caller import api_key_of, principal_of
 from captioner.http import paths
-from captioner.http.inputs import CaptionRequest, parse_caption_request
+from captioner.http.inputs import CaptionRequest, parse_api_request
 from captioner.http.responses import FastJSONResponse
 from captioner.jobs.queue import JobRequest
-from captioner.runtime.state import AppState, app_state
+from captioner.runtime.state import Runtime, runtime_of
 
 MODES = ("sync", "async")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -43,17 +41,6 @@ def wants_async(request: Request) -> bool:
     return mode == "async"
 
 
-def owner(request: Request, state: AppState) -> str | None:
-    """The API key's principal when auth is on (set by the gate): the owner of the jobs it creates."""
-    return key_principal(request.scope) if state.keys.enabled else None
-
-
-def principal_of(request: Request) -> str:
-    """The caller as the gate named it: ``key:<id>``, or ``ip:<address>`` (IPv6 by /64) without auth."""
-    principal = request.scope.get("state", {}).get("principal")
-    return principal if isinstance(principal, str) else client_bucket(request.scope)
-
-
 def idempotency_key(request: Request) -> str | None:
     """The ``Idempotency-Key`` header, checked wherever it is sent (422 when malformed)."""
     values = request.headers.getlist(IDEMPOTENCY_HEADER)
@@ -64,31 +51,18 @@ def idempotency_key(request: Request) -> str | None:
     return values[0]
 
 
-async def parse_job(request: Request, state: AppState) -> CaptionRequest:
-    """Admission and parsing, as for a synchronous request, minus what needs the model."""
-    if state.draining:
-        raise Overloaded("the server is shutting down", retry_after_s=1)
-    settings = state.settings
-    return await parse_caption_request(
-        request,
-        max_body_bytes=settings.limits.max_body_bytes,
-        default_num_captions=settings.generation.num_captions,
-        max_num_captions=settings.generation.max_num_captions,
-    )
-
-
-def job_request(request: Request, state: AppState, parsed: CaptionRequest) -> JobRequest:
+def job_request(request: Request, runtime: Runtime, parsed: CaptionRequest) -> JobRequest:
     if parsed.callback_url is not None:
-        if state.callbacks is None:
+        if runtime.callbacks is None:
             raise InvalidRequest("callback_url needs jobs.callback_secret set on the server (callbacks are signed)")
-        state.callbacks.check(parsed.callback_url)  # 400 url_not_allowed for what could never be called
-    return JobRequest(
-        secrets.token_hex(16), owner(request, state), parsed.num_captions, image=parsed.image, url=parsed.url,
+        runtime.callbacks.check(parsed.callback_url)  # 400 url_not_allowed for what could never be called
+    return JobRequest.new(
+        api_key_of(request.scope), parsed.num_captions, image=parsed.image, url=parsed.url,
         callback_url=parsed.callback_url,
     )  # fmt: skip
 
 
-async def accept_job(request: Request, state: AppState) -> Response:
+async def accept_job(request: Request, runtime: Runtime) -> Response:
     """Queue the request as a job; 202 with its id and a time estimate.
 
     The caller's outstanding jobs are counted first (429 at ``jobs.max_running_per_principal``, before the body
@@ -97,14 +71,16 @@ async def accept_job(request: Request, state: AppState) -> Response:
     key = idempotency_key(request)
 
     async def is_open(job_id: str) -> bool:
-        job = await state.jobs.queue.get(job_id)
+        job = await runtime.jobs.queue.get(job_id)
         return job is not None and job.status == "processing"
 
-    place = await state.job_quota.reserve(principal_of(request), is_open)
+    place = await runtime.job_quota.reserve(principal_of(request.scope), is_open)
     try:
-        parsed = await parse_job(request, state)
-        await state.job_quota.check_bytes(len(parsed.image or b""), is_open)
-        submitted = await state.jobs.submit(job_request(request, state, parsed), idempotency_key=key)
+        if runtime.draining:
+            raise Overloaded("the server is shutting down", retry_after_s=1)
+        parsed = await parse_api_request(request, runtime.settings)
+        await runtime.job_quota.check_bytes(len(parsed.image or b""), is_open)
+        submitted = await runtime.jobs.submit(job_request(request, runtime, parsed), idempotency_key=key)
     except BaseException:
         place.cancel()
         raise
@@ -113,7 +89,7 @@ async def accept_job(request: Request, state: AppState) -> Response:
         place.cancel()  # the first request's job, counted when it was accepted
     else:
         place.bind(job.job_id, len(parsed.image or b""))
-    body = {"status": "processing", "job_id": job.job_id, "estimated_time_seconds": state.jobs.estimate_s()}
+    body = {"status": "processing", "job_id": job.job_id, "estimated_time_seconds": runtime.jobs.estimate_s()}
     headers = {"Location": paths.JOB.format(job_id=job.job_id)}
     if submitted.replayed:
         headers["Idempotent-Replayed"] = "true"
@@ -121,8 +97,7 @@ async def accept_job(request: Request, state: AppState) -> Response:
 
 
 async def job_status(request: Request) -> Response:
-    state = app_state(request)
-    job = await state.jobs.get(request.path_params["job_id"], principal=owner(request, state))
+    job = await runtime_of(request).jobs.get(request.path_params["job_id"], principal=api_key_of(request.scope))
     # Retry-After tells pollers when to come back; no-store because the answer changes until the job ends.
     headers = {"Retry-After": "1"} if job.status == "processing" else {}
     return FastJSONResponse(job.body(), headers={**headers, "Cache-Control": "no-store"})

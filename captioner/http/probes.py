@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from captioner.http.openapi import openapi_schema
 from captioner.http.responses import FastJSONResponse
-from captioner.runtime.state import app_state
+from captioner.runtime.state import runtime_of
 
 
 async def healthz(request: Request) -> Response:
@@ -18,7 +18,7 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    state = app_state(request)
+    state = runtime_of(request)
     role = {} if state.role == "all" else {"role": state.role}  # an api replica is ready with no model
     reason = state.not_ready_reason()
     if reason is None:
@@ -42,8 +42,8 @@ def public_reason(reason: str) -> str:
 
 
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(app_state(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(runtime_of(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 async def openapi(request: Request) -> Response:
-    return FastJSONResponse(openapi_schema(app_state(request).settings))
+    return FastJSONResponse(openapi_schema(runtime_of(request).settings))

@@ -13,11 +13,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from captioner.http.responses import FastJSONResponse
-from captioner.runtime.state import app_state
+from captioner.runtime.state import runtime_of
 
 
 async def variants_report(request: Request) -> Response:
-    state = app_state(request)
+    state = runtime_of(request)
     variants: list[dict[str, Any]] = []
     if state.pool is not None:
         for variant in state.pool.router:

@@ -19,7 +19,6 @@ from starlette.responses import HTMLResponse, Response
 from starlette.staticfiles import StaticFiles
 
 from captioner.config import Settings
-from captioner.runtime.state import app_state
 
 STATIC_DIR = Path(__file__).with_name("static")
 
@@ -62,8 +61,8 @@ def render_index(settings: Settings) -> str:
 
 
 async def index(request: Request) -> Response:
-    """``GET /``: the page, rendered once at start-up (``AppState.page``)."""
-    return HTMLResponse(app_state(request).page, headers=_PAGE_HEADERS)
+    """``GET /``: the page, rendered once by ``create_app``."""
+    return HTMLResponse(request.app.state.page, headers=_PAGE_HEADERS)
 
 
 def static_files() -> StaticFiles:

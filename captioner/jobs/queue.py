@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import secrets
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
@@ -23,9 +24,7 @@ from typing import Any, Protocol
 
 from captioner.errors import InvalidRequest, Overloaded
 from captioner.jobs.records import Job, JobStatus, JobStore
-
-# Above this an image is hashed on a thread: hashing is ~1 GB/s and the event loop must not stall on 10 MB.
-_INLINE_HASH_BYTES = 256 * 1024
+from captioner.serving.hashing import sha256_off_loop
 
 
 @dataclass(frozen=True)
@@ -39,13 +38,23 @@ class JobRequest:
     url: str | None = None
     callback_url: str | None = None
 
+    @classmethod
+    def new(
+        cls,
+        owner: str | None,
+        num_captions: int,
+        *,
+        image: bytes | None,
+        url: str | None,
+        callback_url: str | None = None,
+    ) -> JobRequest:
+        """A request for a new job, under a fresh random id."""
+        return cls(secrets.token_hex(16), owner, num_captions, image=image, url=url, callback_url=callback_url)
+
     async def fingerprint(self) -> str:
         """What makes two requests the same request (for Idempotency-Key reuse with a different body)."""
         source = self.image if self.image is not None else (self.url or "").encode()
-        if len(source) > _INLINE_HASH_BYTES:
-            digest = await asyncio.to_thread(lambda: hashlib.sha256(source).hexdigest())
-        else:
-            digest = hashlib.sha256(source).hexdigest()
+        digest = await sha256_off_loop(source)
         extra = f"{self.num_captions}\0{self.callback_url or ''}\0{'url' if self.image is None else 'image'}"
         return hashlib.sha256(f"{digest}\0{extra}".encode()).hexdigest()[:32]
 

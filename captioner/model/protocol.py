@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import torch
+if TYPE_CHECKING:  # types only: ``Caption`` is read where torch is never imported (an api-role replica)
+    import torch
 
-from captioner.model.preprocessing import EncodedJpeg, PreparedImage
+    from captioner.model.preprocessing import EncodedJpeg, PreparedImage
 
 
 @dataclass(frozen=True)

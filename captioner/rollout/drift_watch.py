@@ -18,16 +18,18 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
-
-from PIL import Image
+from typing import TYPE_CHECKING, Any
 
 from captioner.config import ConfigError, DriftSettings
-from captioner.model.preprocessing import ImageInfo, PreparedImage
-from captioner.model.protocol import Caption
 from captioner.observability.drift_features import InputFeatures, input_features, output_features
 from captioner.observability.metrics import Metrics
 from captioner.observability.psi import DriftMonitor
+
+if TYPE_CHECKING:  # types only: an api-role replica builds this watch, and never imports the decoder (torch)
+    from PIL import Image
+
+    from captioner.model.preprocessing import ImageInfo, PreparedImage
+    from captioner.model.protocol import Caption
 
 log = logging.getLogger("captioner.drift")
 

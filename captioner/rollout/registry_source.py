@@ -21,14 +21,16 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from captioner.config import Settings
 from captioner.observability.metrics import Metrics
 from captioner.registry.aliases import CANARY, PRODUCTION, AliasError, Aliases, now_iso
 from captioner.registry.store import MODEL_DIR, Registry, RegistryError
 from captioner.rollout.canary import Verdict
-from captioner.serving.variants import Variant
+
+if TYPE_CHECKING:  # a type only: an api replica reads the registry's aliases without the model side
+    from captioner.serving.variants import Variant
 
 logger = logging.getLogger("captioner.registry")
 

@@ -1,4 +1,9 @@
-"""``AppState``: what the endpoints share, built once by ``create_app`` and read through ``app_state(request)``."""
+"""``Runtime``: the running server's components and its lifecycle (loading, ready, draining, failed).
+
+Built once by ``runtime/components.py`` from the settings, started and stopped by ``runtime/lifespan.py``; the
+HTTP layer reads it through ``runtime_of(request)``. It is also the ``ServingStatus`` the caption use case
+consults: its variant pool, and whether new work is taken.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import HTTPConnection
 
 from captioner.config import Settings, to_dict
+from captioner.errors import Overloaded
 from captioner.feedback.collector import Feedback
 from captioner.guard.admission import AdmissionBudget
 from captioner.guard.api_keys import ApiKeys
@@ -22,34 +28,38 @@ from captioner.observability.metrics import Metrics
 from captioner.outbound.callbacks import CallbackSender
 from captioner.outbound.drift_webhook import DriftWebhook
 from captioner.outbound.url_fetch import UrlFetcher
-from captioner.rollout.canary_watch import CanaryWatch
 from captioner.rollout.drift_watch import DriftWatch
 from captioner.rollout.registry_source import RegistrySource
-from captioner.serving.service import CaptionService
-from captioner.serving.variants import VariantPool
+from captioner.serving.use_case import CaptionUseCase
+
+if TYPE_CHECKING:  # the model side is imported only where a model is served (never on an api replica)
+    from captioner.rollout.canary_watch import CanaryWatch
+    from captioner.serving.variants import VariantPool
 
 logger = logging.getLogger("captioner.app")
 
+ROLE_ALL, ROLE_API, ROLE_WORKER = "all", "api", "worker"
+
 
 @dataclass
-class AppState:
+class Runtime:
     settings: Settings
     metrics: Metrics
+    role: str  # serve --role: all (accept and caption), api (accept, no model), worker (caption the queue)
     keys: ApiKeys
-    url_fetcher: UrlFetcher
-    jobs: JobManager
-    drift: DriftWatch
-    feedback: Feedback
-    page: str  # the web page, rendered once from the settings
     limiter: SharedRateLimiter
     admission: AdmissionBudget  # requests and running jobs accepted and not yet answered (503 past it)
     job_quota: JobQuota  # async jobs this replica accepted that have not ended: per caller, and their bytes
-    role: str = "all"  # serve --role: all (accept and caption), api (accept, no model), worker (caption the queue)
+    jobs: JobManager
+    drift: DriftWatch
+    feedback: Feedback
+    url_fetcher: UrlFetcher
     callbacks: CallbackSender | None = None  # None without jobs.callback_secret: callback_url is refused
-    pool: VariantPool | None = None
-    registry: RegistrySource | None = None  # registry.path set: the variants are its aliases
-    canary: CanaryWatch | None = None  # made once the variants are up
     webhook: DriftWebhook | None = None  # drift.webhook_url set
+    registry: RegistrySource | None = None  # registry.path set: the variants are its aliases
+    use_case: CaptionUseCase = field(init=False)
+    pool: VariantPool | None = None  # the variants, once loaded (never on an api replica)
+    canary: CanaryWatch | None = None  # made once the variants are up
     loop: asyncio.AbstractEventLoop | None = None
     ready: bool = False
     draining: bool = False
@@ -63,6 +73,18 @@ class AppState:
         # Computed at each scrape, so it can never disagree with /readyz.
         self.metrics.ready.set_function(lambda: 0.0 if self.not_ready_reason() else 1.0)
 
+    @property
+    def serves_model(self) -> bool:
+        return self.role != ROLE_API
+
+    def refusal(self) -> Overloaded | None:
+        """Why new work is refused now (503), or None: the caption use case asks before reading a body."""
+        if self.draining:
+            return Overloaded("the server is shutting down", retry_after_s=1)
+        if not self.ready:
+            return Overloaded("the model is still loading", retry_after_s=5)
+        return None
+
     def not_ready_reason(self) -> str | None:
         """Why /readyz says 503 (loading, draining, a model down or failing, a fatal error); None when ready."""
         if self.fatal_error is not None:
@@ -75,11 +97,6 @@ class AppState:
             return "loading"
         problems = self.pool.health_problems() if self.pool is not None else []  # an api replica has no model
         return "; ".join(problems) if problems else None
-
-    @property
-    def service(self) -> CaptionService | None:
-        """A live variant's service, for what every variant does alike (admission, queue estimates)."""
-        return self.pool.router.any_service() if self.pool is not None else None
 
     async def reload(self, new: Settings) -> None:
         """SIGHUP: apply the new `models:` list (weights, added or removed variants) without dropping requests.
@@ -100,9 +117,6 @@ class AppState:
         await self.pool.reload(applied)
         self.settings = applied
 
-    def set_ready(self, ready: bool) -> None:
-        self.ready = ready
-
     def start_draining(self) -> None:
         """Called on SIGTERM, before anything else: stop looking ready, refuse new work, and stop holding
         queued requests back for their batch deadline (no new request will join them). The drain budget,
@@ -110,7 +124,7 @@ class AppState:
         if self.drain_deadline is None:
             self.drain_deadline = self.clock() + self.settings.server.drain_timeout_s
         self.draining = True
-        self.set_ready(False)
+        self.ready = False
         if self.loop is not None:
             # A signal handler may run between any two bytecodes of the loop: hand the loop the work.
             self.loop.call_soon_threadsafe(self.jobs.stop_claiming)
@@ -130,6 +144,6 @@ class AppState:
         task.add_done_callback(self.tasks.discard)
 
 
-def app_state(connection: HTTPConnection) -> AppState:
-    state: AppState = connection.app.state.captioner
-    return state
+def runtime_of(connection: HTTPConnection) -> Runtime:
+    runtime: Runtime = connection.app.state.captioner
+    return runtime

@@ -10,45 +10,51 @@ whose deadline passes while it waits is answered 504 without being decoded at al
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from captioner.config import DEFAULT_VARIANT, Settings
-from captioner.errors import CaptionerError, ModelUnavailable, RequestTimeout
+from captioner.errors import CaptionerError, ModelUnavailable, Overloaded, RequestTimeout
 from captioner.model.device_errors import is_fatal_device_error
 from captioner.model.preprocessing import ImageInfo, PreparedImage
 from captioner.model.protocol import Caption, Captioner, CaptionJob
 from captioner.observability.metrics import Metrics
-from captioner.rollout.drift_watch import DriftWatch
 from captioner.serving.batcher import Batcher, BatchInfo
 from captioner.serving.cache import CaptionCache, Lookup, cache_key
+from captioner.serving.hashing import INLINE_HASH_BYTES, sha256_hex, sha256_off_loop
 from captioner.serving.health import ModelHealth, OnFatal
 from captioner.serving.live_stats import VariantStats
+from captioner.serving.outcome import CaptionOutcome
 from captioner.shared_state.redis_cache import RedisCacheLevel
 from captioner.shared_state.redis_client import RedisClient
 
 logger = logging.getLogger("captioner.service")
 
-# Hashing is ~1 GB/s; below this size a thread hop costs more than hashing inline.
-_INLINE_HASH_BYTES = 256 * 1024
+
+class ImageObserver(Protocol):
+    """What watches the images the model captions and its answers: the drift monitor (rollout/drift_watch.py)."""
+
+    def observe_input(self, prepared: PreparedImage, n_bytes: int) -> None:
+        """On the preprocessing thread that decoded the image; must not raise."""
+
+    def observe_output(self, captions: Sequence[Caption]) -> None:
+        """With the model's captions for one image, best first; must not raise."""
 
 
-@dataclass(frozen=True)
-class CaptionOutcome:
-    captions: list[Caption]
-    cached: bool
-    image_sha256: str
-    info: ImageInfo | None  # None on a cache hit: the image was never decoded
-    batch_size: int | None = None  # images in the generate() call that captioned it; None on a cache hit
-    variant: str = DEFAULT_VARIANT  # the A/B variant that answered
-    model: str = ""  # its model name
+class Unobserved:
+    """No observer: nothing is watched."""
+
+    def observe_input(self, prepared: PreparedImage, n_bytes: int) -> None:
+        return None
+
+    def observe_output(self, captions: Sequence[Caption]) -> None:
+        return None
 
 
 @dataclass(frozen=True)
@@ -111,7 +117,7 @@ class CaptionService:
         captioner: Captioner,
         metrics: Metrics,
         *,
-        drift: DriftWatch | None = None,
+        observer: ImageObserver | None = None,
         variant: str = DEFAULT_VARIANT,
         on_fatal: OnFatal | None = None,
     ) -> None:
@@ -121,7 +127,7 @@ class CaptionService:
         self._settings_keys: dict[int, str] = {}
         self.captioner = captioner
         self.metrics = metrics
-        self.drift = drift if drift is not None else DriftWatch(None)
+        self.observer = observer if observer is not None else Unobserved()
         self.stats = VariantStats()  # live signals for the canary analysis (rollout/canary.py)
         gen = settings.generation
         self._model_id = {
@@ -192,11 +198,17 @@ class CaptionService:
         return finished
 
     async def sha256(self, data: bytes) -> str:
-        if len(data) <= _INLINE_HASH_BYTES:
-            return hashlib.sha256(data).hexdigest()
-        loop = asyncio.get_running_loop()
-        async with self._preprocess_slots:
-            return await loop.run_in_executor(self._preprocess_pool, lambda: hashlib.sha256(data).hexdigest())
+        if len(data) <= INLINE_HASH_BYTES:
+            return sha256_hex(data)
+        async with self._preprocess_slots:  # a big image waits its turn like a decode
+            return await sha256_off_loop(data, self._preprocess_pool)
+
+    def overload(self) -> Overloaded | None:
+        """The refusal for one more request while this variant's queue is full; None while it has room."""
+        batcher = self.batcher
+        if batcher.queue_depth >= batcher.max_queue:
+            return Overloaded(retry_after_s=batcher.retry_after_s())
+        return None
 
     def key_for(self, image_sha256: str, num_captions: int) -> str:
         # The settings part of the key is the same for every request: build it once per num_captions, so the
@@ -282,13 +294,13 @@ class CaptionService:
             if timeout_s <= 0:
                 raise RequestTimeout()
         inferred = await self.batcher(CaptionJob.of(prepared, num_captions), timeout_s=timeout_s)
-        self.drift.observe_output(inferred.captions)
+        self.observer.observe_output(inferred.captions)
         return _Computed(inferred.captions, prepared.info, inferred.batch_size)
 
     def _preprocess(self, data: bytes) -> PreparedImage:
-        """On a preprocessing thread: decode, then the drift monitor's input features (~0.5 ms more)."""
+        """On a preprocessing thread: decode, then the observer's look (the drift features: ~0.5 ms more)."""
         prepared = self.captioner.preprocess(data)
-        self.drift.observe_input(prepared, len(data))
+        self.observer.observe_input(prepared, len(data))
         return prepared
 
     async def _run_batch(self, jobs: Sequence[CaptionJob]) -> list[_Inferred]:

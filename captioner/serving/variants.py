@@ -23,9 +23,8 @@ from captioner.errors import Overloaded
 from captioner.model import heap
 from captioner.model.protocol import Captioner
 from captioner.observability.metrics import Metrics
-from captioner.rollout.drift_watch import DriftWatch
 from captioner.serving.health import OnFatal
-from captioner.serving.service import CaptionService
+from captioner.serving.service import CaptionService, ImageObserver
 
 logger = logging.getLogger("captioner.variants")
 
@@ -147,7 +146,7 @@ class VariantPool:
         metrics: Metrics,
         *,
         load_model: LoadModel,
-        drift: DriftWatch | None = None,
+        observer: ImageObserver | None = None,
         on_fatal: OnFatal | None = None,
     ) -> None:
         self.settings = settings
@@ -155,7 +154,7 @@ class VariantPool:
         self._on_fatal = on_fatal
         self.router = VariantRouter()
         self._load_model = load_model
-        self._drift = drift
+        self._observer = observer
         self._retired: set[asyncio.Task[bool]] = set()
         self._reloading = asyncio.Lock()
 
@@ -175,7 +174,7 @@ class VariantPool:
                 extra={"variant": name, "untrained": True},
             )  # fmt: skip
         service = CaptionService(
-            settings, model, self.metrics, drift=self._drift, variant=name, on_fatal=self._on_fatal
+            settings, model, self.metrics, observer=self._observer, variant=name, on_fatal=self._on_fatal
         )
         service.start()
         try:
@@ -242,6 +241,14 @@ class VariantPool:
 
     def choose(self, sticky_key: str) -> Variant:
         return self.router.choose(sticky_key)
+
+    def overload(self) -> Overloaded | None:
+        """The refusal when every variant taking traffic has a full queue (whichever one a request would go to
+        is full, so it can be refused before its body is read); None while one has room."""
+        refusals = [v.service.overload() for v in self.router if v.weight > 0]
+        if not refusals or any(refusal is None for refusal in refusals):
+            return None
+        return min(refusals, key=lambda refusal: refusal.retry_after_s if refusal is not None else 0.0)
 
     def health_problems(self) -> list[str]:
         """Why a variant taking traffic can't take work (its model is down, failing or failed); [] if none."""

@@ -79,7 +79,7 @@ class CountingBreaker(CircuitBreaker):
 
 
 def redis_client_of(server: LiveServer) -> RedisClient:
-    service = server.app.state.captioner.service
+    service = server.app.state.captioner.pool.router.any_service()
     assert service is not None and isinstance(service.cache.second_level, RedisCacheLevel)
     return service.cache.second_level.store
 

@@ -1,9 +1,14 @@
-"""The package's architecture, enforced: imports point one way between subpackages, and no module cycles.
+"""The package's architecture, enforced: the imports between subpackages are exactly the edges below, and no
+module imports in a cycle.
 
-http -> guard -> serving -> model, with tools beside http (offline commands use serving and model, never
-the HTTP layer); observability and shared_state are leaves, registry nearly one (config and errors only);
-config, errors and client import nothing of ours.
-Imports inside functions count too: a lazy import is still a dependency.
+The tiers (../shared/DESIGN.md): entry points (cli, server) -> http -> runtime -> {guard, serving, jobs,
+rollout, feedback, outbound} -> {model, registry} -> {shared_state, observability, config, errors}; tools beside
+http (offline commands, never the HTTP layer), client alone. Within the middle tier: jobs run captions through
+serving's use case and send callbacks through outbound; rollout watches serving's variants.
+Imports inside functions and under TYPE_CHECKING count too: a lazy import is still a dependency.
+
+``EDGES`` is exact: a new edge fails ``test_imports_point_one_way``, and an edge listed here that the code no
+longer has fails ``test_every_listed_edge_exists`` (a stale allowance would let a regression through).
 """
 
 from __future__ import annotations
@@ -15,21 +20,30 @@ import captioner
 
 PACKAGE = Path(captioner.__file__).parent
 
-# What each part may import (besides itself). Top-level entry points (cli, server, __main__) may import anything.
-LEAVES = {"config", "errors", "client"}
-ALLOWED: dict[str, set[str]] = {
+BASE = {"config", "errors"}
+# What each part imports (besides itself), exactly.
+EDGES: dict[str, set[str]] = {
     "config": set(),
     "errors": set(),
     "client": set(),
-    "observability": {"config", "errors"},
-    "shared_state": {"config", "errors", "observability"},
-    "model": {"config", "errors", "observability"},
-    # The model registry: a folder of versions and aliases; the server and the CLI both use it.
-    "registry": {"config", "errors"},
-    "serving": {"config", "errors", "observability", "shared_state", "model", "registry"},
-    "guard": {"config", "errors", "observability", "shared_state", "serving", "model", "registry"},
-    "http": {"config", "errors", "observability", "shared_state", "serving", "model", "guard", "registry"},
-    "tools": {"config", "errors", "observability", "shared_state", "serving", "model", "client", "registry"},
+    "observability": set(),
+    "shared_state": set(),
+    "registry": {"config"},
+    "model": BASE,
+    "guard": BASE | {"observability", "shared_state"},
+    "feedback": BASE | {"observability", "shared_state"},
+    "outbound": BASE | {"observability", "rollout"},
+    "jobs": BASE | {"observability", "shared_state", "serving", "outbound"},
+    "serving": BASE | {"observability", "shared_state", "model"},
+    "rollout": {"config", "observability", "model", "registry", "serving"},
+    "runtime": BASE | {"observability", "model", "guard", "serving", "jobs", "rollout", "feedback", "outbound"},
+    "http": BASE | {"observability", "model", "guard", "serving", "jobs", "feedback", "runtime"},
+    "tools": BASE | {"observability", "model", "registry", "serving", "rollout", "feedback", "client"},
+    # Entry points.
+    "__init__": set(),
+    "__main__": {"cli"},
+    "cli": {"config", "server", "tools"},
+    "server": {"config", "guard", "http", "model", "observability", "runtime"},
 }
 ENTRY_POINTS = {"cli", "server", "__main__", "__init__"}
 
@@ -63,25 +77,42 @@ def part_of(module: str) -> str:
     return parts[1] if len(parts) > 1 else "__init__"
 
 
-def test_imports_point_one_way() -> None:
+def part_edges() -> dict[tuple[str, str], list[str]]:
+    """Each (part, other part) import edge, with the module imports that make it."""
     modules = all_modules()
-    wrong = []
+    edges: dict[tuple[str, str], list[str]] = {}
     for name, path in modules.items():
-        part = part_of(name)
-        if part in ENTRY_POINTS:
-            continue
         for target in imports_of(path):
             if target not in modules or target == "captioner":
                 continue
-            other = part_of(target)
-            if other != part and other not in ALLOWED[part]:
-                wrong.append(f"{name} -> {target}")
-    assert not wrong, "imports that point the wrong way:\n" + "\n".join(sorted(wrong))
+            if part_of(target) != part_of(name):
+                edges.setdefault((part_of(name), part_of(target)), []).append(f"{name} -> {target}")
+    return edges
+
+
+def test_imports_point_one_way() -> None:
+    wrong = [imports[0] for (part, other), imports in part_edges().items() if other not in EDGES.get(part, set())]
+    assert not wrong, "imports that point the wrong way (or a new edge: add it to EDGES on purpose):\n" + "\n".join(
+        sorted(wrong)
+    )
+
+
+def test_every_listed_edge_exists() -> None:
+    found = set(part_edges())
+    stale = sorted(
+        f"{part} -> {other}" for part, others in EDGES.items() for other in others if (part, other) not in found
+    )
+    assert not stale, "EDGES allows imports the code no longer makes; remove them:\n" + "\n".join(stale)
+
+
+def test_only_entry_points_import_the_http_layer() -> None:
+    users = {part for (part, other) in part_edges() if other == "http"} - {"http"}
+    assert users <= {"server", "cli"}, f"captioner.http imported by {sorted(users)}"
 
 
 def test_every_subpackage_has_rules() -> None:
-    parts = {part_of(m) for m in all_modules()} - ENTRY_POINTS
-    assert parts <= set(ALLOWED), f"no layering rule for {parts - set(ALLOWED)}"
+    parts = {part_of(m) for m in all_modules()}
+    assert parts <= set(EDGES), f"no layering rule for {parts - set(EDGES)}"
 
 
 def test_no_import_cycles() -> None:

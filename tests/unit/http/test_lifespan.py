@@ -17,7 +17,7 @@ import yaml
 
 from captioner.config import Settings, load_settings
 from captioner.http.app import create_app
-from captioner.runtime.state import AppState
+from captioner.runtime.state import Runtime
 from tests.fakes import FakeCaptioner
 
 pytestmark = pytest.mark.anyio
@@ -31,10 +31,10 @@ def anyio_backend() -> str:
 
 
 @asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[AppState]:
+async def running(settings: Settings) -> AsyncIterator[Runtime]:
     """The app's lifespan, started (fake model loaded, warmed up, ready) and shut down around the block."""
     app = create_app(settings, FakeCaptioner())
-    state: AppState = app.state.captioner
+    state: Runtime = app.state.captioner
     async with app.router.lifespan_context(app):
 
         async def ready() -> None:

@@ -201,7 +201,7 @@ def test_server_with_process_worker(tiny_model_dir: Path) -> None:
             assert answer.status_code == 200, answer.text
             body = answer.json()
             assert body["captions"][0]["text"] and 0 < body["captions"][0]["confidence"] <= 1
-        service = server.app.state.captioner.service
+        service = server.app.state.captioner.pool.router.any_service()
         assert isinstance(service.captioner, ProcessCaptioner)
         child = service.captioner._child.process
     assert not child.is_alive()  # the service closed its model process on shutdown

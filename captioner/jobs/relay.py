@@ -1,0 +1,25 @@
+"""The caption use case's relay on an ``api``-role replica, which has no model: a synchronous request becomes a
+job on the shared queue, and its answer is the job's result (the same body and errors as a replica with a
+model; 504 at the request's deadline). A repeated ``Idempotency-Key`` waits on the first request's job."""
+
+from __future__ import annotations
+
+from captioner.errors import error_from_body
+from captioner.jobs.manager import JobManager
+from captioner.jobs.queue import JobRequest
+from captioner.serving.outcome import CaptionOutcome, outcome_from_body
+from captioner.serving.use_case import CaptionCommand
+
+
+class JobRelay:
+    def __init__(self, jobs: JobManager) -> None:
+        self.jobs = jobs
+
+    async def caption(self, command: CaptionCommand) -> CaptionOutcome:
+        request = JobRequest.new(command.api_key, command.num_captions, image=command.image, url=command.url)
+        job = (await self.jobs.submit(request, idempotency_key=command.idempotency_key)).job
+        ended = await self.jobs.wait(job.job_id, principal=job.owner, deadline=command.deadline)
+        result = ended.result or {}
+        if ended.status != "success":
+            raise error_from_body(result)
+        return outcome_from_body(result)

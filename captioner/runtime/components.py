@@ -1,0 +1,71 @@
+"""The composition root: every component of a replica, built once from the validated settings.
+
+``build_runtime`` is the one place that knows which concrete pieces a role gets; the HTTP layer
+(``http/app.py``), the lifespan and ``server.py`` only use what it returns. What a replica without a model
+(``--role api``) never builds, it never imports: that replica runs without torch.
+"""
+
+from __future__ import annotations
+
+from captioner.config import Settings, check_role
+from captioner.feedback.collector import build_feedback
+from captioner.guard.admission import AdmissionBudget
+from captioner.guard.api_keys import ApiKeys
+from captioner.guard.job_quota import JobQuota
+from captioner.guard.shared_limiter import SharedRateLimiter
+from captioner.jobs.manager import JobManager
+from captioner.jobs.relay import JobRelay
+from captioner.observability.metrics import Metrics
+from captioner.outbound.callbacks import build_callback_sender
+from captioner.outbound.drift_webhook import DriftWebhook
+from captioner.outbound.url_fetch import UrlFetcher
+from captioner.rollout.drift_watch import DriftWatch
+from captioner.rollout.registry_source import RegistrySource
+from captioner.runtime.state import ROLE_API, Runtime
+from captioner.serving.use_case import CaptionUseCase
+
+
+def build_runtime(settings: Settings, metrics: Metrics, role: str) -> Runtime:
+    """Every component of a replica of ``role``; a bad setting that only shows here stops start-up, named."""
+    check_role(role, settings)
+    fetcher = UrlFetcher(settings.url_input, max_bytes=settings.limits.max_body_bytes)
+    metrics.url_fetches_in_flight.set_function(lambda: fetcher.in_flight)
+    admission = AdmissionBudget.from_settings(settings, metrics)
+    jobs = JobManager.from_settings(settings, metrics)
+    runtime = Runtime(
+        settings=settings,
+        metrics=metrics,
+        role=role,
+        keys=ApiKeys.from_settings(settings.auth),  # a bad entry stops start-up here, naming its position
+        limiter=SharedRateLimiter.from_settings(settings, metrics),
+        admission=admission,
+        job_quota=JobQuota.from_settings(settings, admission),
+        jobs=jobs,
+        drift=DriftWatch.from_settings(settings.drift, metrics),  # a bad reference file stops start-up here
+        feedback=build_feedback(settings, metrics),
+        url_fetcher=fetcher,
+        callbacks=build_callback_sender(settings),
+        registry=RegistrySource(settings, metrics) if settings.registry.path and role != ROLE_API else None,
+    )
+    if settings.drift.webhook_url and runtime.drift.enabled:
+        runtime.webhook = DriftWebhook(settings.drift, settings.url_input, runtime.drift, metrics)
+    # An api replica has no model: its captions are made by the workers, through the job queue.
+    relay = JobRelay(jobs) if role == ROLE_API else None
+    runtime.use_case = CaptionUseCase(runtime, fetcher.fetch, relay)
+    return runtime
+
+
+def fetch_weights(runtime: Runtime) -> None:
+    """Download what the replica will serve and doesn't have yet (``model.path`` empty: ``model.name`` from the
+    hub), before the port is bound; ``WeightsUnavailable`` says what to do when it can't. The registry's versions
+    are on disk by construction; its fallback (the ``model`` section) may not be."""
+    if not runtime.serves_model:
+        return
+    from captioner.model.weights import ensure_weights
+
+    registry = runtime.registry
+    if registry is not None:
+        registry.refresh()
+    variants = registry.resolve(runtime.settings) if registry is not None else runtime.settings
+    for _, _, variant in variants.variants():
+        ensure_weights(variant.model)
