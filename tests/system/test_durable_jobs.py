@@ -104,6 +104,21 @@ def test_the_api_replica_loads_no_model_and_the_worker_serves_only_probes_and_me
         assert httpx.request(method, worker.url + path, headers=ALPHA).status_code == 404
 
 
+def mapped_libraries(pid: int) -> set[str]:
+    """The file names of the shared objects a live process has mapped (/proc/<pid>/maps, Linux)."""
+    lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    return {Path(line.split()[-1]).name for line in lines if ".so" in line.split()[-1]}
+
+
+def test_the_api_replica_never_maps_libtorch(split: Any) -> None:
+    """An api replica relays captions through the queue: torch (about 1 GB of libraries) has no business there."""
+    _, api, worker = split
+    assert httpx.post(api.url + CAPTION, content=photo(798), headers={"Content-Type": "image/png", **ALPHA},
+                      timeout=60).status_code == 200  # fmt: skip  # a relayed caption: every code path has run
+    assert not {name for name in mapped_libraries(api.pid) if name.startswith("libtorch")}
+    assert {name for name in mapped_libraries(worker.pid) if name.startswith("libtorch")}  # the check can see it
+
+
 def test_jobs_accepted_by_the_api_are_captioned_by_the_worker_like_sync_requests(split: Any) -> None:
     redis_server, api, worker = split
     images = {seed: photo(seed) for seed in range(700, 706)}
