@@ -25,11 +25,11 @@ from captioner.guard.caller import api_key_of
 from captioner.http.body import body_limit, read_capped_body
 from captioner.http.json_body import decode_base64, parse_json
 from captioner.http.responses import FastJSONResponse
+from captioner.jobs.records import JOB_ID
 from captioner.runtime.state import Runtime, runtime_of
 from captioner.serving.hashing import sha256_off_loop
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
-JOB_ID = re.compile(r"[0-9a-f]{32}")
 MAX_TEXT = 1000  # characters in a caption or a correction
 FIELDS = ("image_sha256", "job_id", "caption", "rating", "correction", "image")
 

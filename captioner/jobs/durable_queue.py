@@ -57,7 +57,7 @@ def decode_request(job_id: str, payload: bytes, image: bytes | None) -> tuple[Jo
     return request, request.image is None and request.url is None
 
 
-class StreamJobQueue:
+class DurableJobQueue:
     redelivers = True
 
     def __init__(

@@ -17,10 +17,10 @@ from collections.abc import Callable
 
 from captioner.config import Settings
 from captioner.errors import NotFound, RequestTimeout
-from captioner.jobs.durable_queue import StreamJobQueue
+from captioner.jobs.durable_queue import DurableJobQueue
 from captioner.jobs.queue import JobQueue, JobRequest, MemoryJobQueue, Submitted
 from captioner.jobs.records import JOB_ID, Job, build_job_store
-from captioner.jobs.worker import JobRunner, JobWorker
+from captioner.jobs.worker import JobWorker, RunJob
 from captioner.observability.metrics import Metrics
 from captioner.outbound.callbacks import CallbackSender
 from captioner.shared_state.job_stream import RedisJobStream
@@ -49,7 +49,7 @@ def build_job_queue(settings: Settings, metrics: Metrics) -> JobQueue:
         client, blocking, consumer=consumer, max_length=jobs.max_jobs, ttl_s=jobs.ttl_s, lease_s=jobs.lease_s,
         block_s=_BLOCK_S,
     )  # fmt: skip
-    return StreamJobQueue(stream, ttl_s=jobs.ttl_s, lease_s=jobs.lease_s, max_attempts=jobs.max_attempts)
+    return DurableJobQueue(stream, ttl_s=jobs.ttl_s, lease_s=jobs.lease_s, max_attempts=jobs.max_attempts)
 
 
 class JobManager:
@@ -115,7 +115,7 @@ class JobManager:
 
     def start_worker(
         self,
-        run: JobRunner,
+        run: RunJob,
         *,
         capacity: int,
         request_timeout_s: float,

@@ -25,12 +25,12 @@ import orjson
 from captioner.config import Settings
 from captioner.errors import Overloaded
 from captioner.observability.metrics import Metrics
+from captioner.shared_state.job_stream import RECORD_PREFIX
 from captioner.shared_state.redis_client import RedisClient, RedisUnavailable
 
 logger = logging.getLogger("captioner.jobs")
 
 JOB_ID = re.compile(r"[0-9a-f]{32}")
-KEY_PREFIX = "captioner:job:v1:"
 JobStatus = Literal["processing", "success", "error"]
 
 
@@ -141,7 +141,7 @@ class RedisJobStore:
     async def add(self, job: Job) -> None:
         await self.local.add(job)  # bounds the jobs this replica runs
         try:
-            await self.store.set(KEY_PREFIX + job.job_id, job.to_json(), ttl_s=self.ttl_s)
+            await self.store.set(RECORD_PREFIX + job.job_id, job.to_json(), ttl_s=self.ttl_s)
         except RedisUnavailable as exc:
             await self.local.forget(job.job_id)
             retry = max(1.0, self.store.breaker.retry_in_s)
@@ -150,7 +150,7 @@ class RedisJobStore:
     async def update(self, job: Job) -> None:
         await self.local.update(job)
         try:
-            await self.store.set(KEY_PREFIX + job.job_id, job.to_json(), ttl_s=self.ttl_s)
+            await self.store.set(RECORD_PREFIX + job.job_id, job.to_json(), ttl_s=self.ttl_s)
         except RedisUnavailable:
             logger.warning("job %s finished but Redis is unavailable: only this replica can report it", job.job_id)
 
@@ -159,7 +159,7 @@ class RedisJobStore:
         if mine is not None:
             return mine
         try:
-            raw = await self.store.get(KEY_PREFIX + job_id)
+            raw = await self.store.get(RECORD_PREFIX + job_id)
         except RedisUnavailable as exc:
             # Not 404: the job may well exist; the client should ask again.
             raise Overloaded("the shared job store (Redis) is unavailable", retry_after_s=1) from exc

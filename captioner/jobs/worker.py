@@ -1,5 +1,5 @@
 """The consumer loop: claims jobs from the queue, runs each through the same service path as a synchronous
-request (a ``JobRunner`` supplied by the HTTP layer: hash -> cache -> preprocess -> batcher), stores its one
+request (a ``RunJob`` supplied by the HTTP layer: hash -> cache -> preprocess -> batcher), stores its one
 result, sends its callback, and only then settles the delivery (acks it).
 
 - At most ``capacity`` jobs run at once: enough to fill a batch while the previous one runs. The rest wait in
@@ -32,7 +32,7 @@ from captioner.outbound.callbacks import CallbackSender
 logger = logging.getLogger("captioner.jobs")
 
 # (request, deadline as a time.monotonic() instant) -> the synchronous 200 body.
-JobRunner = Callable[[JobRequest, float], Awaitable[dict[str, Any]]]
+RunJob = Callable[[JobRequest, float], Awaitable[dict[str, Any]]]
 RETRYABLE = (Overloaded, RequestTimeout, ModelError)
 _CLAIM_BACKOFF_S = (0.1, 5.0)  # after a failed claim (Redis down): first and longest wait
 
@@ -41,7 +41,7 @@ class JobWorker:
     def __init__(
         self,
         queue: JobQueue,
-        run: JobRunner,
+        run: RunJob,
         *,
         metrics: Metrics,
         capacity: int,

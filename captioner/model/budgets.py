@@ -2,7 +2,7 @@
 (``batching.auto_batch_size``) and the model's CPU threads from measured costs (``model.auto_threads: measured``).
 
 Both are pure functions of the measurements, so they are tested without a GPU or a quiet machine; ``blip.py``
-takes the measurements.
+takes the measurements, on the typical request that ``synthetic_photo`` draws.
 """
 
 from __future__ import annotations

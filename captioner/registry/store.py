@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from captioner.model.weights import is_untrained
 from captioner.registry.aliases import Aliases, now_iso
 from captioner.registry.files import fsync_dir, locked, read_json, write_json
 
@@ -34,7 +35,6 @@ META = "meta.json"
 ALIASES = "aliases.json"
 GATE_REPORT = "gate-report.json"
 CARD = "training.json"  # what `captioner train` writes beside the weights
-UNTRAINED_MARKER = "UNTRAINED"  # what `captioner init-model` writes (model/weights.py)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # Left behind by training runs; not part of the model.
 _NOT_COPIED = shutil.ignore_patterns("checkpoints", "checkpoint-*", "runs", "*.tmp", ".*")
@@ -166,7 +166,7 @@ class Registry:
             "source": str(source.resolve()),
             "parent": parent if parent is not None else self._parent_from_card(card),
             "weights_sha256": weights_sha256(model),
-            "untrained": (model / UNTRAINED_MARKER).is_file(),
+            "untrained": is_untrained(model),
             "card": CARD if card else None,
             "data": card.get("data") if isinstance(card.get("data"), dict) else {},
             "code_revision": card.get("code_revision"),

@@ -18,13 +18,13 @@ from typing import Any
 
 from captioner.config import CanarySettings
 from captioner.observability.metrics import Metrics
+from captioner.registry.aliases import CANARY, PRODUCTION
 from captioner.rollout.canary import ApprovalSource, Signals, Verdict, decide
 from captioner.serving.live_stats import StatsSnapshot
 from captioner.serving.variants import Variant, VariantPool
 
 logger = logging.getLogger("captioner.canary")
 
-PRODUCTION, CANARY = "production", "canary"
 OnRollback = Callable[[Variant, Verdict], Awaitable[None]]
 
 

@@ -21,12 +21,9 @@ from captioner.serving.outcome import outcome_body
 from captioner.serving.use_case import CaptionCommand
 
 if TYPE_CHECKING:  # the model side: imported when a model is loaded, never on an api replica
-    from captioner.model.protocol import Captioner
-    from captioner.serving.variants import VariantPool
+    from captioner.serving.variants import LoadModel, VariantPool
 
 logger = logging.getLogger("captioner.app")
-
-LoadModel = Callable[[Settings], "Captioner"]
 
 
 def lifespan(

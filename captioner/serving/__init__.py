@@ -1,2 +1,3 @@
-"""The data path after parsing: hash -> cache -> preprocess -> batcher -> model, per A/B variant, sync or as a job
-(the job queue, in process or durable on Redis Streams, and the worker that consumes it)."""
+"""The caption path: the use case every entry calls (``use_case``: admit -> look up -> caption -> outcome), the
+per-variant service (``service``: hash -> cache -> preprocess -> batcher -> model), the A/B variants, the model's
+health and the live statistics the canary analysis reads."""

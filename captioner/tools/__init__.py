@@ -1,2 +1,4 @@
-"""Offline commands: caption files, evaluate on a COCO set, save a drift reference, write an untrained model,
-draw a synthetic captioning set, and train."""
+"""Offline commands, by family: ``caption/`` (caption files), ``eval/`` (COCO metrics, the gate's scoring),
+``train/`` (fine-tuning, its data and model card), ``models/`` (the registry's command line); single commands
+flat: ``init_model``, ``synth`` (``data synth``), ``drift_reference``, ``feedback_export``, and ``command_line``,
+how each joins the CLI."""

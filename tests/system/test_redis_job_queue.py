@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from captioner.errors import InvalidRequest, ModelError, Overloaded
-from captioner.jobs.durable_queue import StreamJobQueue
+from captioner.jobs.durable_queue import DurableJobQueue
 from captioner.jobs.queue import JobRequest
 from captioner.jobs.worker import JobWorker
 from captioner.observability.metrics import Metrics
@@ -34,16 +34,16 @@ class Queues:
 
     def __init__(self, redis: RedisServer) -> None:
         self.redis = redis
-        self.made: list[StreamJobQueue] = []
+        self.made: list[DurableJobQueue] = []
 
-    def __call__(self, consumer: str, *, lease_s: float = 0.3, max_attempts: int = 2, **kwargs: Any) -> StreamJobQueue:
+    def __call__(self, consumer: str, *, lease_s: float = 0.3, max_attempts: int = 2, **kwargs: Any) -> DurableJobQueue:
         client = RedisClient(self.redis.url, name="jobs", timeout_s=2.0)
         blocking = RedisClient(self.redis.url, name="jobs-consumer", timeout_s=2.5)
         stream = RedisJobStream(
             client, blocking, consumer=consumer, max_length=kwargs.get("max_jobs", 100),
             ttl_s=kwargs.get("ttl_s", 60.0), lease_s=lease_s, block_s=0.05,
         )  # fmt: skip
-        queue = StreamJobQueue(stream, ttl_s=kwargs.get("ttl_s", 60.0), lease_s=lease_s, max_attempts=max_attempts)
+        queue = DurableJobQueue(stream, ttl_s=kwargs.get("ttl_s", 60.0), lease_s=lease_s, max_attempts=max_attempts)
         self.made.append(queue)
         return queue
 
@@ -250,7 +250,7 @@ async def test_consumers_of_replicas_long_gone_are_forgotten_but_not_those_holdi
     assert "holding" in names and "gone" not in names
 
 
-async def _ended(queue: StreamJobQueue, job_id: str) -> Any:
+async def _ended(queue: DurableJobQueue, job_id: str) -> Any:
     job = await queue.get(job_id)
     return job if job is not None and job.status != "processing" else None
 

@@ -28,7 +28,7 @@ EDGES: dict[str, set[str]] = {
     "client": set(),
     "observability": set(),
     "shared_state": set(),
-    "registry": {"config"},
+    "registry": {"config", "model"},  # a model folder's format (model/weights.py: the untrained marker)
     "model": BASE,
     "guard": BASE | {"observability", "shared_state"},
     "feedback": BASE | {"observability", "shared_state"},

@@ -21,7 +21,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +55,6 @@ class Failure:
     path: str
     code: str
     message: str
-
-
-@dataclass
-class BatchResult:
-    records: list[CaptionRecord] = field(default_factory=list)
-    failures: list[Failure] = field(default_factory=list)
 
 
 def find_images(arguments: Sequence[str]) -> tuple[list[Path], list[Failure]]:
