@@ -1,7 +1,7 @@
 """Who is calling: what ``ApiGuard`` (guard/api_guard.py) learned about a request, read back by the routes.
 
-- ``api_key_of``: the API key's principal (``key:<id>``) when auth is on, else None. Jobs belong to it, and A/B
-  assignment sticks to it.
+- ``api_key_of``: the API key's principal (``key:<id>``) when auth is on, else None. Jobs belong to it (A/B
+  assignment never looks at it: serving/assignment.py).
 - ``principal_of``: the caller as rate limits and job quotas count it: the key's principal, or the client's
   address (``ip:<address>``, IPv6 by its /64) when auth is off.
 - ``is_admin``: the request carried one of ``auth.admin_keys`` (or no keys are configured at all).

@@ -18,6 +18,7 @@ from captioner.config import Settings
 from captioner.errors import InvalidRequest
 from captioner.guard.caller import api_key_of
 from captioner.http.access_log import request_record
+from captioner.http.assignment import assignment_key
 from captioner.http.inputs import CaptionRequest, parse_api_request
 from captioner.http.jobs_api import accept_job, idempotency_key, wants_async
 from captioner.http.responses import FastJSONResponse
@@ -47,6 +48,7 @@ async def caption_sync(request: Request, parse: RequestParser) -> CaptionOutcome
     runtime = runtime_of(request)
     use_case = runtime.use_case
     key = idempotency_key(request)  # 422 when malformed; a relayed request is deduplicated on it
+    assignment = assignment_key(request)  # 422 when malformed; else the image decides the variant
     use_case.admit()
     parsed = await parse(request, runtime.settings)
     if parsed.callback_url is not None:
@@ -60,6 +62,7 @@ async def caption_sync(request: Request, parse: RequestParser) -> CaptionOutcome
         deadline=started + runtime.settings.batching.request_timeout_s,
         api_key=api_key_of(request.scope),
         idempotency_key=key,
+        assignment_key=assignment,
     )
     record.image_bytes = len(parsed.image) if parsed.image is not None else None
     pending = await use_case.look_up(command)

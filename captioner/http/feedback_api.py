@@ -6,7 +6,8 @@ JSON ``{"image_sha256": "<64 hex>" | "job_id": "<id>", "caption": "...", "rating
 it. A ``job_id`` must be a finished, successful job of the caller's (404 otherwise, as for the GET).
 
 The variant credited is the one that served the caption: the job's, or for an ``image_sha256`` the one that
-A/B routing assigns to this caller and image (assignment is sticky, so that is the one that answered).
+A/B routing assigns to the image, or to the ``X-Assignment-Key`` sent with the rating (the caption request's:
+assignment is sticky, so that is the one that answered; never the API key).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from captioner.errors import InvalidRequest, NotFound, Overloaded, UnsupportedMe
 from captioner.feedback.collector import UNKNOWN_VARIANT
 from captioner.feedback.store import FeedbackRecord
 from captioner.guard.caller import api_key_of
+from captioner.http.assignment import OPENAPI_PARAMETER, assignment_key
 from captioner.http.body import body_limit, read_capped_body
 from captioner.http.json_body import decode_base64, parse_json
 from captioner.http.responses import FastJSONResponse
@@ -51,10 +53,11 @@ async def feedback(request: Request) -> Response:
     content_type = request.headers.get("content-type", "").lower()
     if not content_type.startswith("application/json"):
         raise UnsupportedMediaType('send JSON: {"image_sha256": ..., "caption": ..., "rating": 1..5}')
+    assignment = assignment_key(request)  # 422 when malformed
     body = await read_capped_body(request, body_limit(content_type, state.settings.limits.max_body_bytes))
     payload = await parse_json(body)  # orjson: nesting capped, off the event loop when big
     asked = parse_feedback(payload)
-    image_sha256, variant = await _rated_image(request, state, asked)
+    image_sha256, variant = await _rated_image(request, state, asked, assignment)
     if asked.image is not None and await sha256_off_loop(asked.image) != image_sha256:
         raise InvalidRequest("'image' is not the image that was captioned")
     record = FeedbackRecord(
@@ -105,7 +108,9 @@ def _text(payload: dict[str, Any], name: str) -> str:
     return value.strip()
 
 
-async def _rated_image(request: Request, state: Runtime, asked: FeedbackRequest) -> tuple[str, str]:
+async def _rated_image(
+    request: Request, state: Runtime, asked: FeedbackRequest, assignment: str | None
+) -> tuple[str, str]:
     """The rated image's SHA-256 and the variant that captioned it."""
     if asked.job_id is not None:
         job = await state.jobs.get(asked.job_id, principal=api_key_of(request.scope))  # 404: unknown or not yours
@@ -115,7 +120,7 @@ async def _rated_image(request: Request, state: Runtime, asked: FeedbackRequest)
         return result["image_sha256"], str(result.get("variant") or UNKNOWN_VARIANT)
     assert asked.image_sha256 is not None
     try:
-        variant = state.use_case.variant_for(asked.image_sha256, api_key_of(request.scope))
+        variant = state.use_case.variant_for(asked.image_sha256, assignment)
     except Overloaded:  # no variant takes traffic now
         variant = None
     return asked.image_sha256, variant or UNKNOWN_VARIANT
@@ -143,6 +148,7 @@ def openapi_operation(errors: dict[str, Any]) -> dict[str, Any]:
     return {
         "summary": "Rate a caption (1..5, 5 best), optionally with a corrected caption",
         "operationId": "feedback",
+        "parameters": [OPENAPI_PARAMETER],
         "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
         "responses": {
             "202": {"description": "kept", "content": {"application/json": {"schema": accepted}}},

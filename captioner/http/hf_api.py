@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from captioner.config import Settings
 from captioner.errors import InvalidImage, InvalidRequest, TooLarge
+from captioner.http.assignment import OPENAPI_PARAMETER
 from captioner.http.body import body_limit, read_capped_body
 from captioner.http.caption_api import caption_sync
 from captioner.http.inputs import CaptionRequest
@@ -62,6 +63,7 @@ def openapi_operation(errors: dict[str, Any]) -> dict[str, Any]:
         "summary": "The best caption, in Hugging Face's image-to-text shape (huggingface_hub.InferenceClient)",
         "description": 'The raw image bytes with any or no Content-Type, or JSON {"inputs": "<base64>"}.',
         "operationId": "hf_image_to_text",
+        "parameters": [OPENAPI_PARAMETER],
         "requestBody": {
             "required": True,
             "content": {"image/*": binary, "application/octet-stream": binary, "application/json": {"schema": inputs}},

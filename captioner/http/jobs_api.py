@@ -21,6 +21,7 @@ from starlette.responses import Response
 from captioner.errors import InvalidRequest, Overloaded
 from captioner.guard.caller import api_key_of, principal_of
 from captioner.http import paths
+from captioner.http.assignment import assignment_key
 from captioner.http.inputs import CaptionRequest, parse_api_request
 from captioner.http.responses import FastJSONResponse
 from captioner.jobs.queue import JobRequest
@@ -51,14 +52,16 @@ def idempotency_key(request: Request) -> str | None:
     return values[0]
 
 
-def job_request(request: Request, runtime: Runtime, parsed: CaptionRequest) -> JobRequest:
+def job_request(
+    request: Request, runtime: Runtime, parsed: CaptionRequest, assignment: str | None = None
+) -> JobRequest:
     if parsed.callback_url is not None:
         if runtime.callbacks is None:
             raise InvalidRequest("callback_url needs jobs.callback_secret set on the server (callbacks are signed)")
         runtime.callbacks.check(parsed.callback_url)  # 400 url_not_allowed for what could never be called
     return JobRequest.new(
         api_key_of(request.scope), parsed.num_captions, image=parsed.image, url=parsed.url,
-        callback_url=parsed.callback_url,
+        callback_url=parsed.callback_url, assignment_key=assignment,
     )  # fmt: skip
 
 
@@ -69,6 +72,7 @@ async def accept_job(request: Request, runtime: Runtime) -> Response:
     is read), and the images waiting in the queue are bounded (503): ``guard/job_quota.py``.
     """
     key = idempotency_key(request)
+    assignment = assignment_key(request)  # 422 before anything is read, like a malformed Idempotency-Key
 
     async def is_open(job_id: str) -> bool:
         job = await runtime.jobs.queue.get(job_id)
@@ -80,7 +84,7 @@ async def accept_job(request: Request, runtime: Runtime) -> Response:
             raise Overloaded("the server is shutting down", retry_after_s=1)
         parsed = await parse_api_request(request, runtime.settings)
         await runtime.job_quota.check_bytes(len(parsed.image or b""), is_open)
-        submitted = await runtime.jobs.submit(job_request(request, runtime, parsed), idempotency_key=key)
+        submitted = await runtime.jobs.submit(job_request(request, runtime, parsed, assignment), idempotency_key=key)
     except BaseException:
         place.cancel()
         raise

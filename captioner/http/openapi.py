@@ -11,7 +11,7 @@ from typing import Any
 from captioner import __version__
 from captioner.config import Settings
 from captioner.errors import error_codes
-from captioner.http import feedback_api, hf_api, paths
+from captioner.http import assignment, feedback_api, hf_api, paths
 from captioner.http.openapi_schemas import component_schemas
 
 _ERROR_CODES = error_codes()
@@ -118,6 +118,7 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                             "answers the first request's job instead of making another",
                             "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"},
                         },
+                        assignment.OPENAPI_PARAMETER,
                     ],
                     "requestBody": _caption_request_body(settings, num_captions),
                     "responses": {

@@ -40,6 +40,7 @@ def encode_request(request: JobRequest) -> bytes:
     return orjson.dumps({
         "owner": request.owner, "num_captions": request.num_captions, "url": request.url,
         "callback_url": request.callback_url, "image": request.image is not None,
+        "assignment_key": request.assignment_key,
     })  # fmt: skip
 
 
@@ -50,6 +51,7 @@ def decode_request(job_id: str, payload: bytes, image: bytes | None) -> tuple[Jo
         request = JobRequest(
             job_id, data["owner"], int(data["num_captions"]), image=image if data["image"] else None,
             url=data["url"], callback_url=data["callback_url"],
+            assignment_key=data.get("assignment_key"),  # absent from entries written before it existed
         )  # fmt: skip
     except (ValueError, KeyError, TypeError):
         logger.warning("job %s has an unreadable payload in the stream", job_id)

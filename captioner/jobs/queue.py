@@ -37,6 +37,7 @@ class JobRequest:
     image: bytes | None = field(default=None, repr=False)
     url: str | None = None
     callback_url: str | None = None
+    assignment_key: str | None = None  # X-Assignment-Key: the A/B variant sticks to it rather than to the image
 
     @classmethod
     def new(
@@ -47,9 +48,13 @@ class JobRequest:
         image: bytes | None,
         url: str | None,
         callback_url: str | None = None,
+        assignment_key: str | None = None,
     ) -> JobRequest:
         """A request for a new job, under a fresh random id."""
-        return cls(secrets.token_hex(16), owner, num_captions, image=image, url=url, callback_url=callback_url)
+        return cls(
+            secrets.token_hex(16), owner, num_captions, image=image, url=url, callback_url=callback_url,
+            assignment_key=assignment_key,
+        )  # fmt: skip
 
     async def fingerprint(self) -> str:
         """What makes two requests the same request (for Idempotency-Key reuse with a different body)."""

@@ -16,7 +16,10 @@ class JobRelay:
         self.jobs = jobs
 
     async def caption(self, command: CaptionCommand) -> CaptionOutcome:
-        request = JobRequest.new(command.api_key, command.num_captions, image=command.image, url=command.url)
+        request = JobRequest.new(
+            command.api_key, command.num_captions, image=command.image, url=command.url,
+            assignment_key=command.assignment_key,
+        )  # fmt: skip
         job = (await self.jobs.submit(request, idempotency_key=command.idempotency_key)).job
         ended = await self.jobs.wait(job.job_id, principal=job.owner, deadline=command.deadline)
         result = ended.result or {}

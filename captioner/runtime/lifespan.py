@@ -131,7 +131,10 @@ def _start_worker(runtime: Runtime) -> None:
         # A running job holds an admission ticket like a request in flight (it waits for one: it is accepted
         # already), and stops counting against its caller's outstanding jobs when it ends. It is accepted
         # work, so it skips the use case's admission (a drain finishes it rather than refusing it).
-        command = CaptionCommand(request.image, request.url, request.num_captions, deadline, api_key=request.owner)
+        command = CaptionCommand(
+            request.image, request.url, request.num_captions, deadline, api_key=request.owner,
+            assignment_key=request.assignment_key,
+        )  # fmt: skip
         try:
             async with await runtime.admission.acquire_waiting():
                 outcome = await runtime.use_case.caption(command)

@@ -6,8 +6,9 @@ all call ``CaptionUseCase``, so each answers the same way:
 1. ``admit()``, before the body is read: 503 while the server drains or loads, or when every variant taking
    traffic has a full queue (a refusal then costs nothing).
 2. ``look_up(command)``: fetch the URL if the image came as one, hash it, choose the A/B variant (sticky to the
-   caller's API key, else to the image), refuse with 503 when *that* variant's queue is full, and peek at its
-   cache. The answer is a ``Pending``: the outcome already (a hit), or the work that produces it.
+   image, or to the caller's ``X-Assignment-Key``: serving/assignment.py), refuse with 503 when *that*
+   variant's queue is full, and peek at its cache. The answer is a ``Pending``: the outcome already (a hit), or
+   the work that produces it.
 3. ``Pending.run()``: the variant's service (single-flight cache, preprocessing, batcher, model), or, with no
    model in this process, the relay through the job queue.
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from captioner.errors import Overloaded
+from captioner.serving.assignment import sticky_key
 from captioner.serving.outcome import CaptionOutcome
 
 if TYPE_CHECKING:  # types only: an api-role replica (a relay) never imports the model side
@@ -41,8 +43,9 @@ class CaptionCommand:
     url: str | None
     num_captions: int
     deadline: float  # a time.monotonic() instant: past it, no work starts (504)
-    api_key: str | None = None  # the caller's key principal ("key:<id>"), when auth is on
+    api_key: str | None = None  # the caller's key principal ("key:<id>"), when auth is on: a relayed job's owner
     idempotency_key: str | None = None  # a relayed request is deduplicated on it
+    assignment_key: str | None = None  # X-Assignment-Key: keeps one end user on one variant (never the API key)
 
     @classmethod
     def within(cls, timeout_s: float, **fields: object) -> CaptionCommand:
@@ -121,10 +124,11 @@ class CaptionUseCase:
         drain finishes it rather than refusing it."""
         return await (await self.look_up(command)).run()
 
-    def variant_for(self, image_sha256: str, api_key: str | None) -> str | None:
-        """The variant that answers (or answered) this caller for this image; None with no variant here."""
+    def variant_for(self, image_sha256: str, assignment_key: str | None) -> str | None:
+        """The variant that answers (or, with the weights unchanged, answered) this image for a caller that sends
+        this assignment key (None: none sent); None with no variant here."""
         pool = self._status.pool
-        return None if pool is None else pool.choose(_assignment(api_key, image_sha256)).name
+        return None if pool is None else pool.choose(sticky_key(image_sha256, assignment_key)).name
 
     async def _fetch_and_caption(self, command: CaptionCommand, pending: Pending) -> CaptionOutcome:
         assert command.url is not None, "a command carries an image or a URL"
@@ -141,7 +145,7 @@ class CaptionUseCase:
         service = pool.router.any_service()
         assert service is not None, "a loaded pool has a variant"
         digest = await service.sha256(image)
-        chosen = pool.choose(_assignment(command.api_key, digest)).service
+        chosen = pool.choose(sticky_key(digest, command.assignment_key)).service
         refusal = chosen.overload()
         if refusal is not None:
             raise refusal
@@ -150,8 +154,3 @@ class CaptionUseCase:
     @staticmethod
     async def _caption(service: CaptionService, image: bytes, digest: str, command: CaptionCommand) -> CaptionOutcome:
         return await service.caption(image, command.num_captions, deadline=command.deadline, image_sha256=digest)
-
-
-def _assignment(api_key: str | None, image_sha256: str) -> str:
-    """What A/B assignment sticks to: the caller's API key when there is one, else the image."""
-    return api_key or "image:" + image_sha256

@@ -1,9 +1,9 @@
 """A/B variants: several models served side by side, each with its own batcher, traffic split by weight.
 
-Assignment is sticky: the same caller (API key) or, without keys, the same image always lands on the same
+Assignment is sticky: the same image, or the same end user (``X-Assignment-Key``), always lands on the same
 variant while the weights stay put, so a user never sees captions flip between models from one call to the
-next. ``pick`` is a pure function of the weights and the sticky key (rendezvous over a hash), which makes the
-split testable without traffic.
+next; never the API key (assignment.py says why). ``pick`` is a pure function of the weights and the sticky
+key (rendezvous over a hash), which makes the split testable without traffic.
 
 Rollback is a config change: set a variant's weight to 0 and send SIGHUP. New weights apply to the next
 request; requests already routed to a variant finish there; a removed variant is drained, then closed.
