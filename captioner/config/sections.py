@@ -231,6 +231,9 @@ class CanarySettings:
     min_feedback: int = setting(20, ge=1)
     # How often the server compares the canary with production.
     interval_s: float = setting(5.0, gt=0)
+    # A canary whose model can't take work (down, or failing its batches) this long is rolled back, traffic or
+    # none; one whose load failed, at once. Its health never makes a replica unready (production's does).
+    max_down_s: float = setting(120.0, gt=0)
 
 
 @dataclass(frozen=True)

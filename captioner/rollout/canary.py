@@ -1,6 +1,9 @@
 """The canary analysis' decision: a pure function of production's and the canary's live signals.
 
 ``decide(production, canary, settings)`` -> ``Verdict``:
+- ``rollback`` (reason ``model_down``) first, whatever the traffic, when the canary's model can't serve: its load
+  failed (it never will, here), or it has been down or failing for ``canary.max_down_s``. Without this rule a
+  down canary answers nothing, never reaches ``min_requests``, and is never judged;
 - ``wait`` until each variant has ``canary.min_requests`` requests in the period compared (both: with a canary
   at 90 % production's figures would otherwise be noise);
 - ``rollback`` when the canary is worse than production beyond any configured margin, checked in this order:
@@ -10,6 +13,10 @@
   ``captioner_rollbacks_total``); ``detail`` names every failure with its numbers;
 - ``healthy`` otherwise. Flagger and Argo Rollouts analyse generic services this way; here the signals are a
   captioning model's.
+
+The canary's health is this analysis' business, never its replica's readiness: ``CANARY_VARIANT`` is optional to
+the variant pool (serving/variants.py: its failed load or down model doesn't make /readyz 503). Every replica
+runs the canary, so a broken one would otherwise take every replica out of its load balancer at once.
 """
 
 from __future__ import annotations
@@ -18,8 +25,12 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from captioner.config import CanarySettings
+from captioner.registry.aliases import CANARY
 
 ERROR_RATIO, P95_LATENCY, CONFIDENCE, APPROVAL = "error_ratio", "p95_latency", "confidence", "approval"
+MODEL_DOWN = "model_down"
+# The variant this analysis judges: optional to its replica (see the module's docstring).
+CANARY_VARIANT = CANARY
 
 
 class ApprovalSource(Protocol):
@@ -36,6 +47,8 @@ class Signals:
     mean_confidence: float | None
     feedback: int = 0
     approval: float | None = None
+    down_s: float | None = None  # how long its model has been unable to take work; None while it can
+    load_failed: str | None = None  # why its model could not be loaded (then it is not served here at all)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -45,6 +58,8 @@ class Signals:
             "mean_confidence": self.mean_confidence,
             "feedback": self.feedback,
             "approval": self.approval,
+            "down_s": self.down_s,
+            "load_failed": self.load_failed,
         }
 
 
@@ -55,7 +70,20 @@ class Verdict:
     detail: str = ""
 
 
+def unavailable(canary: Signals, settings: CanarySettings) -> str | None:
+    """Why the canary must go whatever its traffic says (its load failed, or it has been down too long); None
+    while it may stay."""
+    if canary.load_failed is not None:
+        return f"the canary's model failed to load ({canary.load_failed})"
+    if canary.down_s is not None and canary.down_s >= settings.max_down_s:
+        return f"the canary's model has been unable to serve for {canary.down_s:.0f} s (>= {settings.max_down_s:g} s)"
+    return None
+
+
 def decide(production: Signals, canary: Signals, settings: CanarySettings) -> Verdict:
+    down = unavailable(canary, settings)
+    if down is not None:
+        return Verdict("rollback", reason=MODEL_DOWN, detail=down)
     short = [
         f"{name} has {s.requests} of {settings.min_requests} requests"
         for name, s in (("canary", canary), ("production", production))

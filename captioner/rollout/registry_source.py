@@ -30,7 +30,7 @@ from captioner.registry.store import MODEL_DIR, Registry, RegistryError
 from captioner.rollout.canary import Verdict
 
 if TYPE_CHECKING:  # a type only: an api replica reads the registry's aliases without the model side
-    from captioner.serving.variants import Variant
+    from captioner.serving.variants import FailedVariant, Variant
 
 logger = logging.getLogger("captioner.registry")
 
@@ -93,8 +93,8 @@ class RegistrySource:
         return {"variant": variant, "weight": weight, "path": str(folder), "name": f"{self.name}:{version}",
                 "revision": str(version)}  # fmt: skip
 
-    def version_of(self, variant: Variant) -> int | None:
-        """The registry version a live variant serves (None for the model.path fallback)."""
+    def version_of(self, variant: Variant | FailedVariant) -> int | None:
+        """The registry version a variant serves, or failed to load (None for the model.path fallback)."""
         path = Path(variant.settings.model.path)
         if path.name != MODEL_DIR or path.parent.parent != self.registry.root / self.name:
             return None
@@ -114,7 +114,7 @@ class RegistrySource:
             except Exception:  # a bad read or a failed load must not stop the polling; the running set stays
                 logger.exception("applying the registry's aliases failed; the running variants stay")
 
-    async def on_canary_rollback(self, canary: Variant, verdict: Verdict) -> None:
+    async def on_canary_rollback(self, canary: Variant | FailedVariant, verdict: Verdict) -> None:
         """The canary analysis rolled ``canary`` back: never route to it again here, and clear the alias."""
         version = self.version_of(canary)
         if version is None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from captioner.config import ConfigError, Settings
 from captioner.jobs.queue import JobRequest
+from captioner.rollout.canary import CANARY_VARIANT
 from captioner.runtime.state import Runtime
 from captioner.serving.outcome import outcome_body
 from captioner.serving.use_case import CaptionCommand
@@ -92,6 +93,7 @@ async def _load(
             load_model=load_model,
             observer=runtime.drift,
             on_fatal=lambda reason: _model_failed(runtime, on_fatal, reason),
+            optional={CANARY_VARIANT},  # a broken canary is rolled back, never takes the replica out
         )
         runtime.pool = pool
         await pool.start()

@@ -44,6 +44,7 @@ class ModelHealth:
         *,
         probe: Callable[[], Awaitable[None]],
         on_fatal: OnFatal | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.variant = variant
         self.max_failures = settings.max_consecutive_failures
@@ -56,6 +57,10 @@ class ModelHealth:
         self.fatal: str | None = None
         self._retry_at = 0.0  # while not ready: when it may be back (Retry-After)
         self._probing: asyncio.Task[None] | None = None
+        self._clock = clock
+        # When it last stopped being ready (a ``clock`` instant), None while ready: the canary analysis rolls back
+        # a canary that stays down past canary.max_down_s, traffic or none (rollout/canary.py).
+        self.unready_since: float | None = None
         self._up_gauge = metrics.model_up.labels(variant)
         self._failures_gauge = metrics.model_consecutive_failures.labels(variant)
         self._respawns = metrics.model_respawns.labels(variant)
@@ -178,6 +183,11 @@ class ModelHealth:
                 self.batch_succeeded()
 
     def _publish(self) -> None:
+        """After every change of state: the gauges, and since when the model is not ready."""
+        if self.ready:
+            self.unready_since = None
+        elif self.unready_since is None:
+            self.unready_since = self._clock()
         self._up_gauge.set(1 if self.ready else 0)
         self._failures_gauge.set(self.failures)
 

@@ -5,6 +5,10 @@ variant while the weights stay put, so a user never sees captions flip between m
 next; never the API key (assignment.py says why). ``pick`` is a pure function of the weights and the sticky
 key (rendezvous over a hash), which makes the split testable without traffic.
 
+Some variants are *optional* (the canary, named by the pool's owner: rollout/canary.py): one that fails to load
+is recorded in ``failed`` rather than failing the pool, and its health never makes the replica unready while
+another variant takes traffic. Its own analysis deals with it (a failed or long-down canary is rolled back).
+
 Rollback is a config change: set a variant's weight to 0 and send SIGHUP. New weights apply to the next
 request; requests already routed to a variant finish there; a removed variant is drained, then closed.
 """
@@ -15,7 +19,8 @@ import asyncio
 import hashlib
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 
 from captioner.config import Settings
@@ -63,6 +68,17 @@ class Variant:
     weight: float
     settings: Settings  # the app's settings with this variant's `model` section
     service: CaptionService
+
+
+@dataclass
+class FailedVariant:
+    """An optional variant whose model could not be loaded: not routed to, kept for its analysis to act on."""
+
+    name: str
+    weight: float
+    settings: Settings
+    reason: str  # the exception's type: its message (paths, hosts) is in the log only
+    since: float  # time.monotonic() when the load failed
 
 
 class VariantRouter:
@@ -148,10 +164,13 @@ class VariantPool:
         load_model: LoadModel,
         observer: ImageObserver | None = None,
         on_fatal: OnFatal | None = None,
+        optional: Collection[str] = (),
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self._on_fatal = on_fatal
+        self.optional = frozenset(optional)  # variants that may fail without failing the replica (module doc)
+        self.failed: dict[str, FailedVariant] = {}  # optional variants whose load failed, by name
         self.router = VariantRouter()
         self._load_model = load_model
         self._observer = observer
@@ -161,7 +180,31 @@ class VariantPool:
     async def start(self) -> None:
         """Load and warm up every configured variant (one after the other: they share the device)."""
         for name, weight, variant_settings in self.settings.variants():
-            self._install(await self._start_variant(name, weight, variant_settings))
+            await self._load(name, weight, variant_settings)
+        if not len(self.router):  # only optional variants, all failed: nothing to serve with
+            failed = ", ".join(f"{f.name} ({f.reason})" for f in self.failed.values())
+            raise RuntimeError(f"no variant could be loaded: {failed}")
+
+    async def _load(self, name: str, weight: float, settings: Settings) -> None:
+        """Load one variant and route to it; an optional one that fails is recorded in ``failed`` instead (and
+        what served under its name stops: it is not what the config asks for any more)."""
+        try:
+            variant = await self._start_variant(name, weight, settings)
+        except Exception as exc:
+            if name not in self.optional:
+                raise
+            logger.exception(
+                "variant %s failed to load; the other variants serve without it", name,
+                extra={"variant": name, "event": "variant_load_failed", "model": settings.model.name},
+            )  # fmt: skip
+            self.failed[name] = FailedVariant(name, weight, settings, type(exc).__name__, time.monotonic())
+            replaced = self.router.remove(name)
+            if replaced is not None:
+                self._retire(replaced)
+            self.metrics.variant_weight.labels(name).set(0)
+            return
+        self.failed.pop(name, None)
+        self._install(variant)
 
     async def _start_variant(self, name: str, weight: float, settings: Settings) -> Variant:
         model = await asyncio.to_thread(self._load_model, settings)
@@ -223,20 +266,28 @@ class VariantPool:
             self.router.set_weight(name, weight)
             self.metrics.variant_weight.labels(name).set(weight)
         for name in plan.remove:
+            self.failed.pop(name, None)
             removed = self.router.remove(name)
             if removed is not None:
                 self.metrics.variant_weight.labels(name).set(0)
                 self._retire(removed)
+        wanted = {name for name, _, _ in settings.variants()}
+        for name in [name for name in self.failed if name not in wanted]:
+            del self.failed[name]  # a failed load the config no longer asks for (the canary rolled back)
         for name, weight, variant_settings in plan.load:
             # The old variant (if any) keeps serving until its replacement is warm.
-            self._install(await self._start_variant(name, weight, variant_settings))
+            await self._load(name, weight, variant_settings)
         self.settings = settings
         logger.info("reloaded variants: %s", ", ".join(f"{n}={w:g}" for n, w in self.router.weights))
         return plan
 
     def set_weight(self, name: str, weight: float) -> None:
-        """Reweight one live variant now (the canary analysis' rollback); the next reload may change it again."""
-        self.router.set_weight(name, weight)
+        """Reweight one variant now (the canary analysis' rollback); the next reload may change it again."""
+        failed = self.failed.get(name)
+        if failed is not None:
+            failed.weight = weight
+        if self.router.get(name) is not None:
+            self.router.set_weight(name, weight)
         self.metrics.variant_weight.labels(name).set(weight)
 
     def choose(self, sticky_key: str) -> Variant:
@@ -251,11 +302,17 @@ class VariantPool:
         return min(refusals, key=lambda refusal: refusal.retry_after_s if refusal is not None else 0.0)
 
     def health_problems(self) -> list[str]:
-        """Why a variant taking traffic can't take work (its model is down, failing or failed); [] if none."""
+        """Why a variant taking traffic can't take work (its model is down, failing or failed); [] if none.
+
+        For /readyz: an optional variant's problems are left out while another variant takes traffic (that one
+        still serves; the optional one's analysis deals with it).
+        """
+        taking = [variant for variant in self.router if variant.weight > 0]
+        required = [variant for variant in taking if variant.name not in self.optional] or taking
         problems = []
-        for variant in self.router:
+        for variant in required:
             problem = variant.service.health.problem
-            if variant.weight > 0 and problem is not None:
+            if problem is not None:
                 problems.append(problem if len(self.router) == 1 else f"variant {variant.name}: {problem}")
         return problems
 

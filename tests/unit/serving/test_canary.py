@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import types
 from typing import Any, cast
 
 import pytest
@@ -82,6 +83,7 @@ def test_stats_snapshots_subtract_exactly_and_give_a_p95_within_five_percent() -
 class FakePool:
     def __init__(self) -> None:
         self.router = VariantRouter()
+        self.failed: dict[str, Any] = {}
 
     def set_weight(self, name: str, weight: float) -> None:
         self.router.set_weight(name, weight)
@@ -98,6 +100,7 @@ class FakeFeedback:
 class FakeService:
     def __init__(self) -> None:
         self.stats = VariantStats()
+        self.health = types.SimpleNamespace(unready_since=None)  # always ready
 
 
 def variant(name: str, weight: float) -> Variant:
