@@ -5,9 +5,12 @@
 analysis compares production and canary over the same period. Latency goes into fixed log-spaced buckets (5 %
 apart, 1 ms to ~5 min), so a p95 is accurate to 5 % and differences of snapshots stay exact.
 
-Counted: requests a variant answered (cache hits too) or failed with a 5xx; client errors (4xx) are the
-caller's, not the model's, and are left out. Latency: answers the model computed (hits would only dilute it)
-and failures. Used from the event loop thread only.
+Counted as requests: answers the variant's model computed, and requests it failed with a 5xx; client errors
+(4xx) are the caller's, not the model's, and are left out. Cache hits (either level) are counted apart, in
+``cache_hits``, and count toward neither ``requests`` (the canary's ``min_requests``) nor the mean confidence: a
+hit repeats an answer counted once already, so one caller resending one image would otherwise weigh as any
+number of requests, and could push a canary to be judged, or its confidence either way. Latency: the answers the
+model computed and the failures. Used from the event loop thread only.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class StatsSnapshot:
     latency_counts: tuple[int, ...] = (0,) * (len(_EDGES) + 1)
     confidence_sum: float = 0.0
     confidence_n: int = 0
+    cache_hits: int = 0  # answered from the cache: not in requests, nor in the confidence
 
     def minus(self, earlier: StatsSnapshot) -> StatsSnapshot:
         return StatsSnapshot(
@@ -37,6 +41,7 @@ class StatsSnapshot:
             latency_counts=tuple(a - b for a, b in zip(self.latency_counts, earlier.latency_counts, strict=True)),
             confidence_sum=self.confidence_sum - earlier.confidence_sum,
             confidence_n=self.confidence_n - earlier.confidence_n,
+            cache_hits=self.cache_hits - earlier.cache_hits,
         )
 
     @property
@@ -71,6 +76,7 @@ class StatsSnapshot:
             "error_ratio": self.error_ratio,
             "p95_s": self.p95_s,
             "mean_confidence": self.mean_confidence,
+            "cache_hits": self.cache_hits,
         }
 
 
@@ -81,8 +87,13 @@ class VariantStats:
         self._latency = [0] * (len(_EDGES) + 1)
         self._confidence_sum = 0.0
         self._confidence_n = 0
+        self._cache_hits = 0
+
+    def cache_hit(self) -> None:
+        self._cache_hits += 1
 
     def answered(self, latency_s: float | None, confidence: float | None) -> None:
+        """An answer the model computed (never a cache hit: ``cache_hit``)."""
         self._requests += 1
         if latency_s is not None:
             self._latency[bisect.bisect_left(_EDGES, latency_s)] += 1
@@ -103,4 +114,5 @@ class VariantStats:
             latency_counts=tuple(self._latency),
             confidence_sum=self._confidence_sum,
             confidence_n=self._confidence_n,
+            cache_hits=self._cache_hits,
         )

@@ -259,12 +259,13 @@ class CaptionService:
         latency = None if lookup.cached or started is None else time.perf_counter() - started
         if latency is not None:
             series.request_seconds.observe(latency)
-        top = lookup.value.captions[0].confidence if lookup.value.captions else None
-        self.stats.answered(latency, top)
+        # The canary analysis counts each computed answer once; a hit only repeats one (serving/live_stats.py).
         if lookup.cached:
+            self.stats.cache_hit()
             series.cache_hits.inc()
             series.served_cached.inc()
         else:
+            self.stats.answered(latency, lookup.value.captions[0].confidence if lookup.value.captions else None)
             series.cache_misses.inc()
             series.served_computed.inc()
         if lookup.value.captions:
