@@ -246,6 +246,11 @@ class FeedbackSettings:
     path: str = "feedback"
     # The most ratings kept (the oldest go first); with keep_images, at most one image each.
     max_records: int = setting(1_000_000, ge=1)
+    # A rating counts toward the canary analysis only for an image captioned for the same caller within this many
+    # seconds, and only the caller's first of that image (feedback/served.py); every rating is kept all the same.
+    served_ttl_s: float = setting(86400.0, gt=0)
+    # The most (caller, image) pairs this process remembers for that, served and rated each (oldest go first).
+    max_served: int = setting(100_000, ge=1)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,9 @@ class FeedbackRecord:
     job_id: str | None = None
     correction: str | None = None
     image_kept: bool = False
+    # Counted toward the variant's approval: the caller's first rating of an image captioned for them
+    # (feedback/served.py). Records from before this field existed read as counted, as they were.
+    counted: bool = True
     received_at: float = field(default_factory=time.time)  # wall clock: records are shared between machines
     feedback_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 

@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from captioner.config import Settings
 from captioner.errors import InvalidRequest
-from captioner.guard.caller import api_key_of
+from captioner.guard.caller import api_key_of, principal_of
 from captioner.http.access_log import request_record
 from captioner.http.assignment import assignment_key
 from captioner.http.inputs import CaptionRequest, parse_api_request
@@ -74,6 +74,8 @@ async def caption_sync(request: Request, parse: RequestParser) -> CaptionOutcome
         finally:
             record.image_bytes = pending.image_bytes  # a URL's image is known once fetched
     record.note_outcome(outcome)
+    if runtime.settings.feedback.enabled:  # a rating of this image by this caller may count (feedback/served.py)
+        runtime.feedback.served.remember(principal_of(request.scope), outcome.image_sha256, outcome.variant)
     return outcome
 
 

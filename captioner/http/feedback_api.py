@@ -5,9 +5,12 @@ JSON ``{"image_sha256": "<64 hex>" | "job_id": "<id>", "caption": "...", "rating
 202 ``{"status": "accepted"}``. Every missing, malformed or unknown field is a 422 ``invalid_request`` naming
 it. A ``job_id`` must be a finished, successful job of the caller's (404 otherwise, as for the GET).
 
-The variant credited is the one that served the caption: the job's, or for an ``image_sha256`` the one that
-A/B routing assigns to the image, or to the ``X-Assignment-Key`` sent with the rating (the caption request's:
-assignment is sticky, so that is the one that answered; never the API key).
+The variant credited is the one that served the caption: the job's; for an ``image_sha256``, the one remembered
+answering this caller (feedback/served.py), else the one A/B routing assigns to the image, or to the
+``X-Assignment-Key`` sent with the rating (the caption request's: assignment is sticky; never the API key).
+
+Every valid rating is kept and answered 202 alike, but it counts toward the canary analysis only when it is the
+caller's first rating of an image captioned for them (feedback/served.py); the record says ``counted``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from starlette.responses import Response
 from captioner.errors import InvalidRequest, NotFound, Overloaded, UnsupportedMediaType
 from captioner.feedback.collector import UNKNOWN_VARIANT
 from captioner.feedback.store import FeedbackRecord
-from captioner.guard.caller import api_key_of
+from captioner.guard.caller import api_key_of, principal_of
 from captioner.http.assignment import OPENAPI_PARAMETER, assignment_key
 from captioner.http.body import body_limit, read_capped_body
 from captioner.http.json_body import decode_base64, parse_json
@@ -57,7 +60,7 @@ async def feedback(request: Request) -> Response:
     body = await read_capped_body(request, body_limit(content_type, state.settings.limits.max_body_bytes))
     payload = await parse_json(body)  # orjson: nesting capped, off the event loop when big
     asked = parse_feedback(payload)
-    image_sha256, variant = await _rated_image(request, state, asked, assignment)
+    image_sha256, variant, proven = await _rated_image(request, state, asked, assignment)
     if asked.image is not None and await sha256_off_loop(asked.image) != image_sha256:
         raise InvalidRequest("'image' is not the image that was captioned")
     record = FeedbackRecord(
@@ -68,7 +71,7 @@ async def feedback(request: Request) -> Response:
         job_id=asked.job_id,
         correction=asked.correction,
     )
-    await state.feedback.add(record, asked.image)
+    await state.feedback.add(record, asked.image, caller=principal_of(request.scope), proven=proven)
     return FastJSONResponse({"status": "accepted"}, status_code=202)
 
 
@@ -110,20 +113,21 @@ def _text(payload: dict[str, Any], name: str) -> str:
 
 async def _rated_image(
     request: Request, state: Runtime, asked: FeedbackRequest, assignment: str | None
-) -> tuple[str, str]:
-    """The rated image's SHA-256 and the variant that captioned it."""
+) -> tuple[str, str, bool]:
+    """The rated image's SHA-256, the variant that captioned it, and whether that is proven (the caller's job)
+    rather than what routing says now."""
     if asked.job_id is not None:
         job = await state.jobs.get(asked.job_id, principal=api_key_of(request.scope))  # 404: unknown or not yours
         result = job.result or {}
         if job.status != "success" or not isinstance(result.get("image_sha256"), str):
             raise InvalidRequest(f"job {asked.job_id} has no caption to rate ({job.status})")
-        return result["image_sha256"], str(result.get("variant") or UNKNOWN_VARIANT)
+        return result["image_sha256"], str(result.get("variant") or UNKNOWN_VARIANT), True
     assert asked.image_sha256 is not None
     try:
         variant = state.use_case.variant_for(asked.image_sha256, assignment)
     except Overloaded:  # no variant takes traffic now
         variant = None
-    return asked.image_sha256, variant or UNKNOWN_VARIANT
+    return asked.image_sha256, variant or UNKNOWN_VARIANT, False
 
 
 def openapi_operation(errors: dict[str, Any]) -> dict[str, Any]:

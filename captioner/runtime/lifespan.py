@@ -67,7 +67,7 @@ def lifespan(
                     logger.warning("drain timed out after %.0f s", settings.server.drain_timeout_s)
             await runtime.url_fetcher.aclose()
             await runtime.limiter.aclose()
-            await runtime.feedback.store.aclose()
+            await runtime.feedback.aclose()
             if runtime.callbacks is not None:
                 await runtime.callbacks.aclose()
             if runtime.webhook is not None:
