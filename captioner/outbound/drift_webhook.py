@@ -8,6 +8,12 @@ in-cluster receiver through without opening URL input to private networks. A fai
 (1 s, then 4 s later); a refused URL is not. ``captioner_drift_webhooks_total{outcome}`` counts each outcome.
 
 The body: ``{"event": "drift_alert", "feature": ..., "psi": ..., "time": ..., "report": <GET /api/v1/drift>}``.
+
+Each replica scores drift on its own traffic, so in a fleet every replica sees the same shift and starts its own
+episode. With a shared ``FleetEpisode`` (Redis: shared_state/fleet_episode.py) only the replica that begins the
+fleet's episode calls; the others stay in it without calling, keeping it alive while they alert, and the next
+call comes once no replica has alerted for the episode's TTL. If Redis can't answer, this replica calls anyway:
+a duplicate retraining request is cheaper than a lost one.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -29,6 +35,19 @@ from captioner.rollout.drift_watch import DriftWatch
 logger = logging.getLogger("captioner.drift")
 
 RETRY_DELAYS_S = (1.0, 4.0)
+FLEET_EPISODE_KEY = "captioner:drift:episode:v1"  # the Redis key of the fleet's alert episode
+
+
+class FleetEpisode(Protocol):
+    """An alert episode shared by the replicas (shared_state/fleet_episode.py); may raise when unreachable."""
+
+    async def begin(self) -> bool:
+        """True if this replica started the fleet's episode (and calls the webhook)."""
+
+    async def keep(self) -> None:
+        """This replica still alerts: the fleet's episode goes on."""
+
+    async def aclose(self) -> None: ...
 
 
 class DriftWebhook:
@@ -41,6 +60,7 @@ class DriftWebhook:
         *,
         resolver: Resolver = system_resolver,
         recheck_s: float = 5.0,
+        fleet: FleetEpisode | None = None,
     ) -> None:
         policy = dataclasses.replace(
             url_input,
@@ -53,6 +73,7 @@ class DriftWebhook:
         self._watch = watch
         self._metrics = metrics
         self._recheck_s = recheck_s
+        self._fleet = fleet
         self._loop: asyncio.AbstractEventLoop | None = None
         self._episode: asyncio.Task[None] | None = None
         watch.add_alert_listener(self.on_alert)
@@ -64,6 +85,8 @@ class DriftWebhook:
         if self._episode is not None:
             self._episode.cancel()
         await self._client.aclose()
+        if self._fleet is not None:
+            await self._fleet.aclose()
 
     def on_alert(self, feature: str, psi: float) -> None:
         """The drift monitor's callback, on whichever thread observed the value: hand it to the event loop."""
@@ -77,15 +100,40 @@ class DriftWebhook:
 
     async def _run_episode(self, feature: str, psi: float) -> None:
         try:
-            report = await asyncio.to_thread(self._watch.report)
-            body = {"event": "drift_alert", "feature": feature, "psi": psi, "time": time.time(), "report": report}
-            await self._deliver(orjson.dumps(body))
+            if await self._fleet_call():
+                report = await asyncio.to_thread(self._watch.report)
+                body = {"event": "drift_alert", "feature": feature, "psi": psi, "time": time.time(), "report": report}
+                await self._deliver(orjson.dumps(body))
             while await asyncio.to_thread(self._watch.alerting):
+                await self._fleet_keep()
                 await asyncio.sleep(self._recheck_s)
         except Exception:  # never a crash of the server; the next alert starts a new episode
             logger.exception("drift webhook episode failed")
             return
         logger.info("drift alert episode over: no feature is over drift.psi_alert", extra={"event": "drift_clear"})
+
+    async def _fleet_call(self) -> bool:
+        """Whether this replica calls for this episode: it began the fleet's (or there is no fleet to ask)."""
+        if self._fleet is None:
+            return True
+        try:
+            began = await self._fleet.begin()
+        except Exception:
+            logger.warning("drift alert: the fleet's episode could not be checked (Redis); calling from here")
+            return True
+        if not began:
+            logger.info(
+                "drift alert: another replica called the webhook for this episode", extra={"event": "drift_shared"}
+            )
+        return began
+
+    async def _fleet_keep(self) -> None:
+        if self._fleet is None:
+            return
+        try:
+            await self._fleet.keep()
+        except Exception:  # the episode may lapse; the next alert then calls once more (not never)
+            logger.debug("drift alert: could not renew the fleet's episode", exc_info=True)
 
     async def _deliver(self, body: bytes) -> None:
         outcome, why = "failed", ""

@@ -17,12 +17,14 @@ from captioner.jobs.manager import JobManager
 from captioner.jobs.relay import JobRelay
 from captioner.observability.metrics import Metrics
 from captioner.outbound.callbacks import build_callback_sender
-from captioner.outbound.drift_webhook import DriftWebhook
+from captioner.outbound.drift_webhook import FLEET_EPISODE_KEY, DriftWebhook
 from captioner.outbound.url_fetch import UrlFetcher
 from captioner.rollout.drift_watch import DriftWatch
 from captioner.rollout.registry_source import RegistrySource
 from captioner.runtime.state import ROLE_API, Runtime
 from captioner.serving.use_case import CaptionUseCase
+from captioner.shared_state.fleet_episode import RedisFleetEpisode
+from captioner.shared_state.redis_client import RedisClient
 
 
 def build_runtime(settings: Settings, metrics: Metrics, role: str) -> Runtime:
@@ -48,11 +50,27 @@ def build_runtime(settings: Settings, metrics: Metrics, role: str) -> Runtime:
         registry=RegistrySource(settings, metrics) if settings.registry.path and role != ROLE_API else None,
     )
     if settings.drift.webhook_url and runtime.drift.enabled:
-        runtime.webhook = DriftWebhook(settings.drift, settings.url_input, runtime.drift, metrics)
+        fleet = _drift_episode(settings)
+        runtime.webhook = DriftWebhook(settings.drift, settings.url_input, runtime.drift, metrics, fleet=fleet)
     # An api replica has no model: its captions are made by the workers, through the job queue.
     relay = JobRelay(jobs) if role == ROLE_API else None
     runtime.use_case = CaptionUseCase(runtime, fetcher.fetch, relay)
     return runtime
+
+
+# How long the fleet's drift episode outlives the last replica that still alerts: longer than a webhook call
+# with its retries, and than a replica's recheck interval (5 s), so that an episode never lapses mid-way.
+DRIFT_EPISODE_TTL_S = 60.0
+
+
+def _drift_episode(settings: Settings) -> RedisFleetEpisode | None:
+    """The drift alert episode shared through the replicas' Redis, if they have one (one webhook call per
+    episode for the fleet); None: each replica calls for its own episodes."""
+    url = settings.jobs.redis_url or settings.cache.redis_url
+    if not url:
+        return None
+    redis = RedisClient(url, name="drift", timeout_s=settings.cache.redis_timeout_s)
+    return RedisFleetEpisode(redis, FLEET_EPISODE_KEY, ttl_s=DRIFT_EPISODE_TTL_S)
 
 
 def fetch_weights(runtime: Runtime) -> None:

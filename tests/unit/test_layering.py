@@ -36,7 +36,9 @@ EDGES: dict[str, set[str]] = {
     "jobs": BASE | {"observability", "shared_state", "serving", "outbound"},
     "serving": BASE | {"observability", "shared_state", "model"},
     "rollout": {"config", "observability", "model", "registry", "serving"},
-    "runtime": BASE | {"observability", "model", "guard", "serving", "jobs", "rollout", "feedback", "outbound"},
+    # shared_state: the composition root builds the fleet's drift episode on the replicas' Redis.
+    "runtime": BASE
+    | {"observability", "model", "guard", "serving", "jobs", "rollout", "feedback", "outbound", "shared_state"},
     "http": BASE | {"observability", "model", "guard", "serving", "jobs", "feedback", "runtime"},
     "tools": BASE | {"observability", "model", "registry", "serving", "rollout", "feedback", "client"},
     # Entry points.
