@@ -9,6 +9,9 @@ On a ``rollback`` verdict (``canary.decide``) the canary's weight goes to 0 at o
 finish there), ``captioner_rollbacks_total{variant,reason}`` counts it, a warning is logged, and ``on_rollback``
 runs: with a registry that clears the ``canary`` alias and records why (``registry_source.py``), which the other
 replicas then follow. ``status`` is what ``GET /api/v1/variants`` shows.
+
+With a ``FleetCanary`` (canary_fleet.py: the replicas share a Redis) the figures judged are the fleet's, summed
+over every replica, and the first replica to decide a rollback leads it while the others follow.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from captioner.config import CanarySettings
 from captioner.observability.metrics import Metrics
 from captioner.registry.aliases import CANARY, PRODUCTION
 from captioner.rollout.canary import ApprovalSource, Signals, Verdict, decide
+from captioner.rollout.canary_fleet import FleetCanary, FleetVerdict, Window, pair_id
 from captioner.serving.live_stats import StatsSnapshot
 from captioner.serving.variants import FailedVariant, Variant, VariantPool
 
@@ -43,9 +47,12 @@ class CanaryWatch:
         feedback: ApprovalSource | None = None,
         on_rollback: OnRollback | None = None,
         clock: Callable[[], float] = time.monotonic,  # the clock of the variants' health (unready_since)
+        fleet: FleetCanary | None = None,
     ) -> None:
         self._pool = pool
         self._clock = clock
+        self._fleet = fleet
+        self._fleet_down = False  # the shared table failed last time (warned once per outage)
         self._settings = settings
         self._metrics = metrics
         self._feedback = feedback
@@ -81,18 +88,29 @@ class CanaryWatch:
         if canary.weight <= 0:
             self._set_status({"state": "paused", "detail": "the canary's weight is 0"})
             return None
+        followed: FleetVerdict | None = None  # the fleet's verdict, decided by another replica
+        fleet: dict[str, Any] = {}
         if isinstance(canary, FailedVariant):
             self._pair = None
             nothing = Signals(requests=0, error_ratio=None, p95_s=None, mean_confidence=None)
             signals = {PRODUCTION: nothing, CANARY: Signals(0, None, None, None, load_failed=canary.reason)}
+            verdict = decide(signals[PRODUCTION], signals[CANARY], self._settings)
         else:
             if self._pair is None or (self._pair[0](), self._pair[1]()) != (production.service, canary.service):
                 self._pair = (weakref.ref(production.service), weakref.ref(canary.service))
                 self._baseline = {
                     v.name: (v.service.stats.snapshot(), self._approval(v.name)) for v in (production, canary)
                 }
-            signals = {v.name: self._signals(v) for v in (production, canary)}
-        verdict = decide(signals[PRODUCTION], signals[CANARY], self._settings)
+            windows = {v.name: self._window(v) for v in (production, canary)}
+            pair = pair_id(production, canary)
+            if self._fleet is not None:
+                followed, windows, replicas = await self._fleet_view(pair, windows)
+                fleet = {"replicas": replicas}
+            signals = {PRODUCTION: windows[PRODUCTION].signals(), CANARY: windows[CANARY].signals(self._down_s(canary))}
+            verdict = followed.verdict if followed else decide(signals[PRODUCTION], signals[CANARY], self._settings)
+            if verdict.action == "rollback" and followed is None:
+                followed = await self._settle(pair, verdict)
+                verdict = followed.verdict if followed else verdict
         status = {
             "state": {"wait": "waiting", "healthy": "healthy", "rollback": "rolled_back"}[verdict.action],
             "reason": verdict.reason,
@@ -101,13 +119,53 @@ class CanaryWatch:
             "model": canary.settings.model.name,
             "production": signals[PRODUCTION].to_json(),
             "canary": signals[CANARY].to_json(),
+            **fleet,
+            **({"decided_by": "another replica"} if followed else {}),
         }
         if verdict.action == "rollback":
             self._last_rollback = {k: v for k, v in status.items() if k != "state"}
         self._set_status(status)
         if verdict.action == "rollback":
-            await self._roll_back(canary, subject, verdict)
+            await self._roll_back(canary, subject, verdict, lead=followed is None)
         return verdict
+
+    async def aclose(self) -> None:
+        if self._fleet is not None:
+            await self._fleet.aclose()
+
+    async def _fleet_view(
+        self, pair: str, windows: dict[str, Window]
+    ) -> tuple[FleetVerdict | None, dict[str, Window], int]:
+        """The fleet's rollback of this pair if a replica decided one; else the fleet's figures (this replica's
+        alone, when the shared table can't be reached)."""
+        assert self._fleet is not None
+        try:
+            decided = await self._fleet.decided(pair)
+            if decided is not None and decided.verdict.action == "rollback":
+                return decided, windows, 1
+            summed, replicas = await self._fleet.gather(pair, windows)
+        except Exception:
+            self._fleet_unreachable()
+            return None, windows, 1
+        self._fleet_down = False
+        return None, summed, replicas
+
+    async def _settle(self, pair: str, verdict: Verdict) -> FleetVerdict | None:
+        """Record this replica's rollback as the fleet's; the verdict of another replica that recorded one first
+        (follow it), or None (lead: ours is the fleet's, or there is no fleet to tell)."""
+        if self._fleet is None:
+            return None
+        try:
+            settled = await self._fleet.settle(pair, verdict)
+        except Exception:
+            self._fleet_unreachable()
+            return None
+        return None if settled.by == self._fleet.replica else settled
+
+    def _fleet_unreachable(self) -> None:
+        if not self._fleet_down:
+            self._fleet_down = True
+            logger.warning("canary analysis: the fleet's figures are unreachable (Redis); judging this replica's")
 
     def _set_status(self, status: dict[str, Any]) -> None:
         """The analysis' state; the last automatic rollback stays in it once the canary is gone."""
@@ -119,25 +177,28 @@ class CanaryWatch:
         count, ratio = self._feedback.approval(variant)
         return (count, count * ratio)  # (ratings, approving ratings): differences of these are exact
 
-    def _signals(self, variant: Variant) -> Signals:
+    def _window(self, variant: Variant) -> Window:
+        """This replica's figures for ``variant`` since the pair began."""
         base_stats, (base_count, base_approved) = self._baseline[variant.name]
-        stats = variant.service.stats.snapshot().minus(base_stats)
         count, approved = self._approval(variant.name)
-        feedback = count - base_count
-        unready_since = variant.service.health.unready_since
-        return Signals(
-            requests=stats.requests,
-            error_ratio=stats.error_ratio,
-            p95_s=stats.p95_s,
-            mean_confidence=stats.mean_confidence,
-            feedback=feedback,
-            approval=(approved - base_approved) / feedback if feedback > 0 else None,
-            down_s=None if unready_since is None else max(0.0, self._clock() - unready_since),
-        )
+        stats = variant.service.stats.snapshot().minus(base_stats)
+        return Window(stats, count - base_count, approved - base_approved)
 
-    async def _roll_back(self, canary: Canary, subject: object, verdict: Verdict) -> None:
+    def _down_s(self, variant: Variant) -> float | None:
+        unready_since = variant.service.health.unready_since
+        return None if unready_since is None else max(0.0, self._clock() - unready_since)
+
+    async def _roll_back(self, canary: Canary, subject: object, verdict: Verdict, *, lead: bool = True) -> None:
+        """The canary to weight 0 here; the leader (this replica decided) also counts, logs and records it."""
         self._rolled_back = weakref.ref(subject)
         self._pool.set_weight(CANARY, 0.0)
+        if not lead:
+            logger.warning(
+                "canary %s rolled back here, following the fleet's verdict (%s)", canary.settings.model.name,
+                verdict.reason, extra={"event": "canary_rollback_followed", "variant": CANARY,
+                                       "reason": verdict.reason},
+            )  # fmt: skip
+            return
         reason = verdict.reason or "unknown"
         self._metrics.rollbacks.labels(CANARY, reason).inc()
         logger.warning(

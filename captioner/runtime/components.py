@@ -19,12 +19,14 @@ from captioner.observability.metrics import Metrics
 from captioner.outbound.callbacks import build_callback_sender
 from captioner.outbound.drift_webhook import FLEET_EPISODE_KEY, DriftWebhook
 from captioner.outbound.url_fetch import UrlFetcher
+from captioner.rollout.canary_fleet import FleetCanary
 from captioner.rollout.drift_watch import DriftWatch
 from captioner.rollout.registry_source import RegistrySource
 from captioner.runtime.state import ROLE_API, Runtime
 from captioner.serving.use_case import CaptionUseCase
 from captioner.shared_state.fleet_episode import RedisFleetEpisode
 from captioner.shared_state.redis_client import RedisClient
+from captioner.shared_state.redis_table import RedisTable
 
 
 def build_runtime(settings: Settings, metrics: Metrics, role: str) -> Runtime:
@@ -71,6 +73,17 @@ def _drift_episode(settings: Settings) -> RedisFleetEpisode | None:
         return None
     redis = RedisClient(url, name="drift", timeout_s=settings.cache.redis_timeout_s)
     return RedisFleetEpisode(redis, FLEET_EPISODE_KEY, ttl_s=DRIFT_EPISODE_TTL_S)
+
+
+def canary_fleet(settings: Settings) -> FleetCanary | None:
+    """The canary analysis' shared figures and verdict, on the replicas' Redis if they have one; None: each replica
+    judges its own traffic."""
+    url = settings.jobs.redis_url or settings.cache.redis_url
+    if not url:
+        return None
+    redis = RedisClient(url, name="canary", timeout_s=settings.cache.redis_timeout_s)
+    # Rows outlive a quiet spell of the whole fleet (a deploy, say): a day, or many intervals if that is longer.
+    return FleetCanary(RedisTable(redis), ttl_s=max(86400.0, 100 * settings.canary.interval_s))
 
 
 def fetch_weights(runtime: Runtime) -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from captioner.config import ConfigError, Settings
 from captioner.jobs.queue import JobRequest
 from captioner.rollout.canary import CANARY_VARIANT
+from captioner.runtime.components import canary_fleet
 from captioner.runtime.state import Runtime
 from captioner.serving.outcome import outcome_body
 from captioner.serving.use_case import CaptionCommand
@@ -65,6 +66,8 @@ def lifespan(
                 finished = await runtime.pool.close(runtime.drain_left_s())
                 if not finished:
                     logger.warning("drain timed out after %.0f s", settings.server.drain_timeout_s)
+            if runtime.canary is not None:
+                await runtime.canary.aclose()
             await runtime.url_fetcher.aclose()
             await runtime.limiter.aclose()
             await runtime.feedback.aclose()
@@ -164,6 +167,7 @@ def _start_watches(runtime: Runtime, pool: VariantPool, watches: list[asyncio.Ta
         runtime.metrics,
         feedback=runtime.feedback.stats,  # user approval per variant (POST /api/v1/feedback)
         on_rollback=registry.on_canary_rollback if registry is not None else None,
+        fleet=canary_fleet(runtime.settings),  # with Redis: the fleet's figures, one verdict
     )
     watches.append(asyncio.create_task(runtime.canary.run(), name="captioner-canary"))
     if registry is not None:

@@ -44,6 +44,17 @@ class StatsSnapshot:
             cache_hits=self.cache_hits - earlier.cache_hits,
         )
 
+    def plus(self, other: StatsSnapshot) -> StatsSnapshot:
+        """Two sets of requests together (two replicas' windows, for the fleet's canary analysis)."""
+        return StatsSnapshot(
+            requests=self.requests + other.requests,
+            errors=self.errors + other.errors,
+            latency_counts=tuple(a + b for a, b in zip(self.latency_counts, other.latency_counts, strict=True)),
+            confidence_sum=self.confidence_sum + other.confidence_sum,
+            confidence_n=self.confidence_n + other.confidence_n,
+            cache_hits=self.cache_hits + other.cache_hits,
+        )
+
     @property
     def error_ratio(self) -> float | None:
         return self.errors / self.requests if self.requests else None

@@ -36,7 +36,7 @@ EDGES: dict[str, set[str]] = {
     "jobs": BASE | {"observability", "shared_state", "serving", "outbound"},
     "serving": BASE | {"observability", "shared_state", "model"},
     "rollout": {"config", "observability", "model", "registry", "serving"},
-    # shared_state: the composition root builds the fleet's drift episode on the replicas' Redis.
+    # shared_state: the composition root builds what the replicas share in their Redis (drift episode, canary table).
     "runtime": BASE
     | {"observability", "model", "guard", "serving", "jobs", "rollout", "feedback", "outbound", "shared_state"},
     "http": BASE | {"observability", "model", "guard", "serving", "jobs", "feedback", "runtime"},
