@@ -25,9 +25,8 @@ from captioner.jobs.manager import JobManager
 from captioner.model.loader import load_captioner
 from captioner.model.protocol import Captioner
 from captioner.observability.metrics import Metrics
-from captioner.outbound.callbacks import build_callback_sender
-from captioner.outbound.drift_webhook import DriftWebhook
-from captioner.outbound.url_fetch import UrlFetcher
+from captioner.outbound.build import build_outbound
+from captioner.rollout.drift_alert import DriftAlert
 from captioner.rollout.drift_watch import DriftWatch
 from captioner.rollout.registry_source import RegistrySource
 from captioner.runtime.lifespan import lifespan
@@ -47,14 +46,14 @@ def create_app(
     ``role="api"``, which only accepts jobs and answers; ``"worker"`` serves only health and metrics)."""
     check_role(role, settings)
     metrics = metrics or Metrics()
-    fetcher = UrlFetcher(settings.url_input, max_bytes=settings.limits.max_body_bytes)
+    outbound = build_outbound(settings, metrics)
     admission = AdmissionBudget.from_settings(settings, metrics)
-    metrics.url_fetches_in_flight.set_function(lambda: fetcher.in_flight)
     state = AppState(
         settings=settings,
         metrics=metrics,
         keys=ApiKeys.from_settings(settings.auth),  # a bad entry stops start-up here, naming its position
-        url_fetcher=fetcher,
+        outbound=outbound,
+        url_fetcher=outbound.fetcher,
         jobs=JobManager.from_settings(settings, metrics),
         drift=DriftWatch.from_settings(settings.drift, metrics),  # a bad reference file stops start-up here
         feedback=build_feedback(settings, metrics),
@@ -63,11 +62,11 @@ def create_app(
         admission=admission,
         job_quota=JobQuota.from_settings(settings, admission),
         role=role,
-        callbacks=build_callback_sender(settings),
+        callbacks=outbound.callbacks,
         registry=RegistrySource(settings, metrics) if settings.registry.path and role != "api" else None,
     )
-    if settings.drift.webhook_url and state.drift.enabled:
-        state.webhook = DriftWebhook(settings.drift, settings.url_input, state.drift, metrics)
+    if outbound.webhook is not None:
+        state.webhook = DriftAlert(state.drift, outbound.webhook, metrics)
 
     def load_model(variant_settings: Settings) -> Captioner:
         return captioner if captioner is not None else load_captioner(variant_settings)

@@ -65,13 +65,11 @@ def lifespan(
                 finished = await state.pool.close(state.drain_left_s())
                 if not finished:
                     logger.warning("drain timed out after %.0f s", settings.server.drain_timeout_s)
-            await state.url_fetcher.aclose()
             await state.limiter.aclose()
             await state.feedback.store.aclose()
-            if state.callbacks is not None:
-                await state.callbacks.aclose()
             if state.webhook is not None:
                 await state.webhook.aclose()
+            await state.outbound.aclose()
 
     return run
 

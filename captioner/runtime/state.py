@@ -19,10 +19,11 @@ from captioner.guard.job_quota import JobQuota
 from captioner.guard.shared_limiter import SharedRateLimiter
 from captioner.jobs.manager import JobManager
 from captioner.observability.metrics import Metrics
+from captioner.outbound.build import Outbound
 from captioner.outbound.callbacks import CallbackSender
-from captioner.outbound.drift_webhook import DriftWebhook
 from captioner.outbound.url_fetch import UrlFetcher
 from captioner.rollout.canary_watch import CanaryWatch
+from captioner.rollout.drift_alert import DriftAlert
 from captioner.rollout.drift_watch import DriftWatch
 from captioner.rollout.registry_source import RegistrySource
 from captioner.serving.service import CaptionService
@@ -36,6 +37,7 @@ class AppState:
     settings: Settings
     metrics: Metrics
     keys: ApiKeys
+    outbound: Outbound  # owns the one outbound HTTP client: closed at shutdown
     url_fetcher: UrlFetcher
     jobs: JobManager
     drift: DriftWatch
@@ -49,7 +51,7 @@ class AppState:
     pool: VariantPool | None = None
     registry: RegistrySource | None = None  # registry.path set: the variants are its aliases
     canary: CanaryWatch | None = None  # made once the variants are up
-    webhook: DriftWebhook | None = None  # drift.webhook_url set
+    webhook: DriftAlert | None = None  # drift.webhook_url set
     loop: asyncio.AbstractEventLoop | None = None
     ready: bool = False
     draining: bool = False
