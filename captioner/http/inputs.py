@@ -28,6 +28,7 @@ from captioner.errors import InvalidImage, InvalidRequest, TooLarge, Unsupported
 from captioner.http.body import body_limit, read_capped_body
 from captioner.http.json_body import decode_base64_off_loop, parse_json
 from captioner.model.formats import sniff_format
+from captioner.outbound.callbacks import validate_callback_url
 from captioner.serving.options import parse_num_captions
 
 _RAW_TYPES = ("image/", "application/octet-stream")
@@ -87,7 +88,7 @@ async def _parse_json(request: Request, limit: int, max_body_bytes: int) -> Pars
         raise InvalidRequest(f"num_captions must be a JSON integer, got {shown}")
     if "image" in payload:
         return await decode_base64_off_loop(payload["image"]), None, payload
-    if payload.get("url") is None:
+    if payload.get("url") in (None, ""):
         raise InvalidRequest('the JSON body needs "image" (base64) or "url"')
     return None, payload["url"], payload
 
@@ -165,6 +166,7 @@ def _callback_url(request: Request, fields: Mapping[str, Any]) -> str | None:
         return None
     if not isinstance(value, str) or not value:
         raise InvalidRequest("'callback_url' must be an http(s) URL")
+    validate_callback_url(value)  # 422 for a host no callback could reach
     return value
 
 

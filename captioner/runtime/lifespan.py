@@ -38,8 +38,8 @@ def lifespan(
     async def run(app: Any) -> AsyncIterator[None]:
         runtime.loop = asyncio.get_running_loop()
         runtime.jobs.start()
-        if runtime.webhook is not None:
-            runtime.webhook.start(runtime.loop)
+        if runtime.drift_alert is not None:
+            runtime.drift_alert.start(runtime.loop)
         watches: list[asyncio.Task[None]] = []
         loader = None
         if not runtime.serves_model:
@@ -64,13 +64,11 @@ def lifespan(
                 finished = await runtime.pool.close(runtime.drain_left_s())
                 if not finished:
                     logger.warning("drain timed out after %.0f s", settings.server.drain_timeout_s)
-            await runtime.url_fetcher.aclose()
             await runtime.limiter.aclose()
             await runtime.feedback.store.aclose()
-            if runtime.callbacks is not None:
-                await runtime.callbacks.aclose()
-            if runtime.webhook is not None:
-                await runtime.webhook.aclose()
+            if runtime.drift_alert is not None:
+                await runtime.drift_alert.aclose()
+            await runtime.outbound.aclose()
 
     return run
 
