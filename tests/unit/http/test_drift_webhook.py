@@ -93,6 +93,9 @@ async def test_one_call_per_episode_and_a_new_episode_after_the_alert_clears(rec
         watch.listeners[0]("height", 2.5)
         await wait_for(lambda: len(receiver.bodies) == 2)
         assert receiver.bodies[1]["json"]["feature"] == "height"
+        # Counted once the receiver's answer is back, a moment after the receiver has the body.
+        await wait_for(lambda: metric_value(_text(metrics), "captioner_drift_webhooks_total", 'outcome="sent"') >= 2)
+        await asyncio.sleep(0.1)
         assert metric_value(_text(metrics), "captioner_drift_webhooks_total", 'outcome="sent"') == 2
     finally:
         await hook.aclose()
