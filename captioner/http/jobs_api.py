@@ -19,7 +19,7 @@ import secrets
 from starlette.requests import Request
 from starlette.responses import Response
 
-from captioner.errors import InvalidRequest, Overloaded
+from captioner.errors import InvalidRequest, Overloaded, UrlNotAllowed
 from captioner.guard.api_guard import key_principal
 from captioner.guard.forwarded import client_bucket
 from captioner.http import paths
@@ -30,14 +30,20 @@ from captioner.runtime.state import AppState, app_state
 
 MODES = ("sync", "async")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-_KEY = re.compile(r"[\x20-\x7e]{1,255}")  # printable ASCII, as Stripe's keys are (up to 255 characters)
+# Printable ASCII, as Stripe's keys are (up to 255 characters). Not starting or ending with a space: HTTP strips
+# those from header values, so a key sent as " " arrives empty. The OpenAPI document serves this very pattern.
+IDEMPOTENCY_KEY_PATTERN = r"^[!-~](?:[ -~]{0,253}[!-~])?$"
+_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN.removeprefix("^").removesuffix("$"))
 
 
 def wants_async(request: Request) -> bool:
     """True for ``?mode=async``; 422 for a mode that isn't sync or async."""
     if not request.scope.get("query_string"):  # the common case: no query to parse
         return False
-    mode = request.query_params.get("mode", "sync")
+    modes = request.query_params.getlist("mode")
+    if len(modes) > 1:
+        raise InvalidRequest("the query parameter 'mode' is given more than once")
+    mode = modes[0] if modes else "sync"
     if mode not in MODES:
         raise InvalidRequest(f"mode must be sync or async, got {mode!r}")
     return mode == "async"
@@ -60,7 +66,9 @@ def idempotency_key(request: Request) -> str | None:
     if not values:
         return None
     if len(values) > 1 or not _KEY.fullmatch(values[0]):
-        raise InvalidRequest(f"{IDEMPOTENCY_HEADER} must be one value of 1 to 255 printable ASCII characters")
+        raise InvalidRequest(
+            f"{IDEMPOTENCY_HEADER} must be one value of 1 to 255 printable ASCII characters, no space at either end"
+        )
     return values[0]
 
 
@@ -69,12 +77,16 @@ async def parse_job(request: Request, state: AppState) -> CaptionRequest:
     if state.draining:
         raise Overloaded("the server is shutting down", retry_after_s=1)
     settings = state.settings
-    return await parse_caption_request(
+    parsed = await parse_caption_request(
         request,
         max_body_bytes=settings.limits.max_body_bytes,
         default_num_captions=settings.generation.num_captions,
         max_num_captions=settings.generation.max_num_captions,
     )
+    if parsed.url is not None and not settings.url_input.enabled:
+        # Refused now, as a synchronous request is, rather than accepted (202) as a job bound to fail.
+        raise UrlNotAllowed("fetching images by URL is disabled on this server")
+    return parsed
 
 
 def job_request(request: Request, state: AppState, parsed: CaptionRequest) -> JobRequest:
