@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -18,8 +17,8 @@ from starlette.requests import Request
 
 from captioner.config import load_settings
 from captioner.errors import CaptionerError, InvalidImage, InvalidRequest, UrlNotAllowed
-from captioner.http.inputs import CaptionRequest, parse_caption_request
-from captioner.http.jobs_api import IDEMPOTENCY_KEY_PATTERN, idempotency_key, parse_job, wants_async
+from captioner.http.inputs import CaptionRequest, parse_api_request, parse_caption_request
+from captioner.http.jobs_api import IDEMPOTENCY_KEY_PATTERN, idempotency_key, wants_async
 from tests.conftest import photo
 
 PNG = photo(3)
@@ -161,9 +160,9 @@ def test_idempotency_key_form(key: str, accepted: bool) -> None:
 
 def test_an_async_url_job_is_refused_at_once_when_url_input_is_off() -> None:
     # Before: 202, and a job bound to fail with url_not_allowed. Now the same 400 a synchronous request gets.
-    off = SimpleNamespace(draining=False, settings=load_settings(None, {}).replace("url_input", enabled=False))
-    on = SimpleNamespace(draining=False, settings=load_settings(None, {}))
+    off = load_settings(None, {}).replace("url_input", enabled=False)
+    on = load_settings(None, {})
     with pytest.raises(UrlNotAllowed):
-        asyncio.run(parse_job(built(json={"url": "https://a.b/c.png"}), off))  # type: ignore[arg-type]
-    assert asyncio.run(parse_job(built(json={"url": "https://a.b/c.png"}), on)).url == "https://a.b/c.png"  # type: ignore[arg-type]
-    assert asyncio.run(parse_job(built(json={"image": B64}), off)).image == PNG  # type: ignore[arg-type]
+        asyncio.run(parse_api_request(built(json={"url": "https://a.b/c.png"}), off))
+    assert asyncio.run(parse_api_request(built(json={"url": "https://a.b/c.png"}), on)).url == "https://a.b/c.png"
+    assert asyncio.run(parse_api_request(built(json={"image": B64}), off)).image == PNG
