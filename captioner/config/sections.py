@@ -166,8 +166,9 @@ class UrlInputSettings:
     timeout_s: float = setting(5.0, gt=0)
     max_redirects: int = setting(3, ge=0)
     allow_private_networks: bool = False
-    # Outbound fetches at once, per process (httpx max_connections and a semaphore): caps what one replica can
-    # be made to send to a third party. Jobs past it wait their turn inside the admission budget.
+    # Outbound HTTP calls at once, per process: URL fetches, job callbacks and webhooks share it (httpx
+    # max_connections and a semaphore). Caps what one replica can be made to send to third parties; calls past
+    # it wait their turn (jobs inside the admission budget) before their timeout starts.
     max_concurrent_fetches: int = setting(16, ge=1)
 
 

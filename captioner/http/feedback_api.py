@@ -28,7 +28,7 @@ from captioner.feedback.store import FeedbackRecord
 from captioner.guard.caller import api_key_of, principal_of
 from captioner.http.assignment import OPENAPI_PARAMETER, assignment_key
 from captioner.http.body import body_limit, read_capped_body
-from captioner.http.json_body import decode_base64, parse_json
+from captioner.http.json_body import BASE64_PATTERN, EXAMPLE_IMAGE_BASE64, decode_base64, parse_json
 from captioner.http.responses import FastJSONResponse
 from captioner.jobs.records import JOB_ID
 from captioner.runtime.state import Runtime, runtime_of
@@ -36,6 +36,10 @@ from captioner.serving.hashing import sha256_off_loop
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_TEXT = 1000  # characters in a caption or a correction
+# The characters ``str.strip`` removes (``str.isspace``), as a pattern class: a caption or correction must have a
+# character outside it. Spelt out because ``\s`` means other sets in Python and in the document's regex dialect.
+WHITESPACE = "\\t-\\r\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+NOT_BLANK = f"[^{WHITESPACE}]"
 FIELDS = ("image_sha256", "job_id", "caption", "rating", "correction", "image")
 
 
@@ -81,7 +85,8 @@ def parse_feedback(payload: Any) -> FeedbackRequest:
         raise InvalidRequest('the JSON body must be an object such as {"image_sha256": ..., "rating": 5, ...}')
     unknown = sorted(set(payload) - set(FIELDS))
     if unknown:
-        raise InvalidRequest(f"unknown field {unknown[0]!r}; the fields are {', '.join(FIELDS)}")
+        shown = repr(unknown[0]) if len(unknown[0]) <= 40 else f"{unknown[0][:40]!r}..."
+        raise InvalidRequest(f"unknown field {shown}; the fields are {', '.join(FIELDS)}")
     if ("image_sha256" in payload) == ("job_id" in payload):
         raise InvalidRequest("send exactly one of 'image_sha256' and 'job_id'")
     image_sha256, job_id = payload.get("image_sha256"), payload.get("job_id")
@@ -90,8 +95,11 @@ def parse_feedback(payload: Any) -> FeedbackRequest:
     if "job_id" in payload and not (isinstance(job_id, str) and JOB_ID.fullmatch(job_id)):
         raise InvalidRequest("'job_id' must be an async job's id (32 lowercase hex digits)")
     rating = payload.get("rating")
+    if isinstance(rating, float) and rating.is_integer():  # 5.0: JSON Schema's integer, as JSON has one number type
+        rating = int(rating)
     if not isinstance(rating, int) or isinstance(rating, bool) or not 1 <= rating <= 5:
-        raise InvalidRequest(f"'rating' must be an integer from 1 to 5 (5 best), got {rating!r}")
+        shown = repr(rating) if len(repr(rating)) <= 40 else f"a {type(rating).__name__}"  # never echo a huge value
+        raise InvalidRequest(f"'rating' must be an integer from 1 to 5 (5 best), got {shown}")
     return FeedbackRequest(
         image_sha256=image_sha256,
         job_id=job_id,
@@ -131,15 +139,22 @@ async def _rated_image(
 
 
 def openapi_operation(errors: dict[str, Any]) -> dict[str, Any]:
-    """This endpoint in the OpenAPI document; ``errors`` are the shared error responses."""
-    text = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT, "pattern": r"\S"}
+    """This endpoint in the OpenAPI document; ``errors`` are the error responses it can give."""
+    text = {"type": "string", "maxLength": MAX_TEXT, "pattern": NOT_BLANK, "description": "not blank; stripped"}
     fields = {
         "image_sha256": {"type": "string", "pattern": f"^{SHA256.pattern}$"},
         "job_id": {"type": "string", "pattern": f"^{JOB_ID.pattern}$"},
         "caption": text,
         "rating": {"type": "integer", "minimum": 1, "maximum": 5},
         "correction": text,
-        "image": {"type": "string", "description": "base64; kept only with feedback.keep_images"},
+        "image": {
+            "type": "string",
+            "pattern": BASE64_PATTERN,
+            "contentEncoding": "base64",
+            "examples": [EXAMPLE_IMAGE_BASE64],
+            "description": "the rated image (it must hash to the rated image_sha256); kept only with "
+            "feedback.keep_images",
+        },
     }
     schema = {
         "type": "object",
@@ -156,12 +171,7 @@ def openapi_operation(errors: dict[str, Any]) -> dict[str, Any]:
         "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
         "responses": {
             "202": {"description": "kept", "content": {"application/json": {"schema": accepted}}},
-            "401": errors["401"],
-            "404": {**errors["401"], "description": "not_found: no such job (or another key's), or feedback is off"},
-            "413": errors["413"],
-            "415": errors["415"],
-            "422": errors["422"],
-            "429": errors["429"],
-            "503": errors["503"],
+            "404": {**errors["422"], "description": "not_found: no such job (or another key's), or feedback is off"},
+            **errors,
         },
     }

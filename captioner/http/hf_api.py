@@ -20,7 +20,7 @@ from captioner.http.assignment import OPENAPI_PARAMETER
 from captioner.http.body import body_limit, read_capped_body
 from captioner.http.caption_api import caption_sync
 from captioner.http.inputs import CaptionRequest
-from captioner.http.json_body import decode_base64_off_loop, parse_json
+from captioner.http.json_body import BASE64_PATTERN, EXAMPLE_IMAGE_BASE64, decode_base64_off_loop, parse_json
 from captioner.http.responses import FastJSONResponse
 
 
@@ -50,24 +50,35 @@ async def _json_inputs(body: bytes) -> bytes:
 
 
 def openapi_operation(errors: dict[str, Any]) -> dict[str, Any]:
-    """This endpoint in the OpenAPI document; ``errors`` are the shared error responses."""
-    binary = {"schema": {"type": "string", "format": "binary"}}
+    """This endpoint in the OpenAPI document; ``errors`` are the error responses it can give."""
     inputs = {
         "type": "object",
-        "properties": {"inputs": {"type": "string", "description": "base64 image bytes"}, "parameters": {}},
+        "properties": {
+            "inputs": {
+                "type": "string",
+                "pattern": BASE64_PATTERN,
+                "contentEncoding": "base64",
+                "examples": [EXAMPLE_IMAGE_BASE64],
+            },
+            "parameters": {"description": "accepted and ignored: generation follows the server's config"},
+        },
         "required": ["inputs"],
+        "description": "other fields are ignored, as Hugging Face endpoints do",
     }
     text = {"type": "object", "properties": {"generated_text": {"type": "string"}}, "required": ["generated_text"]}
     generated = {"type": "array", "items": text, "minItems": 1, "maxItems": 1}
+    image = {"schema": {"type": "string", "format": "binary"}}
+    # Any Content-Type but JSON means the raw image; a few are listed, since "*/*" would include JSON too.
+    raw = {
+        media_type: image for media_type in ("image/*", "application/octet-stream", "application/x-www-form-urlencoded")
+    }
     return {
         "summary": "The best caption, in Hugging Face's image-to-text shape (huggingface_hub.InferenceClient)",
-        "description": 'The raw image bytes with any or no Content-Type, or JSON {"inputs": "<base64>"}.',
+        "description": 'The raw image bytes, or JSON {"inputs": "<base64>"}. Any other Content-Type than JSON, or none '
+        "(what InferenceClient sends), is read as the raw image too, like those listed.",
         "operationId": "hf_image_to_text",
         "parameters": [OPENAPI_PARAMETER],
-        "requestBody": {
-            "required": True,
-            "content": {"image/*": binary, "application/octet-stream": binary, "application/json": {"schema": inputs}},
-        },
+        "requestBody": {"required": True, "content": {"application/json": {"schema": inputs}, **raw}},
         "responses": {
             "200": {"description": "[{generated_text}]", "content": {"application/json": {"schema": generated}}},
             **errors,  # 415 too: a format recognised but not decoded (HEIC, SVG, PDF)

@@ -29,14 +29,20 @@ from captioner.runtime.state import Runtime, runtime_of
 
 MODES = ("sync", "async")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-_KEY = re.compile(r"[\x20-\x7e]{1,255}")  # printable ASCII, as Stripe's keys are (up to 255 characters)
+# Printable ASCII, as Stripe's keys are (up to 255 characters). Not starting or ending with a space: HTTP strips
+# those from header values, so a key sent as " " arrives empty. The OpenAPI document serves this very pattern.
+IDEMPOTENCY_KEY_PATTERN = r"^[!-~](?:[ -~]{0,253}[!-~])?$"
+_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN.removeprefix("^").removesuffix("$"))
 
 
 def wants_async(request: Request) -> bool:
     """True for ``?mode=async``; 422 for a mode that isn't sync or async."""
     if not request.scope.get("query_string"):  # the common case: no query to parse
         return False
-    mode = request.query_params.get("mode", "sync")
+    modes = request.query_params.getlist("mode")
+    if len(modes) > 1:
+        raise InvalidRequest("the query parameter 'mode' is given more than once")
+    mode = modes[0] if modes else "sync"
     if mode not in MODES:
         raise InvalidRequest(f"mode must be sync or async, got {mode!r}")
     return mode == "async"
@@ -48,7 +54,9 @@ def idempotency_key(request: Request) -> str | None:
     if not values:
         return None
     if len(values) > 1 or not _KEY.fullmatch(values[0]):
-        raise InvalidRequest(f"{IDEMPOTENCY_HEADER} must be one value of 1 to 255 printable ASCII characters")
+        raise InvalidRequest(
+            f"{IDEMPOTENCY_HEADER} must be one value of 1 to 255 printable ASCII characters, no space at either end"
+        )
     return values[0]
 
 

@@ -117,7 +117,7 @@ class Metrics:
         )
         self.job_callbacks = Counter(
             "captioner_job_callbacks",
-            "Job callbacks, by outcome (delivered; failed after every retry; refused by the URL policy).",
+            "Job callbacks, by outcome (delivered; failed: dead after every retry; refused by the URL policy).",
             ["outcome"],
             registry=r,
         )
@@ -186,7 +186,7 @@ class Metrics:
         )
         self.url_fetches_in_flight = Gauge(
             "captioner_url_fetches_in_flight",
-            "Outbound URL fetches running now (url_input.max_concurrent_fetches).",
+            "Outbound HTTP calls running now: URL input, job callbacks, webhooks (url_input.max_concurrent_fetches).",
             registry=r,
         )
         # Per variant, what the canary analysis compares live: server-side failures and model-path latency.

@@ -25,8 +25,3 @@ def redact(text: str) -> str:
     if "bearer" in lowered or "basic" in lowered:
         text = _AUTH_SCHEME.sub(rf"\g<1>\g<2>{MASK}", text)
     return text
-
-
-def redact_url(url: str) -> str:
-    """A URL fit for a log line: its password, if any, replaced by ``***``."""
-    return redact(url)

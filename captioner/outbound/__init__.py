@@ -1,1 +1,1 @@
-"""Every outbound HTTP call: URL input, job callbacks, the drift webhook; one SSRF policy."""
+"""Every outbound HTTP call (URL input, job callbacks, webhooks): one client, one SSRF policy, one cap, one retry."""

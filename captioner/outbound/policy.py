@@ -1,10 +1,10 @@
-"""Where the server may connect on a client's behalf (image URLs, job callbacks): the SSRF policy, as plain functions.
+"""Where the server may connect on a client's behalf: the SSRF policy, as plain functions.
 
-``parse_url`` refuses what no hop may be (other schemes, credentials, malformed or numeric-trick hosts);
-``resolve_checked`` resolves a host once and checks every address; ``pinned_request`` builds a request that
-goes to the checked IP itself while the ``Host`` header and the TLS SNI / certificate name stay the original
-name, so no second DNS lookup can be rebound in between. ``outbound/url_fetch.py`` (image URLs) and
-``outbound/callbacks.py`` (job callbacks) both use these.
+``parse_url`` refuses what no hop may be (other schemes, credentials, malformed or numeric-trick hosts, host
+names no resolver could look up); ``resolve_checked`` resolves a host once and checks every address;
+``pinned_request`` builds a request that goes to the checked IP itself while the ``Host`` header and the TLS
+SNI / certificate name stay the original name, so no second DNS lookup can be rebound in between.
+``outbound/client.py`` applies them to every outbound call: URL input, job callbacks and webhooks.
 
 Policy: URLs with credentials (``user:pass@``) are refused (we never send auth, and they are a classic way to
 disguise the host). Numeric IPv4 spellings (``2130706433``, ``0x7f.1``) mean what ``inet_aton`` says; httpx
@@ -38,6 +38,8 @@ _NUMERIC_LABEL = re.compile(r"0x[0-9a-f]*|[0-9]+", re.IGNORECASE)
 _SHARED_SPACE = ipaddress.IPv4Network("100.64.0.0/10")  # carrier-grade NAT; Python calls it neither private nor global
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+# A DNS label as resolvers accept it: letters, digits, hyphens, and underscores (service names such as _dmarc).
+_LABEL = re.compile(r"[a-z0-9_-]{1,63}", re.IGNORECASE)
 
 
 async def system_resolver(host: str, port: int) -> list[str]:
@@ -85,6 +87,27 @@ def check_address(ip: str, *, allow_private: bool) -> None:
         raise UrlNotAllowed(f"the URL's host resolves to a {reason} address, which may not be fetched")
 
 
+def host_problem(host: str) -> str | None:
+    """Why the host name ``host`` (ASCII, as httpx spells it) could never be looked up, or None when it could.
+
+    A name is at most 253 characters (one trailing dot aside) of dot-separated labels, each 1 to 63 letters,
+    digits, hyphens or underscores. IP literals are not names: ``parse_url`` reads those before asking this.
+    """
+    if not host:
+        return "is empty"
+    name = host.removesuffix(".")
+    if len(name) > 253:
+        return "is longer than 253 characters"
+    for label in name.split("."):
+        if not label:
+            return "has an empty label (two dots in a row, or a leading dot)"
+        if len(label) > 63:
+            return "has a label longer than 63 characters"
+        if not _LABEL.fullmatch(label):
+            return "has characters a host name cannot have"
+    return None
+
+
 def _literal_ip(host: str) -> str | None:
     """The normalised IP when ``host`` is an IP literal in any spelling, else None (a name to resolve)."""
     if ":" in host:  # only IPv6 literals contain a colon once httpx has split off the port
@@ -115,6 +138,8 @@ class Target:
 
 def parse_url(url: str) -> Target:
     """The URL's target, or ``UrlNotAllowed`` for what no hop may be."""
+    if isinstance(url, str) and not url.strip():
+        raise UrlNotAllowed("the URL is empty")
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError):
@@ -127,6 +152,9 @@ def parse_url(url: str) -> Target:
     if not host:
         raise UrlNotAllowed("the URL has no host")
     literal = _literal_ip(host)
+    problem = host_problem(host) if literal is None else None
+    if problem is not None:  # refused here: getaddrinfo would raise UnicodeError for some of these
+        raise UrlNotAllowed(f"the URL's host {problem}")
     if literal is not None:  # the canonical spelling from here on, so Host reads "127.0.0.1", not "0x7f.1"
         try:
             parsed = parsed.copy_with(host=literal)
@@ -148,7 +176,7 @@ async def resolve_checked(target: Target, resolver: Resolver, *, allow_private: 
     # apart would let a client map our internal DNS names.
     try:
         addresses = await resolver(target.host, target.port)
-    except OSError:
+    except (OSError, UnicodeError):  # UnicodeError: the IDNA codec refusing a name parse_url let through
         raise UrlNotAllowed(NAME_REFUSED) from None
     if not addresses:
         raise UrlNotAllowed(NAME_REFUSED)

@@ -16,10 +16,9 @@ from captioner.guard.shared_limiter import SharedRateLimiter
 from captioner.jobs.manager import JobManager
 from captioner.jobs.relay import JobRelay
 from captioner.observability.metrics import Metrics
-from captioner.outbound.callbacks import build_callback_sender
-from captioner.outbound.drift_webhook import FLEET_EPISODE_KEY, DriftWebhook
-from captioner.outbound.url_fetch import UrlFetcher
+from captioner.outbound.build import build_outbound
 from captioner.rollout.canary_fleet import FleetCanary
+from captioner.rollout.drift_alert import FLEET_EPISODE_KEY, DriftAlert
 from captioner.rollout.drift_watch import DriftWatch
 from captioner.rollout.registry_source import RegistrySource
 from captioner.runtime.state import ROLE_API, Runtime
@@ -32,8 +31,7 @@ from captioner.shared_state.redis_table import RedisTable
 def build_runtime(settings: Settings, metrics: Metrics, role: str) -> Runtime:
     """Every component of a replica of ``role``; a bad setting that only shows here stops start-up, named."""
     check_role(role, settings)
-    fetcher = UrlFetcher(settings.url_input, max_bytes=settings.limits.max_body_bytes)
-    metrics.url_fetches_in_flight.set_function(lambda: fetcher.in_flight)
+    outbound = build_outbound(settings, metrics)
     admission = AdmissionBudget.from_settings(settings, metrics)
     jobs = JobManager.from_settings(settings, metrics)
     runtime = Runtime(
@@ -47,16 +45,16 @@ def build_runtime(settings: Settings, metrics: Metrics, role: str) -> Runtime:
         jobs=jobs,
         drift=DriftWatch.from_settings(settings.drift, metrics),  # a bad reference file stops start-up here
         feedback=build_feedback(settings, metrics),
-        url_fetcher=fetcher,
-        callbacks=build_callback_sender(settings),
+        outbound=outbound,
+        url_fetcher=outbound.fetcher,
+        callbacks=outbound.callbacks,
         registry=RegistrySource(settings, metrics) if settings.registry.path and role != ROLE_API else None,
     )
-    if settings.drift.webhook_url and runtime.drift.enabled:
-        fleet = _drift_episode(settings)
-        runtime.webhook = DriftWebhook(settings.drift, settings.url_input, runtime.drift, metrics, fleet=fleet)
+    if outbound.webhook is not None:
+        runtime.drift_alert = DriftAlert(runtime.drift, outbound.webhook, metrics, fleet=_drift_episode(settings))
     # An api replica has no model: its captions are made by the workers, through the job queue.
     relay = JobRelay(jobs) if role == ROLE_API else None
-    runtime.use_case = CaptionUseCase(runtime, fetcher.fetch, relay)
+    runtime.use_case = CaptionUseCase(runtime, outbound.fetcher.fetch, relay)
     return runtime
 
 

@@ -40,8 +40,8 @@ def lifespan(
     async def run(app: Any) -> AsyncIterator[None]:
         runtime.loop = asyncio.get_running_loop()
         runtime.jobs.start()
-        if runtime.webhook is not None:
-            runtime.webhook.start(runtime.loop)
+        if runtime.drift_alert is not None:
+            runtime.drift_alert.start(runtime.loop)
         watches: list[asyncio.Task[None]] = []
         loader = None
         if not runtime.serves_model:
@@ -68,13 +68,11 @@ def lifespan(
                     logger.warning("drain timed out after %.0f s", settings.server.drain_timeout_s)
             if runtime.canary is not None:
                 await runtime.canary.aclose()
-            await runtime.url_fetcher.aclose()
             await runtime.limiter.aclose()
             await runtime.feedback.aclose()
-            if runtime.callbacks is not None:
-                await runtime.callbacks.aclose()
-            if runtime.webhook is not None:
-                await runtime.webhook.aclose()
+            if runtime.drift_alert is not None:
+                await runtime.drift_alert.aclose()
+            await runtime.outbound.aclose()
 
     return run
 

@@ -25,9 +25,10 @@ from captioner.guard.job_quota import JobQuota
 from captioner.guard.shared_limiter import SharedRateLimiter
 from captioner.jobs.manager import JobManager
 from captioner.observability.metrics import Metrics
+from captioner.outbound.build import Outbound
 from captioner.outbound.callbacks import CallbackSender
-from captioner.outbound.drift_webhook import DriftWebhook
 from captioner.outbound.url_fetch import UrlFetcher
+from captioner.rollout.drift_alert import DriftAlert
 from captioner.rollout.drift_watch import DriftWatch
 from captioner.rollout.registry_source import RegistrySource
 from captioner.serving.use_case import CaptionUseCase
@@ -53,9 +54,10 @@ class Runtime:
     jobs: JobManager
     drift: DriftWatch
     feedback: Feedback
+    outbound: Outbound  # every outbound HTTP call: one client, one cap, one SSRF policy
     url_fetcher: UrlFetcher
     callbacks: CallbackSender | None = None  # None without jobs.callback_secret: callback_url is refused
-    webhook: DriftWebhook | None = None  # drift.webhook_url set
+    drift_alert: DriftAlert | None = None  # drift.webhook_url set: one webhook per drift episode
     registry: RegistrySource | None = None  # registry.path set: the variants are its aliases
     use_case: CaptionUseCase = field(init=False)
     pool: VariantPool | None = None  # the variants, once loaded (never on an api replica)

@@ -3,7 +3,7 @@
 ``begin()`` is ``SET key NX PX ttl``: True for exactly one replica while the key lives. Every replica still in the
 episode calls ``keep()`` (``SET key PX ttl``) at least once per ``ttl_s``, so the episode lasts while any replica
 is in it, and ends ``ttl_s`` after the last one left (or died): the next ``begin()`` then starts a new one.
-Used for drift alerts (outbound/drift_webhook.py): the fleet calls the retraining webhook once per episode,
+Used for drift alerts (rollout/drift_alert.py): the fleet calls the retraining webhook once per episode,
 where each replica scoring its own traffic would call it once each.
 """
 

@@ -4,7 +4,8 @@ module imports in a cycle.
 The tiers (../shared/DESIGN.md): entry points (cli, server) -> http -> runtime -> {guard, serving, jobs,
 rollout, feedback, outbound} -> {model, registry} -> {shared_state, observability, config, errors}; tools beside
 http (offline commands, never the HTTP layer), client alone. Within the middle tier: jobs run captions through
-serving's use case and send callbacks through outbound; rollout watches serving's variants.
+serving's use case and send callbacks through outbound; rollout watches serving's variants and sends its drift
+webhook through outbound.
 Imports inside functions and under TYPE_CHECKING count too: a lazy import is still a dependency.
 
 ``EDGES`` is exact: a new edge fails ``test_imports_point_one_way``, and an edge listed here that the code no
@@ -32,14 +33,14 @@ EDGES: dict[str, set[str]] = {
     "model": BASE,
     "guard": BASE | {"observability", "shared_state"},
     "feedback": BASE | {"observability", "shared_state"},
-    "outbound": BASE | {"observability", "rollout"},
+    "outbound": BASE | {"observability"},
     "jobs": BASE | {"observability", "shared_state", "serving", "outbound"},
     "serving": BASE | {"observability", "shared_state", "model"},
-    "rollout": {"config", "observability", "model", "registry", "serving"},
+    "rollout": {"config", "observability", "model", "registry", "serving", "outbound"},
     # shared_state: the composition root builds what the replicas share in their Redis (drift episode, canary table).
     "runtime": BASE
     | {"observability", "model", "guard", "serving", "jobs", "rollout", "feedback", "outbound", "shared_state"},
-    "http": BASE | {"observability", "model", "guard", "serving", "jobs", "feedback", "runtime"},
+    "http": BASE | {"observability", "model", "guard", "serving", "jobs", "feedback", "outbound", "runtime"},
     "tools": BASE | {"observability", "model", "registry", "serving", "rollout", "feedback", "client"},
     # Entry points.
     "__init__": set(),

@@ -162,6 +162,9 @@ def test_health_ready_metrics_openapi(live_server: LiveServer) -> None:
         ({"json": {"image": "***"}}, 422, "invalid_request"),
         ({"content": b"{oops", "headers": {"Content-Type": "application/json"}}, 422, "invalid_request"),
         ({"files": {"picture": ("x.png", b"x", "image/png")}}, 422, "invalid_request"),
+        ({"json": {"url": ""}}, 422, "invalid_request"),  # a 500 before (an assertion on the missing input)
+        ({"json": {"url": "http://a..b.com/x.jpg"}}, 400, "url_not_allowed"),  # UnicodeError in getaddrinfo before
+        ({"json": {"url": f"http://{'a' * 64}.com/x.jpg"}}, 400, "url_not_allowed"),
     ],
 )
 def test_errors_have_the_contract_shape(

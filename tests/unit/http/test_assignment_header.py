@@ -25,7 +25,7 @@ def test_a_well_formed_key_is_read_and_none_is_none() -> None:
 
 @pytest.mark.parametrize(
     "values",
-    [(b"",), (b"x" * 256,), ("caf\u00e9".encode(),), (b"tab\there",), (b"nul\x00",), (b"a", b"b")],
+    [(b"",), (b"x" * 256,), ("caf\u00e9".encode(),), (b"tab\there",), (b"nul\x00",), (b"a", b"b"), (b" padded",)],
 )
 def test_a_malformed_key_is_refused_with_422(values: tuple[bytes, ...]) -> None:
     with pytest.raises(InvalidRequest, match=ASSIGNMENT_HEADER) as refused:

@@ -1,4 +1,5 @@
-"""Drift -> retraining webhook: one POST of the drift report per alert episode, under the URL input's SSRF policy."""
+"""Drift -> retraining webhook: one POST of the drift report per alert episode (``rollout/drift_alert.py``), sent
+through the outbound client under the URL input's SSRF policy and the one retry rule (``outbound/webhook.py``)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from typing import Any
 import pytest
 from prometheus_client import generate_latest
 
-from captioner.config import DriftSettings, UrlInputSettings
 from captioner.observability.metrics import Metrics
-from captioner.outbound import drift_webhook
-from captioner.outbound.drift_webhook import DriftWebhook
+from captioner.outbound.client import OutboundClient
+from captioner.outbound.retry import RetryRule
+from captioner.outbound.webhook import WebhookSender
+from captioner.rollout.drift_alert import DriftAlert
 from tests.callback_receiver import Receiver
 from tests.conftest import LiveServer, metric_value, tiny_settings
 from tests.unit.http.test_drift_routes import FAST, dark_tiny, normal_photo, send
@@ -41,9 +43,25 @@ class FakeWatch:
         return self.alert
 
 
-def webhook(url: str, watch: FakeWatch, metrics: Metrics, *, allow_private: bool = True) -> DriftWebhook:
-    drift = DriftSettings(webhook_url=url, webhook_allow_private_networks=allow_private, webhook_timeout_s=5)
-    return DriftWebhook(drift, UrlInputSettings(), watch, metrics, recheck_s=0.01)  # type: ignore[arg-type]
+class Alert(DriftAlert):
+    """The alert with its own outbound client (``build_outbound`` shares one), closed with it."""
+
+    def __init__(self, sender: WebhookSender, client: OutboundClient, watch: FakeWatch, metrics: Metrics) -> None:
+        super().__init__(watch, sender, metrics, recheck_s=0.01)  # type: ignore[arg-type]
+        self.client = client
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        await self.client.aclose()
+
+
+FAST_RETRY = RetryRule(attempts=3, base_s=0.01, cap_s=0.01)
+
+
+def webhook(url: str, watch: FakeWatch, metrics: Metrics, *, allow_private: bool = True) -> Alert:
+    client = OutboundClient(4)
+    sender = WebhookSender(client, url, allow_private=allow_private, timeout_s=5, retry=FAST_RETRY)
+    return Alert(sender, client, watch, metrics)
 
 
 async def wait_for(condition: Any, timeout_s: float = 30) -> None:
@@ -75,15 +93,16 @@ async def test_one_call_per_episode_and_a_new_episode_after_the_alert_clears(rec
         watch.listeners[0]("height", 2.5)
         await wait_for(lambda: len(receiver.bodies) == 2)
         assert receiver.bodies[1]["json"]["feature"] == "height"
+        # Counted once the receiver's answer is back, a moment after the receiver has the body.
+        await wait_for(lambda: metric_value(_text(metrics), "captioner_drift_webhooks_total", 'outcome="sent"') >= 2)
+        await asyncio.sleep(0.1)
         assert metric_value(_text(metrics), "captioner_drift_webhooks_total", 'outcome="sent"') == 2
     finally:
         await hook.aclose()
 
 
 @pytest.mark.anyio
-async def test_a_private_address_is_refused_unless_allowed_and_failures_are_retried(
-    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_private_address_is_refused_unless_allowed_and_failures_are_retried(receiver: Receiver) -> None:
     metrics = Metrics()
     refused = webhook(receiver.url, FakeWatch(), metrics, allow_private=False)
     refused.start(asyncio.get_running_loop())
@@ -92,7 +111,6 @@ async def test_a_private_address_is_refused_unless_allowed_and_failures_are_retr
     assert receiver.bodies == []  # the SSRF policy stopped it before any connection
     await refused.aclose()
 
-    monkeypatch.setattr(drift_webhook, "RETRY_DELAYS_S", (0.01, 0.01))
     receiver.statuses[:] = [500]
     failing = webhook(receiver.url, FakeWatch(), metrics)
     failing.start(asyncio.get_running_loop())

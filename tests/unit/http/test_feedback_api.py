@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema_rs
 import pytest
 
+from captioner.errors import InvalidRequest
 from captioner.feedback.store import FeedbackRecord
+from captioner.http.feedback_api import NOT_BLANK, parse_feedback
 from tests.conftest import LiveServer, photo, tiny_settings
 
 FEEDBACK = "/api/v1/feedback"
@@ -160,3 +164,31 @@ def test_a_rating_is_credited_to_the_variant_that_served_the_caption(tiny_model_
     assert set(served.values()) == {"a", "b"}  # the split is a hash of the image: these seeds reach both
     assert credited == {v: sum(1 for s in served.values() if s == v) for v in "ab"}
     assert approval == {v: (credited[v], 1.0) for v in "ab"}
+
+
+# -- the parser alone, as the OpenAPI document describes it (the fuzzer's findings)
+
+
+def test_an_integral_rating_is_an_integer_however_written() -> None:
+    # JSON has one number type and JSON Schema's "integer" takes 4.0: the document allowed it, the server refused.
+    assert parse_feedback({**GOOD, "rating": 4.0}).rating == 4
+    for bad in (4.5, 0.0, 6.0, 1e300, "4"):
+        with pytest.raises(InvalidRequest):
+            parse_feedback({**GOOD, "rating": bad})
+
+
+def test_blank_means_what_the_documented_pattern_says() -> None:
+    """A caption of Python whitespace (what ``str.strip`` removes) is blank; ``\\S`` in the document's regex
+    dialect is another set (it let "\\x1c" through, which the server then refused). NOT_BLANK spells it out."""
+    everything = "".join(map(chr, range(0x110000))).encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    blank = re.sub(NOT_BLANK, "", everything)
+    assert set(blank) == {c for c in everything if c.isspace()}
+    validator = {"type": "string", "pattern": NOT_BLANK}  # the fuzzer's dialect (ECMA-262), not Python's
+    for text in [*blank, "\ufeff", "\u200b", "\x1b", "a", " a "]:
+        in_document = jsonschema_rs.is_valid(validator, text)
+        try:
+            parse_feedback({**GOOD, "caption": text})
+            accepted = True
+        except InvalidRequest:
+            accepted = False
+        assert in_document == accepted == bool(text.strip()), repr(text)

@@ -7,11 +7,21 @@ import base64
 import threading
 from typing import Any
 
+import jsonschema_rs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from captioner.errors import InvalidRequest
 from captioner.http import json_body
-from captioner.http.json_body import OFF_LOOP_BYTES, decode_base64, decode_base64_off_loop, parse_json
+from captioner.http.json_body import (
+    BASE64_PATTERN,
+    EXAMPLE_IMAGE_BASE64,
+    OFF_LOOP_BYTES,
+    decode_base64,
+    decode_base64_off_loop,
+    parse_json,
+)
 
 
 @pytest.mark.parametrize(
@@ -54,3 +64,33 @@ def test_base64_whitespace_is_stripped_and_non_ascii_refused() -> None:
     for bad in ("\u00c5AAA", "QUJD\u2028", "QU==QU==", 12, None):
         with pytest.raises(InvalidRequest):
             decode_base64(bad)
+
+
+@pytest.mark.parametrize("text", ["QUJD=", "QUJD==", "QUJD===", "QQ===", "QUI==", "=QUJD", "QQ=A", "QUJDRA", "Q"])
+def test_base64_is_read_strictly(text: str) -> None:
+    # Excess padding ("QUJD=") was accepted by b64decode(validate=True); the document's pattern refuses it.
+    with pytest.raises(InvalidRequest):
+        decode_base64(text)
+
+
+# Strings near base64: whole and partial quanta, padding, the whitespace stripped, data: prefixes, stray characters.
+PIECES = ["QUJD", "QUI", "QQ", "Q", "+/9a", "=", "==", " ", "\n", "\r\n", "\t", "\x0b", "\x0c", "*", ",", "\u00c5"]
+BASE64_ISH = st.lists(st.sampled_from([*PIECES, "data:", "data:image/png;base64,"]), max_size=10).map("".join)
+
+
+@settings(max_examples=500, derandomize=True, database=None)
+@given(text=BASE64_ISH)
+def test_the_documented_pattern_is_exactly_what_decodes_to_an_image(text: str) -> None:
+    """BASE64_PATTERN, read as the fuzzer's validator reads JSON Schema (jsonschema_rs, ECMA-262 dialect), matches
+    exactly the strings ``decode_base64`` turns into a non-empty image (an empty one is 400 ``invalid_image``)."""
+    documented = jsonschema_rs.is_valid({"type": "string", "pattern": BASE64_PATTERN}, text)
+    try:
+        accepted = decode_base64(text) != b""
+    except InvalidRequest:
+        accepted = False
+    assert documented == accepted
+
+
+def test_the_documented_example_is_an_image() -> None:
+    assert jsonschema_rs.is_valid({"type": "string", "pattern": BASE64_PATTERN}, EXAMPLE_IMAGE_BASE64)
+    assert decode_base64(EXAMPLE_IMAGE_BASE64).startswith(b"\x89PNG")

@@ -1,5 +1,6 @@
-"""URL fetching: the SSRF rules (schemes, address classes, numeric IP spellings), IP pinning, redirects re-checked
-at every hop, size and time limits; then real fetches over sockets (plain HTTP, and HTTPS with SNI checks)."""
+"""URL fetching: the SSRF rules (schemes, address classes, numeric IP spellings, host names no resolver could look
+up), IP pinning, redirects re-checked at every hop, size and time limits, the shared cap; then real fetches over
+sockets (plain HTTP, and HTTPS with SNI checks)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ import pytest
 from captioner import __version__
 from captioner.config import UrlInputSettings
 from captioner.errors import TooLarge, UrlFetchFailed, UrlNotAllowed
-from captioner.outbound.url_fetch import UrlFetcher, check_address, system_resolver
+from captioner.outbound.client import OutboundClient
+from captioner.outbound.policy import check_address, host_problem, system_resolver
+from captioner.outbound.url_fetch import UrlFetcher
 
 pytestmark = pytest.mark.anyio
 
@@ -100,18 +103,17 @@ class Harness:
             return self.dns[host]
 
         max_bytes = settings.pop("max_bytes", 1000)
-        self.fetcher = UrlFetcher(
-            UrlInputSettings(**{"timeout_s": 2.0, **settings}),
-            max_bytes=max_bytes,
-            resolver=resolve,
-            transport=httpx.MockTransport(record),
+        url_input = UrlInputSettings(**{"timeout_s": 2.0, **settings})
+        self.client = OutboundClient(
+            url_input.max_concurrent_fetches, resolver=resolve, transport=httpx.MockTransport(record)
         )
+        self.fetcher = UrlFetcher(url_input, self.client, max_bytes=max_bytes)
 
     async def fetch(self, url: str) -> bytes:
         try:
             return await self.fetcher.fetch(url)
         finally:
-            await self.fetcher.aclose()
+            await self.client.aclose()
 
 
 def respond(status: int = 200, body: bytes = b"image-bytes", **headers: str) -> Handler:
@@ -136,6 +138,51 @@ async def test_bad_schemes_missing_hosts_and_credentials_are_refused(url: str) -
     with pytest.raises(UrlNotAllowed):
         await harness.fetch(url)
     assert harness.requests == []
+
+
+LONG_LABEL = "a" * 64
+
+
+@pytest.mark.parametrize(
+    ("host", "problem"),
+    [("", "empty"), ("a..b.example", "empty label"), (".a.example", "empty label"), ("a.example..", "empty label"),
+     (f"{LONG_LABEL}.example", "63"), (("a" * 60 + ".") * 5 + "example", "253"), ("ex%20ample.com", "characters"),
+     ("a*b.example", "characters")],
+)  # fmt: skip
+def test_host_names_no_resolver_could_look_up_are_named(host: str, problem: str) -> None:
+    assert problem in (host_problem(host) or "")
+
+
+@pytest.mark.parametrize(
+    "host", ["img.example", "img.example.", "xn--bcher-kva.de", "_dmarc.example", "a-b.example", "a" * 63 + ".io"]
+)
+def test_usable_host_names_pass(host: str) -> None:
+    assert host_problem(host) is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://a..b.com/x.jpg", "", "   ", f"http://{LONG_LABEL}.example/x.jpg", "https://.example/x.jpg",
+     "http://ex ample.com/x.jpg"],
+)  # fmt: skip
+async def test_unusable_hosts_and_empty_urls_are_refused_before_any_lookup(url: str) -> None:
+    """These reached getaddrinfo before, whose IDNA codec raised UnicodeError: a 500 instead of a 400."""
+    harness = Harness(respond())
+    with pytest.raises(UrlNotAllowed) as info:
+        await harness.fetch(url)
+    assert (info.value.status_code, info.value.code) == (400, "url_not_allowed")
+    assert harness.lookups == [] and harness.requests == []
+
+
+async def test_a_resolver_that_raises_unicode_error_is_a_refusal_not_a_crash() -> None:
+    harness = Harness(respond())
+
+    async def idna_fails(host: str, port: int) -> list[str]:
+        raise UnicodeError("encoding with 'idna' codec failed (UnicodeError: label empty or too long)")
+
+    harness.client._resolver = idna_fails
+    with pytest.raises(UrlNotAllowed, match="does not resolve to a public address"):
+        await harness.fetch("http://img.example/a.png")
 
 
 @pytest.mark.parametrize(
@@ -332,7 +379,7 @@ async def test_the_whole_fetch_is_bounded_by_timeout_s(where: str) -> None:
 
     harness = Harness(handler, {"img.example": [PUBLIC_V4]}, timeout_s=0.2, max_bytes=10_000)
     if where == "dns":
-        harness.fetcher._resolver = lambda host, port: asyncio.sleep(stall_s, [PUBLIC_V4])
+        harness.client._resolver = lambda host, port: asyncio.sleep(stall_s, [PUBLIC_V4])
     started = time.monotonic()
     with pytest.raises(UrlFetchFailed, match=r"longer than 0\.2s"):
         await harness.fetch("http://img.example/slow.png")
@@ -412,11 +459,11 @@ async def test_outbound_fetches_are_capped_and_the_rest_wait_their_turn() -> Non
         await asyncio.sleep(0.01)
     for _ in range(20):  # give the other seven every chance to start if nothing held them back
         await asyncio.sleep(0)
-    assert (len(harness.requests), harness.fetcher.in_flight) == (3, 3)
+    assert (len(harness.requests), harness.client.in_flight) == (3, 3)
     release.set()
     assert await asyncio.gather(*fetches) == [b"img"] * 10
-    await harness.fetcher.aclose()
-    assert peak == 3 and harness.fetcher.in_flight == 0
+    await harness.client.aclose()
+    assert peak == 3 and harness.client.in_flight == 0
 
 
 async def test_url_input_can_be_disabled() -> None:
@@ -474,16 +521,23 @@ def local_server() -> Iterator[tuple[int, list[str]]]:
     yield from serve()
 
 
-def real_fetcher(*, allow_private: bool, max_bytes: int = 1 << 20, **kwargs: Any) -> UrlFetcher:
-    settings = UrlInputSettings(timeout_s=5.0, allow_private_networks=allow_private)
-    return UrlFetcher(settings, max_bytes=max_bytes, **kwargs)
+class RealFetcher(UrlFetcher):
+    """A fetcher on its own client (as ``build_outbound`` gives it one), closed with it."""
+
+    def __init__(self, *, allow_private: bool, max_bytes: int = 1 << 20, **client_options: Any) -> None:
+        settings = UrlInputSettings(timeout_s=5.0, allow_private_networks=allow_private)
+        self.client = OutboundClient(settings.max_concurrent_fetches, **client_options)
+        super().__init__(settings, self.client, max_bytes=max_bytes)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
 
 
 async def test_a_real_fetch_returns_the_exact_bytes_and_follows_real_redirects(
     local_server: tuple[int, list[str]],
 ) -> None:
     port, hosts = local_server
-    fetcher = real_fetcher(allow_private=True)
+    fetcher = RealFetcher(allow_private=True)
     try:
         assert await fetcher.fetch(f"http://127.0.0.1:{port}/img") == PAYLOAD
         assert await fetcher.fetch(f"http://127.0.0.1:{port}/redirect") == PAYLOAD
@@ -494,7 +548,7 @@ async def test_a_real_fetch_returns_the_exact_bytes_and_follows_real_redirects(
             await fetcher.fetch(f"http://127.0.0.1:{port}/nope")
     finally:
         await fetcher.aclose()
-    small = real_fetcher(allow_private=True, max_bytes=len(PAYLOAD) - 1)
+    small = RealFetcher(allow_private=True, max_bytes=len(PAYLOAD) - 1)
     try:
         with pytest.raises(TooLarge):
             await small.fetch(f"http://127.0.0.1:{port}/img")
@@ -507,7 +561,7 @@ async def test_the_same_real_urls_are_refused_without_allow_private_networks(
 ) -> None:
     port, hosts = local_server
     before = len(hosts)
-    fetcher = real_fetcher(allow_private=False)
+    fetcher = RealFetcher(allow_private=False)
     try:
         for url in (f"http://127.0.0.1:{port}/img", f"http://localhost:{port}/img", f"http://0x7f.1:{port}/img"):
             with pytest.raises(UrlNotAllowed):
@@ -551,7 +605,7 @@ async def test_https_dials_the_ip_but_sends_sni_and_verifies_the_certificate_for
 
     # A transport with keep-alive on: the fetcher itself must keep a connection from serving a second name.
     transport = httpx.AsyncHTTPTransport(verify=ssl.create_default_context(cafile=str(cert)))
-    fetcher = real_fetcher(allow_private=True, resolver=resolve, transport=transport)
+    fetcher = RealFetcher(allow_private=True, resolver=resolve, transport=transport)
     try:
         assert await fetcher.fetch(f"https://pinned.test:{port}/img") == PAYLOAD
         assert await fetcher.fetch(f"https://pinned.test:{port}/redirect") == PAYLOAD

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from captioner.config import DriftSettings, UrlInputSettings
 from captioner.observability.metrics import Metrics
-from captioner.outbound.drift_webhook import DriftWebhook
+from captioner.outbound.delivery import Delivery
+from captioner.rollout.drift_alert import DriftAlert
 
 
 class SharedEpisode:
@@ -62,20 +62,25 @@ class FakeWatch:
         return self.alert
 
 
-def replica(shared: SharedEpisode, calls: list[bytes]) -> tuple[DriftWebhook, FakeWatch]:
+class Webhook:
+    """The webhook sender: records each body instead of sending it."""
+
+    def __init__(self, calls: list[bytes]) -> None:
+        self.calls = calls
+
+    async def send(self, body: bytes) -> Delivery:
+        self.calls.append(body)
+        return Delivery("delivered", attempts=1, problem="")
+
+
+def replica(shared: SharedEpisode, calls: list[bytes]) -> tuple[DriftAlert, FakeWatch]:
     watch = FakeWatch()
-    drift = DriftSettings(webhook_url="http://receiver.invalid/hook")
-    hook = DriftWebhook(drift, UrlInputSettings(), watch, Metrics(), recheck_s=0.01, fleet=Replica(shared))  # type: ignore[arg-type]
-
-    async def deliver(body: bytes) -> None:
-        calls.append(body)
-
-    hook._deliver = deliver  # type: ignore[method-assign]
+    hook = DriftAlert(watch, Webhook(calls), Metrics(), recheck_s=0.01, fleet=Replica(shared))  # type: ignore[arg-type]
     hook.start(asyncio.get_running_loop())
     return hook, watch
 
 
-async def settled(hook: DriftWebhook) -> None:
+async def settled(hook: DriftAlert) -> None:
     deadline = time.monotonic() + 10
     while hook._episode is None or not hook._episode.done():
         assert time.monotonic() < deadline

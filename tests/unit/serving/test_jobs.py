@@ -207,6 +207,12 @@ def test_a_malformed_request_is_refused_at_once_not_as_a_job(server: LiveServer)
     assert unsupported.status_code == 415
     bad_mode = httpx.post(server.url + CAPTION + "?mode=later", content=photo(1), headers={"Content-Type": "image/png"})
     assert bad_mode.status_code == 422 and "mode" in bad_mode.json()["error"]["message"]
+    for host in ("a..b.example", "a" * 64 + ".example", ""):  # no callback could ever reach these hosts
+        bad_host = httpx.post(
+            server.url + CAPTION + "?mode=async", params={"callback_url": f"http://{host}/cb"}, content=photo(1),
+            headers={"Content-Type": "image/png"},
+        )  # fmt: skip
+        assert (bad_host.status_code, bad_host.json()["error"]["code"]) == (422, "invalid_request"), host
 
 
 def test_unknown_job_is_a_404_json_error(server: LiveServer) -> None:

@@ -1,11 +1,9 @@
-"""Drift -> retraining: POST the drift report to ``drift.webhook_url`` once per alert episode.
+"""Drift -> retraining: send the drift report to the webhook once per alert episode.
 
 An episode starts when some feature's PSI rises over ``drift.psi_alert`` and ends when no feature is over it any
 more (checked every ``recheck_s``); the webhook is called once at its start, however many features alert and
-however often. The URL is fetched under the URL input's SSRF policy (``urlfetch.UrlFetcher``: every address
-checked, the connection pinned to it, no redirects followed); ``drift.webhook_allow_private_networks`` lets an
-in-cluster receiver through without opening URL input to private networks. A failed call is retried twice
-(1 s, then 4 s later); a refused URL is not. ``captioner_drift_webhooks_total{outcome}`` counts each outcome.
+however often. Sending (SSRF policy, retries, the shared outbound cap) is ``outbound/webhook.py``'s business;
+``captioner_drift_webhooks_total{outcome}`` counts each episode's outcome: sent, failed or refused.
 
 The body: ``{"event": "drift_alert", "feature": ..., "psi": ..., "time": ..., "report": <GET /api/v1/drift>}``.
 
@@ -19,22 +17,20 @@ a duplicate retraining request is cheaper than a lost one.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from typing import Any, Protocol
 
 import orjson
 
-from captioner.config import DriftSettings, UrlInputSettings
-from captioner.errors import UrlFetchFailed, UrlNotAllowed
 from captioner.observability.metrics import Metrics
-from captioner.outbound.url_fetch import Resolver, UrlFetcher, system_resolver
+from captioner.outbound.webhook import WebhookSender
 from captioner.rollout.drift_watch import DriftWatch
 
 logger = logging.getLogger("captioner.drift")
 
-RETRY_DELAYS_S = (1.0, 4.0)
+# The series kept the labels it had before sending moved to outbound/: dashboards read "sent".
+_METRIC_OUTCOME = {"delivered": "sent", "failed": "failed", "refused": "refused"}
 FLEET_EPISODE_KEY = "captioner:drift:episode:v1"  # the Redis key of the fleet's alert episode
 
 
@@ -50,27 +46,18 @@ class FleetEpisode(Protocol):
     async def aclose(self) -> None: ...
 
 
-class DriftWebhook:
+class DriftAlert:
     def __init__(
         self,
-        drift: DriftSettings,
-        url_input: UrlInputSettings,
         watch: DriftWatch,
+        webhook: WebhookSender,
         metrics: Metrics,
         *,
-        resolver: Resolver = system_resolver,
         recheck_s: float = 5.0,
         fleet: FleetEpisode | None = None,
     ) -> None:
-        policy = dataclasses.replace(
-            url_input,
-            enabled=True,
-            timeout_s=drift.webhook_timeout_s,
-            allow_private_networks=url_input.allow_private_networks or drift.webhook_allow_private_networks,
-        )
-        self._url = drift.webhook_url
-        self._client = UrlFetcher(policy, max_bytes=1, resolver=resolver)
         self._watch = watch
+        self._webhook = webhook
         self._metrics = metrics
         self._recheck_s = recheck_s
         self._fleet = fleet
@@ -84,7 +71,6 @@ class DriftWebhook:
     async def aclose(self) -> None:
         if self._episode is not None:
             self._episode.cancel()
-        await self._client.aclose()
         if self._fleet is not None:
             await self._fleet.aclose()
 
@@ -103,7 +89,7 @@ class DriftWebhook:
             if await self._fleet_call():
                 report = await asyncio.to_thread(self._watch.report)
                 body = {"event": "drift_alert", "feature": feature, "psi": psi, "time": time.time(), "report": report}
-                await self._deliver(orjson.dumps(body))
+                await self._send(orjson.dumps(body))
             while await asyncio.to_thread(self._watch.alerting):
                 await self._fleet_keep()
                 await asyncio.sleep(self._recheck_s)
@@ -135,26 +121,12 @@ class DriftWebhook:
         except Exception:  # the episode may lapse; the next alert then calls once more (not never)
             logger.debug("drift alert: could not renew the fleet's episode", exc_info=True)
 
-    async def _deliver(self, body: bytes) -> None:
-        outcome, why = "failed", ""
-        for attempt, delay in enumerate((0.0, *RETRY_DELAYS_S)):
-            await asyncio.sleep(delay)
-            try:
-                status = await self._client.post_json(self._url, body)
-            except UrlNotAllowed as exc:
-                outcome, why = "refused", exc.message
-                break
-            except UrlFetchFailed as exc:
-                why = exc.message
-                continue
-            if 200 <= status < 300:
-                outcome = "sent"
-                break
-            why = f"HTTP {status}"
-            logger.debug("drift webhook attempt %d: %s", attempt + 1, why)
+    async def _send(self, body: bytes) -> None:
+        delivery = await self._webhook.send(body)
+        outcome = _METRIC_OUTCOME[delivery.outcome]
         self._metrics.drift_webhooks.labels(outcome).inc()
         extra: dict[str, Any] = {"event": "drift_webhook", "outcome": outcome}
         if outcome == "sent":
             logger.warning("drift alert: webhook called (retraining may start)", extra=extra)
         else:
-            logger.error("drift alert: webhook %s (%s)", outcome, why, extra=extra)
+            logger.error("drift alert: webhook %s (%s)", outcome, delivery.problem, extra=extra)
