@@ -4,7 +4,6 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-TORCH  := torch==2.14.1 torchvision==0.29.1
 CONFIG ?= config.yaml
 
 .PHONY: serve test install install-test lint pytest system-deps tiny-model clean bench bench-quick
@@ -13,10 +12,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-# Stamps: re-install only when pyproject.toml or the lock changes. The server's dependencies come from
-# requirements.lock at their exact versions, each checked against its hash (the same file the Dockerfile uses).
-$(VENV)/.installed: $(BIN)/python pyproject.toml requirements.lock
-	$(BIN)/pip install -q $(TORCH)
+# Stamps: re-install only when pyproject.toml or a pin file changes. torch and torchvision come from
+# requirements-torch.txt, the server's other dependencies from requirements.lock at their exact versions, each
+# checked against its hash: the same two files the Dockerfile installs, so the tests run the image's versions.
+$(VENV)/.installed: $(BIN)/python pyproject.toml requirements.lock requirements-torch.txt
+	$(BIN)/pip install -q -r requirements-torch.txt
 	$(BIN)/pip install -q --require-hashes -r requirements.lock
 	$(BIN)/pip install -q --no-deps -e '.[fast]'
 	touch $@
