@@ -8,8 +8,7 @@
 # into the image with:  docker build --build-arg DOWNLOAD_WEIGHTS=1 -t captioner .
 # Plain Python 3.11 (requirements.lock's): torch and torchvision come from requirements-torch.txt, the one pin the
 # Makefile's tests install too (PyPI's wheels carry their CUDA libraries; the host needs only the NVIDIA driver).
-ARG BASE_IMAGE=python:3.11-slim-bookworm
-FROM ${BASE_IMAGE}
+FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config.yaml
 
-.PHONY: serve test install install-test lint pytest system-deps tiny-model clean bench bench-quick
+.PHONY: serve test install install-test lint pytest system-deps checkov tiny-model clean bench bench-quick
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,13 +49,23 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
+# checkov (tests/system/test_deploy_scan.py scans deploy/ and the Dockerfile) in a venv of its own: its pins would
+# downgrade packages of requirements.lock (cachetools, packaging, networkx) in the server's venv.
+CHECKOV_VENV ?= .venv-checkov
+$(CHECKOV_VENV)/.installed:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q checkov==3.3.30
+	touch $@
+
+checkov: $(CHECKOV_VENV)/.installed
+
 lint: install-test
 	$(BIN)/ruff check captioner tests bench
 	$(BIN)/ruff format --check captioner
 	$(BIN)/mypy captioner
 
-pytest: install-test system-deps
-	$(BIN)/python -m pytest -q
+pytest: install-test system-deps checkov
+	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest -q
 
 test: lint pytest
 
@@ -63,7 +73,7 @@ tiny-model: install
 	$(BIN)/captioner init-model --size tiny --out weights/tiny
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache .mypy_cache .ruff_cache
 
 # Benchmarks (docs/benchmarks.md): not part of `make test`. Full ~18 min on 2 cores; quick ~2.5 min.
 bench: $(VENV)/.installed-bench
