@@ -6,8 +6,9 @@
 # on purpose, behind something else that authenticates).
 # Weights come from the mounted /app/weights volume (downloaded there on first start if empty), or are baked
 # into the image with:  docker build --build-arg DOWNLOAD_WEIGHTS=1 -t captioner .
-ARG BASE_IMAGE=pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime
-FROM ${BASE_IMAGE}
+# Plain Python 3.11 (requirements.lock's): torch and torchvision come from requirements-torch.txt, the one pin the
+# Makefile's tests install too (PyPI's wheels carry their CUDA libraries; the host needs only the NVIDIA driver).
+FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -15,9 +16,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HF_HOME=/app/.cache/huggingface
 
 WORKDIR /app
-COPY pyproject.toml README.md requirements.lock ./
-# torch comes with the base image; the rest (transformers, starlette, uvicorn, uvloop, httptools, ...) at the exact
-# versions of requirements.lock, each checked against its hash.
+COPY pyproject.toml README.md requirements.lock requirements-torch.txt ./
+# torch and torchvision at the versions the tests run (requirements-torch.txt); then the rest (transformers,
+# starlette, uvicorn, uvloop, httptools, ...) at the exact versions of requirements.lock, each checked against its hash.
+RUN pip install -r requirements-torch.txt
 RUN pip install --require-hashes -r requirements.lock
 COPY captioner ./captioner
 RUN pip install --no-deps ".[fast]"

@@ -4,19 +4,19 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-TORCH  := torch==2.14.1 torchvision==0.29.1
 CONFIG ?= config.yaml
 
-.PHONY: serve test install install-test lint pytest system-deps tiny-model clean bench bench-quick
+.PHONY: serve test install install-test lint pytest system-deps checkov tiny-model clean bench bench-quick
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-# Stamps: re-install only when pyproject.toml or the lock changes. The server's dependencies come from
-# requirements.lock at their exact versions, each checked against its hash (the same file the Dockerfile uses).
-$(VENV)/.installed: $(BIN)/python pyproject.toml requirements.lock
-	$(BIN)/pip install -q $(TORCH)
+# Stamps: re-install only when pyproject.toml or a pin file changes. torch and torchvision come from
+# requirements-torch.txt, the server's other dependencies from requirements.lock at their exact versions, each
+# checked against its hash: the same two files the Dockerfile installs, so the tests run the image's versions.
+$(VENV)/.installed: $(BIN)/python pyproject.toml requirements.lock requirements-torch.txt
+	$(BIN)/pip install -q -r requirements-torch.txt
 	$(BIN)/pip install -q --require-hashes -r requirements.lock
 	$(BIN)/pip install -q --no-deps -e '.[fast]'
 	touch $@
@@ -49,13 +49,23 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
+# checkov (tests/system/test_deploy_scan.py scans deploy/ and the Dockerfile) in a venv of its own: its pins would
+# downgrade packages of requirements.lock (cachetools, packaging, networkx) in the server's venv.
+CHECKOV_VENV ?= .venv-checkov
+$(CHECKOV_VENV)/.installed:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q checkov==3.3.30
+	touch $@
+
+checkov: $(CHECKOV_VENV)/.installed
+
 lint: install-test
 	$(BIN)/ruff check captioner tests bench
 	$(BIN)/ruff format --check captioner
 	$(BIN)/mypy captioner
 
-pytest: install-test system-deps
-	$(BIN)/python -m pytest -q
+pytest: install-test system-deps checkov
+	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest -q
 
 test: lint pytest
 
@@ -63,7 +73,7 @@ tiny-model: install
 	$(BIN)/captioner init-model --size tiny --out weights/tiny
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache .mypy_cache .ruff_cache
 
 # Benchmarks (docs/benchmarks.md): not part of `make test`. Full ~18 min on 2 cores; quick ~2.5 min.
 bench: $(VENV)/.installed-bench

@@ -22,9 +22,12 @@ class AsyncClient(ClientBase[httpx.AsyncClient]):
     def _new_http(self) -> httpx.AsyncClient:
         return httpx.AsyncClient()
 
-    async def caption(self, image: ImageInput, num_captions: int | None = None) -> CaptionResult:
-        """Caption one image and wait for the answer (``POST /api/v1/caption``)."""
-        return await self._run(self._flows.caption(await _load(image), num_captions))
+    async def caption(
+        self, image: ImageInput, num_captions: int | None = None, *, idempotency_key: str | None = None
+    ) -> CaptionResult:
+        """Caption one image and wait for the answer (``POST /api/v1/caption``); see ``Client.caption``."""
+        flow = self._flows.caption(await _load(image), num_captions, idempotency_key=idempotency_key)
+        return await self._run(flow)
 
     async def submit(
         self,
@@ -34,7 +37,8 @@ class AsyncClient(ClientBase[httpx.AsyncClient]):
         idempotency_key: str | None = None,
         callback_url: str | None = None,
     ) -> Job:
-        """Start an async job (``?mode=async``); the same ``idempotency_key`` gets the same job."""
+        """Start an async job (``?mode=async``); the same ``idempotency_key`` gets the same job (none given:
+        a fresh random key, the same on each retry of this call)."""
         flow = self._flows.submit(
             await _load(image), num_captions, idempotency_key=idempotency_key, callback_url=callback_url
         )

@@ -31,8 +31,9 @@ class ClientBase(Generic[H]):
         - ``api_key``: sent as ``Authorization: Bearer``; None reads ``$CAPTIONER_API_KEY``, "" sends none.
         - ``timeout``: seconds per HTTP request (an ``httpx.Timeout`` for finer control; None for none).
         - ``max_retries``, ``max_retry_wait``: at most this many retries per call, and this many seconds of
-          waiting between them in all (429/503 wait their ``Retry-After``; connection errors back off from
-          0.5 s, doubling). A 429/503 that would need more is raised as ``RateLimited``/``Overloaded``.
+          waiting between them in all (429/503 wait their ``Retry-After`` plus a random jitter; connection errors
+          a random share of a backoff from 0.5 s, doubling). A 429/503 whose ``Retry-After`` doesn't fit is
+          raised as ``RateLimited``/``Overloaded``.
         - ``headers``: added to every request (and override the defaults).
         - ``on_retry``: called with a ``RetryEvent`` before each retry's wait (for logs or metrics).
         - ``http_client``: an httpx client of your own (proxies, TLS, connection limits); you close it.

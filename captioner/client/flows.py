@@ -7,15 +7,22 @@ blocking and ``AsyncClient`` awaiting them; that is the only difference between 
 
 Retries: 429 and 503 (the server refused before doing any work) are retried after their ``Retry-After``; a
 connection that was never made is retried for any call; one that broke after the request may have gone out
-only for idempotent calls (urllib3's rule: a repeated ``feedback`` would count twice, a repeated ``submit``
-without an ``Idempotency-Key`` would make two jobs). Every call's waits together stay under ``max_wait_s``.
+(reset, read timeout) only for GETs and for POSTs that carry an ``Idempotency-Key``, which the server (and nginx,
+which then replays them too) deduplicates on. ``caption`` and ``submit`` always carry one: a fresh random key per
+call, the same on each of its retries (or the caller's own). ``feedback`` has none: a repeat would count twice.
+
+Every wait is jittered ("full jitter"): a random share of the exponential backoff, on top of ``Retry-After`` when
+the server sent one, so clients refused together don't come back together. Every call's waits together stay
+under ``max_wait_s``.
 """
 
 from __future__ import annotations
 
 import email.utils
 import os
+import random
 import time
+import uuid
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +48,7 @@ API_KEY_ENV = "CAPTIONER_API_KEY"
 CAPTION_PATH = "/api/v1/caption"
 JOB_PATH = "/api/v1/caption/{job_id}"
 FEEDBACK_PATH = "/api/v1/feedback"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 RETRY_STATUSES = frozenset({429, 503})
 # Errors raised before any byte of the request left: safe to retry whatever the call does.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -78,14 +86,24 @@ class RetryEvent:
 class RetryPolicy:
     max_retries: int = 3  # retries after the first attempt
     max_wait_s: float = 60.0  # all waits of one call together; a longer Retry-After is raised to the caller
-    backoff_s: float = 0.5  # first wait after a connection error (doubling), or a 429/503 without Retry-After
+    backoff_s: float = 0.5  # the backoff's first ceiling (doubling per attempt): see ``delay``
+    rand: Callable[[], float] = field(default=random.random, compare=False, repr=False)  # uniform in [0, 1)
 
     def delay(self, attempt: int, waited_s: float, retry_after_s: float | None) -> float | None:
-        """How long to wait before retrying after failed attempt number ``attempt``; None: don't retry."""
+        """How long to wait before retrying after failed attempt number ``attempt``; None: don't retry.
+
+        Full jitter: a uniform draw in [0, ``backoff_s`` x 2^(attempt-1)), added to ``Retry-After`` when the
+        server sent one (it is a floor: never retried sooner). The draw is cut to what is left of ``max_wait_s``;
+        a ``Retry-After`` that doesn't fit in it is not waited for at all.
+        """
         if attempt > self.max_retries:
             return None
-        wait = self.backoff_s * 2 ** (attempt - 1) if retry_after_s is None else retry_after_s
-        return wait if waited_s + wait <= self.max_wait_s else None
+        left = self.max_wait_s - waited_s
+        floor = retry_after_s or 0.0
+        if floor > left or (retry_after_s is None and left <= 0):
+            return None
+        jitter: float = self.backoff_s * 2.0 ** (attempt - 1) * self.rand()
+        return floor + min(jitter, left - floor)
 
 
 @dataclass(frozen=True)
@@ -98,7 +116,7 @@ class Call:
     headers: dict[str, str] = field(default_factory=dict)
     content: bytes | None = None
     json: Any = None
-    idempotent: bool = True  # may be re-sent after a connection broke mid-request
+    idempotent: bool = True  # may be re-sent after a connection broke mid-request (GETs; POSTs with a key)
     retries: bool = True  # False for probes, which report the present
 
 
@@ -149,7 +167,9 @@ class ApiFlows:
         retry: RetryPolicy,
         headers: dict[str, str] | None = None,
         on_retry: Callable[[RetryEvent], None] | None = None,
+        new_key: Callable[[], str] = lambda: str(uuid.uuid4()),
     ) -> None:
+        """``new_key`` makes the ``Idempotency-Key`` of a ``caption`` or ``submit`` the caller gave none."""
         self.base_url = base_url.rstrip("/")
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)  # "" turns the variable off
         self.headers = {"User-Agent": f"captioner-client/{__version__}", "Accept": "application/json"}
@@ -159,12 +179,16 @@ class ApiFlows:
         self.timeout = httpx.Timeout(timeout)
         self.retry = retry
         self.on_retry = on_retry
+        self.new_key = new_key
 
     # -- the API -----------------------------------------------------------------------------------
 
-    def caption(self, image: bytes | str, num_captions: int | None) -> Flow[CaptionResult]:
-        # Captioning has no side effect (the same image gets the same answer), so it may be re-sent.
-        body = yield from self._json(_caption_call(image, num_captions, idempotent=True))
+    def caption(
+        self, image: bytes | str, num_captions: int | None, *, idempotency_key: str | None = None
+    ) -> Flow[CaptionResult]:
+        # With its key, a caption re-sent after a read timeout is answered once: an api-role replica waits on the
+        # first request's job instead of queueing the image again, and nginx may replay it on another replica.
+        body = yield from self._json(_caption_call(image, num_captions, None, self._key(idempotency_key)))
         return CaptionResult.from_body(body)
 
     def submit(
@@ -173,11 +197,9 @@ class ApiFlows:
         params = {"mode": "async"}
         if callback_url is not None:
             params["callback_url"] = callback_url
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else {}
-        # With a key the server makes one job however often the POST arrives; without one, a re-sent POST
-        # after a broken connection could make a second job.
-        call = _caption_call(image, num_captions, params, headers, idempotent=idempotency_key is not None)
-        body = yield from self._json(call)
+        # The server makes one job per key however often the POST arrives, so a POST re-sent after a broken
+        # connection can't make a second job. One key per call (all its retries), unless the caller gave one.
+        body = yield from self._json(_caption_call(image, num_captions, params, self._key(idempotency_key)))
         return Job.from_body(body)
 
     def result(self, job_id: str, *, wait: bool, timeout: float | None) -> Flow[CaptionResult]:
@@ -257,26 +279,28 @@ class ApiFlows:
             extensions={"timeout": self.timeout.as_dict()},
         )
 
+    def _key(self, given: str | None) -> dict[str, str]:
+        """The ``Idempotency-Key`` header of one call: the caller's key, or a fresh one."""
+        key = given or self.new_key()
+        return {IDEMPOTENCY_HEADER: key} if key else {}
+
     def _json(self, call: Call) -> Flow[dict[str, Any]]:
         response = yield from self.send(call)
         return _json_body(response)
 
 
 def _caption_call(
-    image: bytes | str,
-    num_captions: int | None,
-    params: dict[str, str] | None = None,
-    headers: dict[str, str] | None = None,
-    *,
-    idempotent: bool,
+    image: bytes | str, num_captions: int | None, params: dict[str, str] | None, headers: dict[str, str]
 ) -> Call:
+    """A caption POST; re-sendable after a broken connection only with its ``Idempotency-Key``."""
+    idempotent = bool(headers.get(IDEMPOTENCY_HEADER))
     query = dict(params or {})
     if num_captions is not None:
         query["num_captions"] = str(num_captions)  # a query parameter works for every body type
     if isinstance(image, str):
-        return Call("POST", CAPTION_PATH, query, dict(headers or {}), json={"url": image}, idempotent=idempotent)
+        return Call("POST", CAPTION_PATH, query, dict(headers), json={"url": image}, idempotent=idempotent)
     # The raw bytes: no base64 or multipart overhead. The server reads the image type from its magic bytes.
-    raw_headers = {**(headers or {}), "Content-Type": "application/octet-stream"}
+    raw_headers = {**headers, "Content-Type": "application/octet-stream"}
     return Call("POST", CAPTION_PATH, query, raw_headers, content=image, idempotent=idempotent)
 
 

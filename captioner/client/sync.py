@@ -26,9 +26,15 @@ class Client(ClientBase[httpx.Client]):
     def _new_http(self) -> httpx.Client:
         return httpx.Client()
 
-    def caption(self, image: ImageInput, num_captions: int | None = None) -> CaptionResult:
-        """Caption one image and wait for the answer (``POST /api/v1/caption``)."""
-        return self._run(self._flows.caption(load_image(image), num_captions))
+    def caption(
+        self, image: ImageInput, num_captions: int | None = None, *, idempotency_key: str | None = None
+    ) -> CaptionResult:
+        """Caption one image and wait for the answer (``POST /api/v1/caption``).
+
+        Sent with an ``Idempotency-Key`` (``idempotency_key``, or a fresh random one), the same on every retry, so
+        a request re-sent after a read timeout is answered once."""
+        flow = self._flows.caption(load_image(image), num_captions, idempotency_key=idempotency_key)
+        return self._run(flow)
 
     def submit(
         self,
@@ -38,7 +44,8 @@ class Client(ClientBase[httpx.Client]):
         idempotency_key: str | None = None,
         callback_url: str | None = None,
     ) -> Job:
-        """Start an async job (``?mode=async``); the same ``idempotency_key`` gets the same job."""
+        """Start an async job (``?mode=async``); the same ``idempotency_key`` gets the same job (none given:
+        a fresh random key, the same on each retry of this call)."""
         flow = self._flows.submit(
             load_image(image), num_captions, idempotency_key=idempotency_key, callback_url=callback_url
         )

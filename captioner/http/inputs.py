@@ -38,6 +38,9 @@ from captioner.serving.options import parse_num_captions
 _RAW_TYPES = ("image/", "application/octet-stream")
 # The fields a form or a JSON body may have (the image is "image", a file part in a form, base64 in JSON).
 FIELDS = ("image", "url", "num_captions", "callback_url")
+# The longest `url` (or `callback_url`) accepted: RFC 9110 asks for URIs of 8000 octets to work. A body may be
+# 14 MB of JSON, and a URL that long would be stored with its job and fetched: 422 instead, before either.
+MAX_URL_CHARS = 8192
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,8 @@ async def parse_caption_request(
         raise InvalidImage("the image is empty")
     if url is not None and not isinstance(url, str):
         raise InvalidRequest("'url' must be a string")
+    if url is not None and len(url) > MAX_URL_CHARS:
+        raise InvalidRequest(f"'url' is longer than {MAX_URL_CHARS} characters")
     return CaptionRequest(
         image=image,
         url=url or None,
@@ -205,8 +210,8 @@ def _callback_url(request: Request, fields: Mapping[str, Any]) -> str | None:
     value = values[0] if values else fields.get("callback_url")
     if value is None:
         return None
-    if not isinstance(value, str) or not value:
-        raise InvalidRequest("'callback_url' must be an http(s) URL")
+    if not isinstance(value, str) or not value or len(value) > MAX_URL_CHARS:
+        raise InvalidRequest(f"'callback_url' must be an http(s) URL of at most {MAX_URL_CHARS} characters")
     validate_callback_url(value)  # 422 for a host no callback could reach
     return value
 

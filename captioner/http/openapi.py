@@ -21,7 +21,7 @@ from captioner import __version__
 from captioner.config import Settings
 from captioner.errors import error_codes
 from captioner.http import assignment, feedback_api, hf_api, paths
-from captioner.http.inputs import FIELDS
+from captioner.http.inputs import FIELDS, MAX_URL_CHARS
 from captioner.http.jobs_api import IDEMPOTENCY_HEADER, IDEMPOTENCY_KEY_PATTERN, MODES
 from captioner.http.json_body import BASE64_PATTERN, EXAMPLE_IMAGE_BASE64
 from captioner.http.openapi_schemas import component_schemas
@@ -32,6 +32,7 @@ JOB_ID_PATTERN = f"^{JOB_ID.pattern}$"  # secrets.token_hex(16), as JobRequest.n
 _CALLBACK_URL = {
     "type": "string",
     "format": "uri",
+    "maxLength": MAX_URL_CHARS,
     "description": "mode=async only (422 with mode=sync): POSTed the job's result when it ends, signed with "
     "X-Captioner-Signature: sha256=<HMAC-SHA256 of the body under jobs.callback_secret>; retried with backoff",
 }
@@ -110,7 +111,10 @@ def _caption_request_body(settings: Settings, num_captions: dict[str, Any]) -> d
             schema["required"] = ["image"]
         return {"schema": schema}
 
-    url = {"type": "string", "format": "uri", "minLength": 1, "description": "an http(s) URL of the image"}
+    url = {
+        "type": "string", "format": "uri", "minLength": 1, "maxLength": MAX_URL_CHARS,
+        "description": "an http(s) URL of the image",
+    }  # fmt: skip
     base64_image = {
         "type": "string",
         "pattern": BASE64_PATTERN,

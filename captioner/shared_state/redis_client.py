@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -213,8 +214,19 @@ class RedisClient:
 
 
 def _without_password(url: str) -> str:
-    """The URL for logs: ``redis://:secret@host`` becomes ``redis://***@host``."""
+    """The URL for logs, with its secrets masked wherever they sit: ``redis://:secret@host`` becomes
+    ``redis://***@host``, and ``redis://host/0?password=secret`` becomes ``redis://host/0?password=***`` (redis-py
+    reads credentials from the query too)."""
     scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
+    if not sep:
         return url
-    return f"{scheme}://***@{rest.rpartition('@')[2]}"
+    location, query_sep, query = rest.partition("?")
+    if "@" in location:
+        location = "***@" + location.rpartition("@")[2]
+    if query_sep:
+        query = _SECRET_QUERY.sub(r"\g<1>***", query)
+    return f"{scheme}://{location}{query_sep}{query}"
+
+
+# Query parameters that carry credentials (redis-py: password, username; Sentinel: sentinel_password).
+_SECRET_QUERY = re.compile(r"((?:^|[&;])[^=&;]*(?:password|passwd|secret|token|username)[^=&;]*=)[^&;#]*", re.I)

@@ -90,3 +90,72 @@ def test_the_worker_hpa_scales_the_workers_on_the_queue_length_the_server_export
     assert name in {m.name for m in Metrics().registry.collect()}
     # The adapter rule in the comment reads the same series.
     assert re.search(rf"seriesQuery: '{name}\{{", (SPLIT / "worker-hpa.yaml").read_text())
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels and matchExpressions In/NotIn/Exists) against a pod's labels."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
+        present = key in labels
+        if not {"In": present and labels.get(key) in values, "NotIn": labels.get(key) not in values,
+                "Exists": present, "DoesNotExist": not present}[operator]:  # fmt: skip
+            return False
+    return True
+
+
+def pods() -> dict[str, dict[str, Any]]:
+    """Every pod template of deploy/k8s and deploy/k8s/split, by its workload's kind/name."""
+    found = {}
+    for key, document in {**documents(K8S), **documents(SPLIT)}.items():
+        spec = document.get("spec", {})
+        if document["kind"] == "CronJob":
+            found[key] = spec["jobTemplate"]["spec"]["template"]
+        elif "template" in spec:
+            found[key] = spec["template"]
+    return found
+
+
+def test_every_pod_is_locked_down_and_writes_only_to_volumes() -> None:
+    assert {"Deployment/captioner", "Deployment/captioner-api", "Deployment/captioner-worker", "StatefulSet/redis",
+            "Deployment/redis-cache", "CronJob/captioner-retrain"} <= pods().keys()  # fmt: skip
+    for key, template in pods().items():
+        pod = template["spec"]
+        assert pod["automountServiceAccountToken"] is False, key
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, key
+        assert pod["securityContext"]["runAsNonRoot"] is True, key
+        for container in pod["containers"]:
+            security = container["securityContext"]
+            assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False, key
+            assert security["capabilities"]["drop"] == ["ALL"], key
+        scratch = [v for v in pod.get("volumes", []) if "emptyDir" in v]
+        assert all(v["emptyDir"].get("sizeLimit") for v in scratch), key
+
+
+def test_the_network_policies_cover_every_pod_and_only_workers_go_without_keys(tmp_path: Path) -> None:
+    policies = {key: d for key, d in documents(K8S).items() if d["kind"] == "NetworkPolicy"}
+    for key, template in pods().items():
+        labels = template["metadata"]["labels"]
+        covering = [name for name, p in policies.items() if selects(p["spec"]["podSelector"], labels)]
+        assert len(covering) == 1, (key, covering)  # exactly one policy says what each pod may do
+    captioner = policies["NetworkPolicy/captioner"]["spec"]["podSelector"]
+    for name in ("Deployment/captioner", "Deployment/captioner-api", "Deployment/captioner-worker"):
+        assert selects(captioner, pods()[name]["metadata"]["labels"]), name
+    redis_in = policies["NetworkPolicy/redis"]["spec"]["ingress"][0]["from"][0]["podSelector"]
+    assert selects(redis_in, pods()["Deployment/captioner-worker"]["metadata"]["labels"])
+    assert not selects(redis_in, pods()["CronJob/captioner-retrain"]["metadata"]["labels"])
+
+    # auth.allow_anonymous: only where the pod serves nothing but probes and metrics (--role worker).
+    config = yaml.safe_load(documents(K8S)["ConfigMap/captioner-config"]["data"]["config.yaml"])
+    assert "allow_anonymous" not in config.get("auth", {})
+    for key, template in pods().items():
+        for spec in template["spec"]["containers"]:
+            anonymous = any(e["name"] == "CAPTIONER_AUTH__ALLOW_ANONYMOUS" for e in spec.get("env", []))
+            command = spec.get("command", [])
+            assert anonymous == (command[:2] == ["captioner", "serve"] and "worker" in command), key
+    worker = documents(SPLIT)["Deployment/captioner-worker"]
+    settings = pod_settings(worker, tmp_path)
+    assert settings.auth.allow_anonymous and not settings.auth.api_keys
+    mounts = {m["mountPath"] for m in container(worker)["volumeMounts"]}
+    assert settings.registry.path.startswith("/lifecycle/") and "/lifecycle" in mounts  # serves the registry

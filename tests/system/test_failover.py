@@ -2,7 +2,8 @@
 deploy/nginx.conf on loopback, steady load from a few client threads, then a failure mid-load.
 
 - SIGKILL one server: every client request must succeed (nginx replays requests the dead replica had taken,
-  and routes around it), and from the kill on, every response must come from the survivor.
+  which carry an Idempotency-Key as the Python client's do, and routes around it), and from the kill on, every
+  response must come from the survivor.
 - SIGKILL one server's model process (``model.worker: process``): once its /readyz has dropped, no client gets
   a 5xx (the replica answers 503, which nginx retries on the other one), and once the model process is
   respawned the replica takes traffic again.
@@ -108,10 +109,15 @@ class Load:
                 record = Sent(request_id, time.monotonic(), None)
                 try:
                     # A new image every time: each request is real model work, so some are in flight at the kill.
+                    # With an Idempotency-Key, as the Python client sends: nginx replays only such POSTs.
                     response = http.post(
                         "/api/v1/caption",
                         content=photo(seed, size=(64, 48)),
-                        headers={"Content-Type": "image/png", "X-Request-ID": request_id},
+                        headers={
+                            "Content-Type": "image/png",
+                            "X-Request-ID": request_id,
+                            "Idempotency-Key": request_id,
+                        },
                     )
                     record.status = response.status_code
                     if response.status_code != 200:

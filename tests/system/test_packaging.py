@@ -88,3 +88,35 @@ def test_serve_without_weights_and_without_network_fails_with_one_clear_line(tmp
     assert out.returncode == 1
     last = out.stderr.strip().splitlines()[-1]
     assert "captioner init-model" in last and str(tmp_path / "empty") in last
+
+
+# --- one torch for the tests and the image -----------------------------------------------------------------
+
+TORCH_PINS = ROOT / "requirements-torch.txt"
+
+
+def torch_pins() -> dict[str, str]:
+    lines = [line.strip() for line in TORCH_PINS.read_text().splitlines()]
+    pins = dict(line.split("==") for line in lines if line and not line.startswith("#"))
+    assert set(pins) == {"torch", "torchvision"}, pins
+    return pins
+
+
+def test_the_image_and_the_tests_install_torch_from_the_one_pin_file() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    runs = re.findall(r"^RUN\s+(.+)$", re.sub(r"\\\n\s*", " ", DOCKERFILE), re.MULTILINE)
+    assert "requirements-torch.txt" in instruction("COPY")
+    assert any(run.strip() == "pip install -r requirements-torch.txt" for run in runs)
+    assert re.search(r"^\t\$\(BIN\)/pip install -q -r requirements-torch\.txt$", makefile, re.MULTILINE)
+    # Nothing else brings or pins a torch: no torch in the base image, no version written anywhere else.
+    assert instruction("FROM").startswith("python:3.11-slim")
+    for name, text in (("Dockerfile", DOCKERFILE), ("Makefile", makefile), ("requirements.lock", (ROOT /
+                       "requirements.lock").read_text())):  # fmt: skip
+        assert not re.search(r"\btorch(vision)?==|pytorch/pytorch", text), name
+
+
+def test_the_tests_run_the_torch_the_image_ships() -> None:
+    from importlib.metadata import version
+
+    for name, pinned in torch_pins().items():
+        assert version(name).split("+")[0] == pinned, f"{name} {version(name)} here, {pinned} in the image"

@@ -11,7 +11,7 @@ from tests.system.test_deploy import k8s
 
 
 def test_the_retrain_template_is_suspended_and_shares_config_and_registry_with_the_servers(tmp_path: Path) -> None:
-    cron = k8s("CronJob")
+    cron = k8s("CronJob", "captioner-retrain")
     assert cron["spec"]["suspend"] is True  # a template: Jobs are made from it (webhook receiver, or by hand)
     job = cron["spec"]["jobTemplate"]["spec"]
     assert job["backoffLimit"] == 0
@@ -20,8 +20,9 @@ def test_the_retrain_template_is_suspended_and_shares_config_and_registry_with_t
     server = k8s("Deployment")["spec"]["template"]["spec"]
     claims = {v["persistentVolumeClaim"]["claimName"] for v in (*pod["volumes"], *server["volumes"])
               if "persistentVolumeClaim" in v}  # fmt: skip
-    assert claims == {k8s("PersistentVolumeClaim")["metadata"]["name"]}
-    assert "ReadWriteMany" in k8s("PersistentVolumeClaim")["spec"]["accessModes"]  # every pod and the Job mount it
+    pvc = k8s("PersistentVolumeClaim", "captioner-lifecycle")
+    assert claims == {pvc["metadata"]["name"]}
+    assert "ReadWriteMany" in pvc["spec"]["accessModes"]  # every pod and the Job mount it
     assert any(v.get("configMap", {}).get("name") == "captioner-config" for v in pod["volumes"])
     config = tmp_path / "config.yaml"
     config.write_text(k8s("ConfigMap")["data"]["config.yaml"])
