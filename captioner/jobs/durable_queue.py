@@ -4,6 +4,9 @@ What survives what:
 - a replica dying mid-job: its deliveries stop being heartbeated, and after ``jobs.lease_s`` another replica's
   worker claims them (the attempt number grows with each delivery); after ``jobs.max_attempts`` deliveries the
   job ends with an error result instead of running again (a poison image can't take every worker down);
+- a worker that can't run a job it claimed (its model down, lost mid-batch, or its queue full): it releases the
+  job, which goes back to the stream's end as a new entry at once, carrying the attempts used so far (this one
+  not counted) and how many of its batches died with their model process;
 - two deliveries of one job racing (a worker that was only slow): the first result stored is the job's only
   result, the other is dropped;
 - the image: stored next to the job with a TTL of ``jobs.ttl_s`` and deleted when the job ends;
@@ -16,6 +19,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -35,26 +39,40 @@ _FORGET_IDLE_S = 86400.0
 _FORGET_EVERY_S = 600.0
 
 
-def encode_request(request: JobRequest) -> bytes:
-    """The stream entry's payload: everything but the image, which has its own key (and TTL)."""
+def encode_request(request: JobRequest, *, spent: int = 0, lost: int = 0) -> bytes:
+    """The stream entry's payload: everything but the image, which has its own key (and TTL). ``spent``: attempts
+    used by deliveries before this entry (a released job's entry is a new one, its delivery count starts again);
+    ``lost``: batches it was in that died with their model process."""
     return orjson.dumps({
         "owner": request.owner, "num_captions": request.num_captions, "url": request.url,
-        "callback_url": request.callback_url, "image": request.image is not None,
+        "callback_url": request.callback_url, "image": request.image is not None, "deadline": request.deadline,
+        "spent": spent, "lost": lost,
     })  # fmt: skip
 
 
-def decode_request(job_id: str, payload: bytes, image: bytes | None) -> tuple[JobRequest, bool]:
-    """The request, and whether its input is gone (the image expired, or a payload we can't read)."""
+@dataclass(frozen=True)
+class Decoded:
+    request: JobRequest
+    lost_input: bool  # the image expired, or a payload we can't read
+    spent: int = 0
+    lost: int = 0
+
+
+def decode_request(job_id: str, payload: bytes, image: bytes | None) -> Decoded:
+    """The request and its history, from an entry's payload (fields added since v1 began are optional)."""
     try:
         data = orjson.loads(payload)
+        deadline = data.get("deadline")
         request = JobRequest(
             job_id, data["owner"], int(data["num_captions"]), image=image if data["image"] else None,
             url=data["url"], callback_url=data["callback_url"],
+            deadline=None if deadline is None else float(deadline),
         )  # fmt: skip
-    except (ValueError, KeyError, TypeError):
+        spent, lost = int(data.get("spent", 0)), int(data.get("lost", 0))
+    except (ValueError, KeyError, TypeError, AttributeError):
         logger.warning("job %s has an unreadable payload in the stream", job_id)
-        return JobRequest(job_id, None, 1), True
-    return request, request.image is None and request.url is None
+        return Decoded(JobRequest(job_id, None, 1), lost_input=True)
+    return Decoded(request, request.image is None and request.url is None, spent, lost)
 
 
 class DurableJobQueue:
@@ -134,7 +152,8 @@ class DurableJobQueue:
         return [self._claim(entry) for entry in entries]
 
     def _claim(self, entry: StreamEntry) -> Claim:
-        request, lost = decode_request(entry.job_id, entry.payload, entry.image)
+        decoded = decode_request(entry.job_id, entry.payload, entry.image)
+        request, lost = decoded.request, decoded.lost_input
         finished = None
         if entry.record is None:
             lost = True  # the record expired: the job outlived jobs.ttl_s waiting
@@ -144,7 +163,8 @@ class DurableJobQueue:
                 finished = job if job.status != "processing" else None
             except (ValueError, KeyError, TypeError):
                 lost = True
-        return Claim(request, entry.deliveries, entry.entry_id, finished=finished, lost_input=lost)
+        return Claim(request, decoded.spent + entry.deliveries, entry.entry_id, finished=finished, lost_input=lost,
+                     lost=decoded.lost)  # fmt: skip
 
     async def renew(self, claims: Sequence[Claim]) -> None:
         owned = await self.stream.heartbeat([claim.token for claim in claims])
@@ -161,6 +181,14 @@ class DurableJobQueue:
 
     async def abandon(self, claim: Claim) -> None:
         pass  # left pending: once its lease runs out, the next claim (any replica's) takes it as a new attempt
+
+    async def release(self, claim: Claim, *, lost: bool) -> None:
+        """Re-add the job as a new entry (at the stream's end, where every worker's blocking read sees it at
+        once) that carries the attempts used so far, this one excluded; the old entry goes, in one script."""
+        payload = encode_request(claim.request, spent=claim.attempt - 1, lost=claim.lost + (1 if lost else 0))
+        if not await self.stream.release(claim.token, claim.request.job_id, payload):
+            logger.warning("job %s: could not hand it back, another replica holds it now (lease lost)",
+                           claim.request.job_id)  # fmt: skip
 
     async def stats(self) -> QueueStats:
         stats = await self.stream.stats()

@@ -20,7 +20,7 @@ from captioner.errors import NotFound, RequestTimeout
 from captioner.jobs.durable_queue import DurableJobQueue
 from captioner.jobs.queue import JobQueue, JobRequest, MemoryJobQueue, Submitted
 from captioner.jobs.records import JOB_ID, Job, build_job_store
-from captioner.jobs.worker import JobWorker, RunJob
+from captioner.jobs.worker import Availability, JobWorker, RunJob, always_available
 from captioner.observability.metrics import Metrics
 from captioner.outbound.callbacks import CallbackSender
 from captioner.shared_state.job_stream import RedisJobStream
@@ -121,10 +121,11 @@ class JobManager:
         request_timeout_s: float,
         lease_s: float,
         callbacks: CallbackSender | None,
+        available: Availability = always_available,
     ) -> JobWorker:
         self.worker = JobWorker(
             self.queue, run, metrics=self.metrics, capacity=capacity, request_timeout_s=request_timeout_s,
-            lease_s=lease_s, callbacks=callbacks, on_success=self._observe,
+            lease_s=lease_s, callbacks=callbacks, on_success=self._observe, available=available,
         )  # fmt: skip
         self.worker.start()
         return self.worker

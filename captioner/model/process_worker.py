@@ -18,7 +18,8 @@ Failures:
   traceback logged here) and the child carries on; after a fatal device error (device_errors.py) it exits
   instead, since only a new process gets a new CUDA context.
 - A supervisor thread waits on the child. When it dies (killed, crashed, or that device error), the batch it
-  was running fails with ``ModelProcessError`` (500: a request that may have killed it is not replayed), every
+  was running fails with ``ModelProcessDied`` (the service answers it 503 ``ModelLost`` + Retry-After; a job in
+  it goes back to the queue, counted, so an image that kills every process still ends), every
   call from then on fails at once with ``ModelUnavailable`` (503 + Retry-After, which a load balancer retries
   elsewhere), and the listener hears ``model_down``, which takes the replica out of /readyz. The child is
   respawned after a backoff (``health.respawn_backoff_s``, doubling per death in a row up to
@@ -66,6 +67,10 @@ _SUPERVISOR_TICK_S = 0.5
 
 class ModelProcessError(RuntimeError):
     """The model process failed a batch, or died while running it."""
+
+
+class ModelProcessDied(ModelProcessError):
+    """The model process died (crashed, was killed, or the watchdog killed it) before it answered."""
 
 
 @dataclass
@@ -320,7 +325,7 @@ def _receive(child: _Child, what: str) -> Any:
     except (EOFError, OSError) as exc:
         child.process.join(1.0)
         code = child.process.exitcode
-        raise ModelProcessError(f"the model process died during {what} ({_describe_exit(code)})") from exc
+        raise ModelProcessDied(f"the model process died during {what} ({_describe_exit(code)})") from exc
     if status == "error":
         logger.error("the model process failed %s: %s\n%s", what, payload, detail)
         raise ModelProcessError(payload)
