@@ -157,6 +157,12 @@ class Metrics:
             "captioner_model_respawns", "Model processes respawned after dying (model.worker: process).", variant,
             registry=r,
         )  # fmt: skip
+        self.model_watchdog_kills = Counter(
+            "captioner_model_watchdog_kills",
+            "Model processes killed by the watchdog: a batch in flight for health.watchdog_s without an answer.",
+            variant,
+            registry=r,
+        )
         self.model_consecutive_failures = Gauge(
             "captioner_model_consecutive_failures",
             "Batches failed in a row (0 after a success); at health.max_consecutive_failures the model is down.",
