@@ -10,11 +10,14 @@ What survives what:
 - two deliveries of one job racing (a worker that was only slow): the first result stored is the job's only
   result, the other is dropped;
 - the image: stored next to the job with a TTL of ``jobs.ttl_s`` and deleted when the job ends;
+- an enqueue whose answer was lost (a timeout after the script ran): tried again, idempotently on the job id, so
+  the job is made once and its submitter gets it (not a 503 for a job that exists);
 - a full stream (``jobs.max_jobs`` jobs waiting or running) or an unreachable Redis: 503 with Retry-After.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -26,14 +29,18 @@ import orjson
 
 from captioner.errors import Overloaded
 from captioner.jobs.queue import Claim, JobRequest, QueueStats, Submitted, reused_key
-from captioner.jobs.records import Job, JobStatus
-from captioner.shared_state.job_stream import RedisJobStream, StreamEntry
+from captioner.jobs.records import Job, JobStatus, StoreUnavailable
+from captioner.shared_state.job_stream import Enqueued, RedisJobStream, StreamEntry
 from captioner.shared_state.redis_client import RedisUnavailable
 
 logger = logging.getLogger("captioner.jobs")
 
 # Seconds a client should wait before trying again when the queue is full: about a batch's worth of work.
 _FULL_RETRY_AFTER_S = 5.0
+# An enqueue that failed (a timeout may come after the script ran) is tried again, being idempotent on the job
+# id, this many times in all, waiting for the breaker's probe when it opened, if that comes within the budget.
+_ENQUEUE_TRIES = 3
+_ENQUEUE_RETRY_BUDGET_S = 2.0
 # Consumers of replicas gone (holding nothing) for a day are removed, checked every ten minutes by each worker.
 _FORGET_IDLE_S = 86400.0
 _FORGET_EVERY_S = 600.0
@@ -108,14 +115,7 @@ class DurableJobQueue:
             key = hashlib.sha256(f"{request.owner or ''}\0{idempotency_key}".encode()).hexdigest()
             fingerprint = await request.fingerprint()
         job = Job(request.job_id, "processing", None, request.owner, self._clock() + self.ttl_s)
-        try:
-            enqueued = await self.stream.enqueue(
-                request.job_id, payload=encode_request(request), record=job.to_json(), image=request.image,
-                key=key, fingerprint=fingerprint,
-            )  # fmt: skip
-        except RedisUnavailable as exc:
-            retry = max(1.0, self.stream.client.breaker.retry_in_s)
-            raise Overloaded("the job queue (Redis) is unavailable", retry_after_s=retry) from exc
+        enqueued = await self._enqueue(request, job, key, fingerprint)
         if enqueued is None:
             raise Overloaded(
                 f"the job queue is full ({self.stream.max_length} jobs waiting or running)",
@@ -130,12 +130,33 @@ class DurableJobQueue:
             existing = Job(enqueued.job_id, "processing", None, request.owner, self._clock() + self.ttl_s)
         return Submitted(existing, replayed=True)
 
+    async def _enqueue(self, request: JobRequest, job: Job, key: str | None, fingerprint: str) -> Enqueued | None:
+        """The enqueue script, tried again after a failure: a timeout may come after the script ran (the job
+        exists, its answer was lost), and answering 503 then would have the client submit the job twice. The
+        script is idempotent on the job id, so a second try finds the first one's job. Still failing: 503 (with
+        an Idempotency-Key, the client's retry finds the job if one was made)."""
+        budget_ends = self._monotonic() + _ENQUEUE_RETRY_BUDGET_S
+        for attempt in range(1, _ENQUEUE_TRIES + 1):
+            try:
+                return await self.stream.enqueue(
+                    request.job_id, payload=encode_request(request), record=job.to_json(), image=request.image,
+                    key=key, fingerprint=fingerprint,
+                )  # fmt: skip
+            except RedisUnavailable as exc:
+                pause = max(0.05, self.stream.client.breaker.retry_in_s)
+                if attempt == _ENQUEUE_TRIES or self._monotonic() + pause > budget_ends:
+                    retry = max(1.0, self.stream.client.breaker.retry_in_s)
+                    raise Overloaded("the job queue (Redis) is unavailable", retry_after_s=retry) from exc
+                logger.warning("job %s: enqueue failed (%s); trying again in %.2f s", request.job_id, exc, pause)
+                await asyncio.sleep(pause)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def get(self, job_id: str) -> Job | None:
         try:
             raw = await self.stream.record(job_id)
         except RedisUnavailable as exc:
             # Not 404: the job may well exist; the client should ask again.
-            raise Overloaded("the job queue (Redis) is unavailable", retry_after_s=1) from exc
+            raise StoreUnavailable("the job queue (Redis) is unavailable", retry_after_s=1) from exc
         return Job.from_stored(raw, job_id)
 
     async def claim(self, count: int, *, wait_s: float = 1.0) -> list[Claim]:

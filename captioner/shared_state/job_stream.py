@@ -36,8 +36,11 @@ IMAGE_PREFIX = "captioner:job-image:v1:"
 IDEMPOTENCY_PREFIX = "captioner:job-key:v1:"
 
 # KEYS: stream, record, image, idempotency. ARGV: job id, payload, record, image, ttl ms, max length,
-# has key, key value, has image. Returns {code, "<job id> <fingerprint>"}: 1 created, 0 the key's job, -1 full.
+# has key, key value, has image. Returns {code, "<job id> <fingerprint>"}: 1 created, 0 the key's job, -1 full,
+# 2 this very job exists already: an earlier try of this enqueue ran, and its answer was lost (a timeout), so
+# trying again is safe.
 _ENQUEUE = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return {2, ARGV[8]} end
 if ARGV[7] == '1' then
   local existing = redis.call('GET', KEYS[4])
   if existing then return {0, existing} end
@@ -224,7 +227,8 @@ class RedisJobStream:
     async def enqueue(
         self, job_id: str, *, payload: bytes, record: bytes, image: bytes | None, key: str | None, fingerprint: str
     ) -> Enqueued | None:
-        """Add a job (record, image, entry, key: all or nothing); None when the stream holds ``max_length``."""
+        """Add a job (record, image, entry, key: all or nothing); None when the stream holds ``max_length``.
+        Idempotent on ``job_id``: a repeat finds the job its first try made (``created``)."""
         keys = [STREAM, RECORD_PREFIX + job_id, IMAGE_PREFIX + job_id, IDEMPOTENCY_PREFIX + (key or "-")]
         args = [job_id, payload, record, image or b"", self.ttl_ms, self.max_length,
                 "1" if key else "0", f"{job_id} {fingerprint}", "0" if image is None else "1"]  # fmt: skip
@@ -232,7 +236,7 @@ class RedisJobStream:
         if int(code) == -1:
             return None
         existing, _, existing_fingerprint = _text(value).partition(" ")
-        return Enqueued(existing, created=int(code) == 1, fingerprint=existing_fingerprint)
+        return Enqueued(existing, created=int(code) in (1, 2), fingerprint=existing_fingerprint)
 
     async def record(self, job_id: str) -> bytes | None:
         return await self.client.get(RECORD_PREFIX + job_id)

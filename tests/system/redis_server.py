@@ -17,20 +17,24 @@ from tests.conftest import free_port
 
 
 class RedisServer:
-    """Start, kill (SIGKILL, like a crash) and restart on the same port; no persistence, loopback only."""
+    """Start, kill (SIGKILL, like a crash) and restart on the same port and folder; loopback only. No persistence,
+    unless ``appendonly``: then an AOF fsynced at every write (``--appendfsync always``), as the fleet's Redis runs,
+    so a write Redis acknowledged survives a SIGKILL."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, appendonly: bool = False) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed: run `make system-deps` (apt package redis-server)")
         self.binary = binary
         self.workdir = workdir
+        self.appendonly = appendonly
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> RedisServer:
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly else ["--appendonly", "no"]
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *persistence,
                 "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")]  # fmt: skip
         self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
