@@ -119,6 +119,15 @@ class ModelUnavailable(Overloaded):
     default_message = "the model is unavailable, retry later"
 
 
+class ModelLost(ModelUnavailable):
+    """The model process died (crashed, killed, or stopped by the watchdog) with this request's batch in it.
+
+    Not 500: the request did nothing wrong that we know of, and another replica (or this one, once its model is
+    respawned) can answer it. A job in such a batch goes back to the queue (jobs/worker.py)."""
+
+    default_message = "the model process was lost while captioning this image, retry later"
+
+
 class RequestTimeout(CaptionerError):
     status_code = 504
     code = "timeout"

@@ -89,6 +89,10 @@ class HealthSettings:
     # model.worker: process: a dead model process is respawned after this, doubling per death in a row.
     respawn_backoff_s: float = setting(1.0, gt=0)
     respawn_max_backoff_s: float = setting(30.0, gt=0)
+    # model.worker: process: a model process with a batch in flight and no answer for this long is stuck (kill -STOP,
+    # a driver hang): not ready, SIGKILLed, respawned; its batch gets 503. 0: off. Must exceed the longest
+    # legitimate batch, a first one under model.compile included (docs/configuration.md says why 120).
+    watchdog_s: float = setting(120.0, ge=0)
 
 
 @dataclass(frozen=True)

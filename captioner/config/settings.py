@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -131,7 +132,11 @@ def _build_variants(entries: Any, base: ModelSettings) -> tuple[VariantSettings,
     return tuple(variants)
 
 
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
+# redis+sentinel://[[user]:password@]host:port[,host:port...]/<service>[/<db>] (shared_state/redis_client.py).
+_SENTINEL_URL = re.compile(
+    r"redis\+sentinel://(?:[^@/]*@)?(?:\[?[^,/@\]]+\]?:\d+)(?:,\[?[^,/@\]]+\]?:\d+)*/[^/]+(?:/\d+)?"
+)
 
 
 def _check_cross_field(settings: Settings) -> None:
@@ -144,6 +149,10 @@ def _check_cross_field(settings: Settings) -> None:
         if url and not url.startswith(_REDIS_SCHEMES):
             # The value is not echoed: it may hold a password.
             raise ConfigError(f"config: {name} must start with {', '.join(_REDIS_SCHEMES)} or be empty")
+        if url.startswith("redis+sentinel://") and not _SENTINEL_URL.fullmatch(url):
+            raise ConfigError(
+                f"config: {name} must be redis+sentinel://host:port[,host:port]/<service>[/<db>] for Sentinel"
+            )
     for entry in settings.server.forwarded_allow_ips:
         if entry != "*":
             try:

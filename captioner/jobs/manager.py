@@ -19,8 +19,8 @@ from captioner.config import Settings
 from captioner.errors import NotFound, RequestTimeout
 from captioner.jobs.durable_queue import DurableJobQueue
 from captioner.jobs.queue import JobQueue, JobRequest, MemoryJobQueue, Submitted
-from captioner.jobs.records import JOB_ID, Job, build_job_store
-from captioner.jobs.worker import JobWorker, RunJob
+from captioner.jobs.records import JOB_ID, Job, StoreUnavailable, build_job_store
+from captioner.jobs.worker import Availability, JobWorker, RunJob, always_available
 from captioner.observability.metrics import Metrics
 from captioner.outbound.callbacks import CallbackSender
 from captioner.shared_state.job_stream import RedisJobStream
@@ -31,6 +31,9 @@ logger = logging.getLogger("captioner.jobs")
 STATS_EVERY_S = 2.0
 _BLOCK_S = 1.0  # a worker's blocking read waits this long for a new job before looking for abandoned ones
 _WAIT_POLL_S = (0.01, 0.25)  # wait(): the first and the longest pause between two looks at the record
+# wait(): how long the job store may stay unreachable before the waiting request gets 503. A Redis restart or a
+# failover takes a second or few, and the circuit breaker's probes come 0.5, 1, 2, 4 s apart: 10 s rides that out.
+WAIT_OUTAGE_S = 10.0
 
 
 def build_job_queue(settings: Settings, metrics: Metrics) -> JobQueue:
@@ -61,6 +64,7 @@ class JobManager:
         metrics: Metrics,
         batch_size: int = 1,
         clock: Callable[[], float] = time.monotonic,
+        outage_s: float = WAIT_OUTAGE_S,
     ) -> None:
         self.queue = queue
         self.ttl_s = ttl_s
@@ -68,6 +72,7 @@ class JobManager:
         self.batch_size = batch_size
         self.worker: JobWorker | None = None
         self._clock = clock
+        self.outage_s = outage_s
         self._stats_task: asyncio.Task[None] | None = None
         self._backlog = 0  # jobs waiting or running, as of the last look at the queue
         # Moving average of how long a job takes, for estimated_time_seconds. A first guess until jobs finish.
@@ -97,10 +102,28 @@ class JobManager:
         return job
 
     async def wait(self, job_id: str, *, principal: str | None, deadline: float) -> Job:
-        """The job once it has ended; ``RequestTimeout`` at ``deadline`` (a ``time.monotonic()`` instant)."""
+        """The job once it has ended; ``RequestTimeout`` at ``deadline`` (a ``time.monotonic()`` instant).
+
+        A job store that can't answer for a moment (a Redis restart, a failover, the breaker's backoff) is waited
+        out: the job is still running somewhere, and a 503 now would have the client submit it again. Only an
+        outage of ``outage_s`` gives up with ``StoreUnavailable`` (503 + Retry-After)."""
         pause = _WAIT_POLL_S[0]
+        unreachable_since: float | None = None
         while True:
-            job = await self.get(job_id, principal=principal)
+            try:
+                job = await self.get(job_id, principal=principal)
+            except StoreUnavailable:
+                now = self._clock()
+                unreachable_since = now if unreachable_since is None else unreachable_since
+                if now - unreachable_since >= self.outage_s:
+                    raise
+                if now >= deadline:
+                    raise RequestTimeout("the job store was unreachable at the request deadline") from None
+                logger.debug("job %s: the job store is unreachable; still waiting", job_id)
+                await asyncio.sleep(min(pause, deadline - now))
+                pause = min(pause * 1.5, _WAIT_POLL_S[1])
+                continue
+            unreachable_since = None
             if job.status != "processing":
                 return job
             left = deadline - self._clock()
@@ -121,10 +144,11 @@ class JobManager:
         request_timeout_s: float,
         lease_s: float,
         callbacks: CallbackSender | None,
+        available: Availability = always_available,
     ) -> JobWorker:
         self.worker = JobWorker(
             self.queue, run, metrics=self.metrics, capacity=capacity, request_timeout_s=request_timeout_s,
-            lease_s=lease_s, callbacks=callbacks, on_success=self._observe,
+            lease_s=lease_s, callbacks=callbacks, on_success=self._observe, available=available,
         )  # fmt: skip
         self.worker.start()
         return self.worker

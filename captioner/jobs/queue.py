@@ -7,7 +7,9 @@ consumes, with leases, redelivery and a bounded number of attempts). Both speak 
 - ``submit`` records a new job (or, for a repeated ``Idempotency-Key`` of the same owner, answers its job);
 - ``claim`` hands a worker up to ``count`` jobs (``Claim``: the job, its attempt number, an earlier result);
 - ``finish`` stores a job's one result (False if an earlier delivery already did), ``settle`` ends a delivery,
-  ``abandon`` leaves a delivery to be redelivered (queues that ``redeliver`` only), ``renew`` keeps leases.
+  ``abandon`` leaves a delivery to be redelivered (queues that ``redeliver`` only), ``renew`` keeps leases;
+- ``release`` hands a job back at once *without using an attempt*: the worker could not run it for reasons of
+  its own (its model down or lost, its queue full), so the job did nothing to deserve a strike.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ class JobRequest:
     url: str | None = None
     callback_url: str | None = None
     assignment_key: str | None = None  # X-Assignment-Key: the A/B variant sticks to it rather than to the image
+    # Wall-clock seconds (time.time()): replicas share no monotonic clock. A relayed sync request's deadline:
+    # past it the caller has its 504 already, so no worker runs the job. None for an async job.
+    deadline: float | None = None
 
     @classmethod
     def new(
@@ -49,12 +54,17 @@ class JobRequest:
         url: str | None,
         callback_url: str | None = None,
         assignment_key: str | None = None,
+        deadline: float | None = None,
     ) -> JobRequest:
         """A request for a new job, under a fresh random id."""
         return cls(
             secrets.token_hex(16), owner, num_captions, image=image, url=url, callback_url=callback_url,
-            assignment_key=assignment_key,
+            assignment_key=assignment_key, deadline=deadline,
         )  # fmt: skip
+
+    def expired(self, now: float) -> bool:
+        """Whether the caller's deadline passed at ``now`` (wall-clock seconds)."""
+        return self.deadline is not None and now >= self.deadline
 
     async def fingerprint(self) -> str:
         """What makes two requests the same request (for Idempotency-Key reuse with a different body)."""
@@ -73,6 +83,7 @@ class Claim:
     token: str = ""  # the queue's handle for this delivery (a stream entry id)
     finished: Job | None = None  # an earlier delivery stored the result, then stopped before settling
     lost_input: bool = False  # the image expired (jobs.ttl_s) before any worker could run the job
+    lost: int = 0  # earlier deliveries whose batch was lost with its model process (released, no attempt used)
 
 
 @dataclass(frozen=True)
@@ -111,6 +122,10 @@ class JobQueue(Protocol):
 
     async def abandon(self, claim: Claim) -> None: ...
 
+    async def release(self, claim: Claim, *, lost: bool) -> None:
+        """Hand the job back to the queue now, its attempt not used (``lost``: its batch died with its model
+        process, counted apart so that a job that kills every process it reaches still ends)."""
+
     async def stats(self) -> QueueStats: ...
 
     async def aclose(self) -> None: ...
@@ -134,6 +149,7 @@ class MemoryJobQueue:
         self._waiting: deque[JobRequest] = deque()
         self._arrived = asyncio.Event()
         self._running = 0
+        self._lost: dict[str, int] = {}  # job id -> batches it was in that died with the model process
         # (owner, Idempotency-Key) -> (job id, fingerprint, expires at), oldest first.
         self._keys: OrderedDict[tuple[str, str], tuple[str, str, float]] = OrderedDict()
 
@@ -172,7 +188,8 @@ class MemoryJobQueue:
                 await asyncio.wait_for(self._arrived.wait(), wait_s)
         claims: list[Claim] = []
         while self._waiting and len(claims) < count:
-            claims.append(Claim(self._waiting.popleft()))
+            request = self._waiting.popleft()
+            claims.append(Claim(request, lost=self._lost.pop(request.job_id, 0)))
         self._running += len(claims)
         return claims
 
@@ -189,6 +206,15 @@ class MemoryJobQueue:
 
     async def abandon(self, claim: Claim) -> None:
         raise AssertionError("the memory queue does not redeliver: finish the job instead")
+
+    async def release(self, claim: Claim, *, lost: bool) -> None:
+        """Back to the front of the line: this process is the only one that can run it, once it can."""
+        self._running -= 1
+        request = claim.request
+        if claim.lost or lost:
+            self._lost[request.job_id] = claim.lost + (1 if lost else 0)
+        self._waiting.appendleft(request)
+        self._arrived.set()
 
     async def stats(self) -> QueueStats:
         return QueueStats(len(self._waiting) + self._running, self._running, 0.0)

@@ -31,6 +31,12 @@ from captioner.shared_state.redis_client import RedisClient, RedisUnavailable
 logger = logging.getLogger("captioner.jobs")
 
 JOB_ID = re.compile(r"[0-9a-f]{32}")
+
+
+class StoreUnavailable(Overloaded):
+    """The job store (Redis) could not answer: 503 + Retry-After. Not a 404: the job may well exist."""
+
+
 JobStatus = Literal["processing", "success", "error"]
 
 
@@ -162,7 +168,7 @@ class RedisJobStore:
             raw = await self.store.get(RECORD_PREFIX + job_id)
         except RedisUnavailable as exc:
             # Not 404: the job may well exist; the client should ask again.
-            raise Overloaded("the shared job store (Redis) is unavailable", retry_after_s=1) from exc
+            raise StoreUnavailable("the shared job store (Redis) is unavailable", retry_after_s=1) from exc
         return Job.from_stored(raw, job_id)
 
     async def aclose(self) -> None:

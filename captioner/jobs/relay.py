@@ -1,8 +1,13 @@
 """The caption use case's relay on an ``api``-role replica, which has no model: a synchronous request becomes a
 job on the shared queue, and its answer is the job's result (the same body and errors as a replica with a
-model; 504 at the request's deadline). A repeated ``Idempotency-Key`` waits on the first request's job."""
+model; 504 at the request's deadline). A repeated ``Idempotency-Key`` waits on the first request's job.
+
+The job carries the caller's deadline, as wall-clock time (replicas share no monotonic clock; their wall clocks
+are NTP-synced): a worker that claims it after the deadline answers it 504 without running it."""
 
 from __future__ import annotations
+
+import time
 
 from captioner.errors import error_from_body
 from captioner.jobs.manager import JobManager
@@ -16,9 +21,10 @@ class JobRelay:
         self.jobs = jobs
 
     async def caption(self, command: CaptionCommand) -> CaptionOutcome:
+        deadline = time.time() + (command.deadline - time.monotonic())
         request = JobRequest.new(
             command.api_key, command.num_captions, image=command.image, url=command.url,
-            assignment_key=command.assignment_key,
+            assignment_key=command.assignment_key, deadline=deadline,
         )  # fmt: skip
         job = (await self.jobs.submit(request, idempotency_key=command.idempotency_key)).job
         ended = await self.jobs.wait(job.job_id, principal=job.owner, deadline=command.deadline)

@@ -18,11 +18,15 @@ Failures:
   traceback logged here) and the child carries on; after a fatal device error (device_errors.py) it exits
   instead, since only a new process gets a new CUDA context.
 - A supervisor thread waits on the child. When it dies (killed, crashed, or that device error), the batch it
-  was running fails with ``ModelProcessError`` (500: a request that may have killed it is not replayed), every
+  was running fails with ``ModelProcessDied`` (the service answers it 503 ``ModelLost`` + Retry-After; a job in
+  it goes back to the queue, counted, so an image that kills every process still ends), every
   call from then on fails at once with ``ModelUnavailable`` (503 + Retry-After, which a load balancer retries
   elsewhere), and the listener hears ``model_down``, which takes the replica out of /readyz. The child is
   respawned after a backoff (``health.respawn_backoff_s``, doubling per death in a row up to
   ``respawn_max_backoff_s``; a child that lived ``_STABLE_S`` resets it), warmed up, and ``model_up`` follows.
+- A child that stops without dying (``kill -STOP``, a driver hang) is caught by the watchdog (watchdog.py,
+  ``health.watchdog_s``): a batch in flight that long without an answer gets the child reported down
+  (``model_stalled``), SIGKILLed and respawned like a dead one.
 - A respawn that fails ``_MAX_FAILED_STARTS`` times in a row means the device itself is gone: ``model_failed``
   tells the server to exit non-zero, so the orchestrator restarts the replica.
 """
@@ -53,6 +57,7 @@ from captioner.model.preprocessing import ImagePreprocessor
 from captioner.model.process_child import EXIT_DEVICE_ERROR, child_main
 from captioner.model.protocol import Caption, CaptionJob, ModelListener
 from captioner.model.spawn import start_without_main
+from captioner.model.watchdog import BatchWatchdog
 
 logger = logging.getLogger("captioner.model_process")
 
@@ -66,6 +71,10 @@ _SUPERVISOR_TICK_S = 0.5
 
 class ModelProcessError(RuntimeError):
     """The model process failed a batch, or died while running it."""
+
+
+class ModelProcessDied(ModelProcessError):
+    """The model process died (crashed, was killed, or the watchdog killed it) before it answered."""
 
 
 @dataclass
@@ -95,6 +104,8 @@ class ProcessCaptioner(Preprocessing):
         self._start_timeout_s = start_timeout_s
         health = health or HealthSettings()
         self._backoff_min_s, self._backoff_max_s = health.respawn_backoff_s, health.respawn_max_backoff_s
+        self._watchdog = BatchWatchdog(health.watchdog_s)
+        self._killed_because: str | None = None  # the watchdog's reason, for the death that follows its kill
         self._lock = threading.Lock()  # one call at a time; also guards swapping in a respawned child
         self._closing = threading.Event()
         self._stopped = False
@@ -147,7 +158,7 @@ class ProcessCaptioner(Preprocessing):
             return []
         pixels = [job.pixel_values for job in jobs]
         counts = [job.num_captions for job in jobs]
-        result: list[list[Caption]] = self._call(lambda child: _batch_message(child, pixels, counts))
+        result: list[list[Caption]] = self._call(lambda child: _batch_message(child, pixels, counts), watched=True)
         return result
 
     def close(self, timeout_s: float = 10.0) -> None:
@@ -175,8 +186,9 @@ class ProcessCaptioner(Preprocessing):
 
     # -- calls -------------------------------------------------------------------------------------
 
-    def _call(self, message_for: Callable[[_Child], tuple[Any, ...]]) -> Any:
-        """Send the child ``message_for(child)`` (built under the lock: a batch writes the child's slab) and wait."""
+    def _call(self, message_for: Callable[[_Child], tuple[Any, ...]], *, watched: bool = False) -> Any:
+        """Send the child ``message_for(child)`` (built under the lock: a batch writes the child's slab) and wait;
+        ``watched``: a batch, timed by the watchdog (warm-ups and measurements are not: they may compile)."""
         if not self._up and not self._closing.is_set():
             raise self._unavailable()  # fail fast: no waiting behind the lock for a child that isn't there
         with self._lock:
@@ -186,11 +198,16 @@ class ProcessCaptioner(Preprocessing):
                 raise self._unavailable()
             child = self._child
             message = message_for(child)
+            batch = self._watchdog.started() if watched else 0
             try:
-                child.conn.send(message)
-            except (OSError, ValueError) as exc:  # the child is dead and the batch never reached it
-                raise self._unavailable() from exc
-            return _receive(child, message[0])
+                try:
+                    child.conn.send(message)
+                except (OSError, ValueError) as exc:  # the child is dead and the batch never reached it
+                    raise self._unavailable() from exc
+                return _receive(child, message[0])
+            finally:
+                if watched:
+                    self._watchdog.ended(batch)
 
     def _unavailable(self) -> ModelUnavailable:
         retry_in_s = max(1.0, self._retry_at - time.monotonic())
@@ -246,18 +263,49 @@ class ProcessCaptioner(Preprocessing):
         while not self._closing.is_set():
             child = self._child
             wait([child.process.sentinel], timeout=_SUPERVISOR_TICK_S)
-            if child.process.is_alive() or self._closing.is_set():
+            if self._closing.is_set():
+                continue
+            if child.process.is_alive():
+                if not self._check_progress(child):
+                    return
                 continue
             self._up = False
             child.process.join(1.0)
             lived_s = time.monotonic() - child.started
             delay = self._backoff_min_s if not delay or lived_s >= _STABLE_S else min(delay * 2, self._backoff_max_s)
-            reason = f"the model process died ({_describe_exit(child.process.exitcode)})"
+            reason = self._killed_because or f"the model process died ({_describe_exit(child.process.exitcode)})"
+            self._killed_because = None
             logger.error("%s after %.0f s; respawning it in %.1f s", reason, lived_s, delay)
             self._retry_at = time.monotonic() + delay
             self._notify("model_down", reason, delay)
             if not self._respawn(delay):
                 return
+
+    def _check_progress(self, child: _Child) -> bool:
+        """The watchdog: a batch in flight for ``health.watchdog_s`` means a stuck process (kill -STOP, a hang).
+        Out of /readyz first, then SIGKILL (a stopped process ignores anything gentler); the death is then handled
+        as any other (its batch fails with ``ModelProcessDied``, the child is respawned after the backoff).
+        False when even SIGKILL can't end it (stuck in the kernel, a wedged driver): the replica must restart."""
+        stall = self._watchdog.stall()
+        if stall is None or self._killed_because is not None:
+            return True  # nothing stuck, or killed already (dying: the death is handled on the next tick)
+        reason = (f"the watchdog killed the model process: a batch in flight for {stall.seconds:.0f} s without an "
+                  f"answer (health.watchdog_s)")  # fmt: skip
+        # Not under self._lock: the stuck batch's call holds it.
+        if not self._watchdog.still_in_flight(stall.batch) or child is not self._child:
+            return True  # it answered meanwhile
+        self._up = False
+        self._killed_because = reason
+        logger.error("%s; pid %s, respawning it", reason, child.process.pid)
+        self._notify("model_stalled", reason, self._backoff_min_s)
+        child.process.kill()
+        child.process.join(10.0)  # reaped before the supervisor looks again: it sees a death, not a live process
+        if child.process.is_alive():
+            failed = f"the stuck model process (pid {child.process.pid}) survived SIGKILL for 10 s"
+            logger.error("%s; this replica must be restarted", failed)
+            self._notify("model_failed", failed)
+            return False
+        return True
 
     def _respawn(self, delay: float) -> bool:
         """Start a child to replace the dead one, retrying with backoff; False when it is time to stop."""
@@ -320,7 +368,7 @@ def _receive(child: _Child, what: str) -> Any:
     except (EOFError, OSError) as exc:
         child.process.join(1.0)
         code = child.process.exitcode
-        raise ModelProcessError(f"the model process died during {what} ({_describe_exit(code)})") from exc
+        raise ModelProcessDied(f"the model process died during {what} ({_describe_exit(code)})") from exc
     if status == "error":
         logger.error("the model process failed %s: %s\n%s", what, payload, detail)
         raise ModelProcessError(payload)

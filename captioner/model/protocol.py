@@ -64,3 +64,6 @@ class ModelListener(Protocol):
 
     def model_failed(self, reason: str) -> None:
         """The model can't come back in this process: the replica must be restarted."""
+
+    def model_stalled(self, reason: str, retry_in_s: float) -> None:
+        """The watchdog found the model stuck with a batch in flight (``health.watchdog_s``): down, and killed."""

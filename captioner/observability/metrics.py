@@ -115,6 +115,23 @@ class Metrics:
         self.job_dead_letters = Counter(
             "captioner_job_dead_letters", "Jobs ended with an error after jobs.max_attempts deliveries.", registry=r
         )
+        self.job_releases = Counter(
+            "captioner_job_releases",
+            "Jobs this replica's worker handed back to the queue unrun, without using an attempt, by reason "
+            "(model_unavailable, model_lost: its batch died with the model process, overloaded, timeout).",
+            ["reason"],
+            registry=r,
+        )
+        self.job_claims_paused = Gauge(
+            "captioner_job_claims_paused",
+            "1 while this replica's worker claims no jobs (its model can't take work, or it just handed one back).",
+            registry=r,
+        )
+        self.job_expired = Counter(
+            "captioner_job_expired",
+            "Relayed jobs answered 504 without running: their caller's deadline had passed.",
+            registry=r,
+        )
         self.job_callbacks = Counter(
             "captioner_job_callbacks",
             "Job callbacks, by outcome (delivered; failed: dead after every retry; refused by the URL policy).",
@@ -140,6 +157,12 @@ class Metrics:
             "captioner_model_respawns", "Model processes respawned after dying (model.worker: process).", variant,
             registry=r,
         )  # fmt: skip
+        self.model_watchdog_kills = Counter(
+            "captioner_model_watchdog_kills",
+            "Model processes killed by the watchdog: a batch in flight for health.watchdog_s without an answer.",
+            variant,
+            registry=r,
+        )
         self.model_consecutive_failures = Gauge(
             "captioner_model_consecutive_failures",
             "Batches failed in a row (0 after a success); at health.max_consecutive_failures the model is down.",

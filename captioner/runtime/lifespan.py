@@ -15,6 +15,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from captioner.config import ConfigError, Settings
+from captioner.errors import Overloaded
 from captioner.jobs.queue import JobRequest
 from captioner.rollout.canary import CANARY_VARIANT
 from captioner.runtime.components import canary_fleet
@@ -145,6 +146,11 @@ def _start_worker(runtime: Runtime) -> None:
             runtime.job_quota.ended(request.job_id)
         return outcome_body(outcome, settings.model.name)
 
+    def available() -> Overloaded | None:
+        # Claim only while this replica can caption: a replica whose model is down leaves the jobs to others.
+        pool = runtime.pool
+        return Overloaded("the model is not loaded") if pool is None else pool.work_refusal()
+
     runtime.jobs.start_worker(
         run_job,
         # Enough jobs to fill one batch while the one before runs; the rest wait in the queue.
@@ -152,6 +158,7 @@ def _start_worker(runtime: Runtime) -> None:
         request_timeout_s=batching.request_timeout_s,
         lease_s=settings.jobs.lease_s,
         callbacks=runtime.callbacks,
+        available=available,
     )
 
 

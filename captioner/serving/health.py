@@ -2,7 +2,8 @@
 
 The model is *ready* while all of these hold:
 - it is up. With ``model.worker: process`` its process may die; process_worker.py respawns it and reports
-  ``model_down`` / ``model_up`` here (as a ``ModelListener``);
+  ``model_down`` / ``model_up`` here (as a ``ModelListener``), and ``model_stalled`` when its watchdog
+  (``health.watchdog_s``) killed a process stuck with a batch in flight;
 - fewer than ``health.max_consecutive_failures`` batches failed in a row. At that many a probe batch (the
   warm-up image) runs at once, then every ``health.probe_interval_s``, until one succeeds. A probe rather than
   the next request: a replica that reports not ready gets no traffic from its orchestrator, and refuses model
@@ -64,6 +65,7 @@ class ModelHealth:
         self._up_gauge = metrics.model_up.labels(variant)
         self._failures_gauge = metrics.model_consecutive_failures.labels(variant)
         self._respawns = metrics.model_respawns.labels(variant)
+        self._watchdog_kills = metrics.model_watchdog_kills.labels(variant)
         self._publish()
 
     @property
@@ -142,6 +144,11 @@ class ModelHealth:
         self._retry_at = time.monotonic() + retry_in_s
         self._publish()
 
+    def model_stalled(self, reason: str, retry_in_s: float) -> None:
+        """The watchdog found the model process stuck with a batch in flight: down now; it is being killed."""
+        self._watchdog_kills.inc()
+        self.model_down(reason, retry_in_s)
+
     def model_up(self) -> None:
         self.up = True
         self.failures = 0  # the respawned model has just captioned its warm-up image
@@ -204,6 +211,9 @@ class _LoopListener:
 
     def model_up(self) -> None:
         self._send(self._health.model_up)
+
+    def model_stalled(self, reason: str, retry_in_s: float) -> None:
+        self._send(self._health.model_stalled, reason, retry_in_s)
 
     def model_failed(self, reason: str) -> None:
         self._send(self._health.model_failed, reason)

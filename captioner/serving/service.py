@@ -20,9 +20,10 @@ from typing import Any, Protocol
 import orjson
 
 from captioner.config import DEFAULT_VARIANT, Settings
-from captioner.errors import CaptionerError, ModelUnavailable, Overloaded, RequestTimeout
+from captioner.errors import CaptionerError, ModelLost, ModelUnavailable, Overloaded, RequestTimeout
 from captioner.model.device_errors import is_fatal_device_error
 from captioner.model.preprocessing import ImageInfo, PreparedImage
+from captioner.model.process_worker import ModelProcessDied
 from captioner.model.protocol import Caption, Captioner, CaptionJob
 from captioner.observability.metrics import Metrics
 from captioner.serving.batcher import Batcher, BatchInfo
@@ -322,6 +323,12 @@ class CaptionService:
         started = time.perf_counter()
         try:
             results = self.captioner.caption_batch(jobs)
+        except ModelProcessDied as exc:
+            # Not the requests' fault that we know of: 503 + Retry-After (the respawn's backoff), which a load
+            # balancer retries elsewhere; a job goes back to the queue. Not a failed batch either: the death
+            # itself takes the model out (model_down) until its successor is warm.
+            retry_s = max(1.0, self.settings.health.respawn_backoff_s)
+            raise ModelLost(retry_after_s=retry_s) from exc
         except BaseException as exc:
             if is_fatal_device_error(exc):
                 self._device_failed = True

@@ -316,6 +316,18 @@ class VariantPool:
                 problems.append(problem if len(self.router) == 1 else f"variant {variant.name}: {problem}")
         return problems
 
+    def work_refusal(self) -> Overloaded | None:
+        """Why this replica's job worker should claim nothing now: a variant taking traffic can't take model
+        work (its model down, failing or failed: what /readyz reports), or every one has a full queue. None when
+        it may claim."""
+        for variant in self.router:
+            if variant.weight > 0 and not variant.service.health.ready:
+                try:
+                    variant.service.health.admit()
+                except Overloaded as refusal:
+                    return refusal
+        return self.overload()
+
     def expedite(self) -> None:
         """Draining: every variant dispatches what it has queued without waiting for its batch deadline."""
         for variant in self.router:

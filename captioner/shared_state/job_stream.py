@@ -13,7 +13,8 @@ Keys (``v1``: bump when a format changes):
 Delivery: XREADGROUP hands new entries to this consumer. An entry idle (no heartbeat) for longer than the lease
 is taken over by another consumer's XAUTOCLAIM; its delivery count (from XPENDING) is the attempt number. A
 worker heartbeats the entries it runs with XCLAIM JUSTID, which resets their idle time but not their count, and
-only for entries it still owns. ``finish`` writes the final record only while the record still says processing,
+only for entries it still owns. ``release`` swaps an entry it owns for a new one (a job handed back unrun).
+``finish`` writes the final record only while the record still says processing,
 so a job has exactly one result even when two deliveries race.
 """
 
@@ -35,8 +36,11 @@ IMAGE_PREFIX = "captioner:job-image:v1:"
 IDEMPOTENCY_PREFIX = "captioner:job-key:v1:"
 
 # KEYS: stream, record, image, idempotency. ARGV: job id, payload, record, image, ttl ms, max length,
-# has key, key value, has image. Returns {code, "<job id> <fingerprint>"}: 1 created, 0 the key's job, -1 full.
+# has key, key value, has image. Returns {code, "<job id> <fingerprint>"}: 1 created, 0 the key's job, -1 full,
+# 2 this very job exists already: an earlier try of this enqueue ran, and its answer was lost (a timeout), so
+# trying again is safe.
 _ENQUEUE = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return {2, ARGV[8]} end
 if ARGV[7] == '1' then
   local existing = redis.call('GET', KEYS[4])
   if existing then return {0, existing} end
@@ -79,6 +83,18 @@ for i = 3, #ARGV do
   end
 end
 return renewed
+"""
+
+# KEYS: stream. ARGV: group, consumer, entry id, job id, new payload. Hands a job back: the entry this consumer
+# still owns goes, a new one (never delivered: any consumer's XREADGROUP sees it now) takes its place. Returns 1, or
+# 0 when another consumer owns the entry by now (it took it over after the lease: nothing to hand back).
+_RELEASE = """
+local info = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if not (info[1] and info[1][2] == ARGV[2]) then return 0 end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+redis.call('XDEL', KEYS[1], ARGV[3])
+redis.call('XADD', KEYS[1], '*', 'job', ARGV[4], 'payload', ARGV[5])
+return 1
 """
 
 # KEYS: record, image. ARGV: final record, ttl ms. Returns 1 recorded, 0 already ended, -1 record expired.
@@ -193,6 +209,7 @@ class RedisJobStream:
         self._heartbeat = client.script("heartbeat", _HEARTBEAT)
         self._finish = client.script("finish", _FINISH)
         self._ack = client.script("ack", _ACK)
+        self._release = client.script("release", _RELEASE)
         self._stats = client.script("stats", _STATS)
         self._forget = client.script("forget", _FORGET)
 
@@ -210,7 +227,8 @@ class RedisJobStream:
     async def enqueue(
         self, job_id: str, *, payload: bytes, record: bytes, image: bytes | None, key: str | None, fingerprint: str
     ) -> Enqueued | None:
-        """Add a job (record, image, entry, key: all or nothing); None when the stream holds ``max_length``."""
+        """Add a job (record, image, entry, key: all or nothing); None when the stream holds ``max_length``.
+        Idempotent on ``job_id``: a repeat finds the job its first try made (``created``)."""
         keys = [STREAM, RECORD_PREFIX + job_id, IMAGE_PREFIX + job_id, IDEMPOTENCY_PREFIX + (key or "-")]
         args = [job_id, payload, record, image or b"", self.ttl_ms, self.max_length,
                 "1" if key else "0", f"{job_id} {fingerprint}", "0" if image is None else "1"]  # fmt: skip
@@ -218,7 +236,7 @@ class RedisJobStream:
         if int(code) == -1:
             return None
         existing, _, existing_fingerprint = _text(value).partition(" ")
-        return Enqueued(existing, created=int(code) == 1, fingerprint=existing_fingerprint)
+        return Enqueued(existing, created=int(code) in (1, 2), fingerprint=existing_fingerprint)
 
     async def record(self, job_id: str) -> bytes | None:
         return await self.client.get(RECORD_PREFIX + job_id)
@@ -278,6 +296,10 @@ class RedisJobStream:
     async def finish(self, job_id: str, record: bytes) -> int:
         """Store the final record and delete the image: 1 done; 0 an earlier delivery ended it; -1 it expired."""
         return int(await self._finish([RECORD_PREFIX + job_id, IMAGE_PREFIX + job_id], [record, self.ttl_ms]))
+
+    async def release(self, entry_id: str, job_id: str, payload: bytes) -> bool:
+        """Replace this consumer's entry by a new, undelivered one for the same job; False if no longer ours."""
+        return int(await self._release([STREAM], [GROUP, self.consumer, entry_id, job_id, payload])) == 1
 
     async def ack(self, entry_id: str) -> None:
         """This delivery is over: out of the pending list and out of the stream."""

@@ -12,6 +12,11 @@ must fail fast rather than add its timeout to every request. So:
   breaker, its failure re-opens it for longer.
 
 Warnings are logged on transitions only (open, still down at most once a minute, recovered), never per call.
+
+URLs: ``redis://``, ``rediss://``, ``unix://`` (redis-py's own), or ``redis+sentinel://[[user]:password@]host:port
+[,host:port...]/<service>[/<db>]``: the sentinels to ask for ``service``'s master (redis-py's ``Sentinel``). Each
+new connection asks them where the master is, so after a failover the next call (the breaker's probe) reaches the
+promoted replica. The credentials are the master's; the sentinels are asked without any.
 """
 
 from __future__ import annotations
@@ -22,10 +27,13 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
@@ -34,6 +42,7 @@ logger = logging.getLogger("captioner.redis")
 T = TypeVar("T")
 
 _STILL_DOWN_LOG_EVERY_S = 60.0
+SENTINEL_SCHEME = "redis+sentinel://"
 
 
 class RedisUnavailable(Exception):
@@ -129,7 +138,7 @@ class RedisClient:
         self._on_state = on_state
         self._last_down_log = float("-inf")
         # No retries inside redis-py: the breaker is the retry policy. Connections are made lazily on first use.
-        self._client: aioredis.Redis = aioredis.Redis.from_url(
+        self._client: aioredis.Redis = connect(
             url,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
@@ -211,6 +220,59 @@ class RedisClient:
                 "%s: redis at %s still unavailable (%s); next try in %.1f s",
                 self.name, self._safe_url, type(exc).__name__, self.breaker.retry_in_s,
             )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    """What a ``redis+sentinel://`` URL names."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget:
+    """``redis+sentinel://[[user]:password@]host:port[,host:port...]/<service>[/<db>]``; ValueError (naming the
+    part, never the password) for anything else."""
+    if not url.startswith(SENTINEL_SCHEME):
+        raise ValueError(f"a sentinel URL starts with {SENTINEL_SCHEME}")
+    rest = url[len(SENTINEL_SCHEME) :]
+    credentials, _, rest = rest.rpartition("@")
+    hosts, _, path = rest.partition("/")
+    sentinels: list[tuple[str, int]] = []
+    for entry in hosts.split(","):
+        host, _, port = entry.rpartition(":")
+        host = host.strip("[]")  # [::1]:26379
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"a sentinel URL lists host:port pairs, got {entry!r}")
+        sentinels.append((host, int(port)))
+    service, _, db = path.partition("/")
+    if not service:
+        raise ValueError("a sentinel URL names its service: redis+sentinel://host:port/<service>[/<db>]")
+    if db and not db.isdigit():
+        raise ValueError(f"a sentinel URL's database is a number, got {db!r}")
+    username, password = None, None
+    if credentials:
+        user, has_password, secret = credentials.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if has_password else None
+    return SentinelTarget(tuple(sentinels), unquote(service), int(db or 0), username, password)
+
+
+def connect(url: str, **options: Any) -> aioredis.Redis:
+    """A redis-py client for ``url`` (connections made on first use); a sentinel URL gives one whose connections
+    go to the service's current master."""
+    if not url.startswith(SENTINEL_SCHEME):
+        return aioredis.Redis.from_url(url, **options)
+    target = parse_sentinel_url(url)
+    timeouts = {k: v for k, v in options.items() if k in ("socket_timeout", "socket_connect_timeout")}
+    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=timeouts)  # type: ignore[no-untyped-call]
+    client: aioredis.Redis = sentinel.master_for(
+        target.service, db=target.db, username=target.username, password=target.password, **options
+    )
+    return client
 
 
 def _without_password(url: str) -> str:

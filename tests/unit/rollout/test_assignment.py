@@ -121,7 +121,7 @@ def test_a_durable_job_carries_its_assignment_key_and_an_older_entry_reads_as_no
     from captioner.jobs.queue import JobRequest
 
     request = JobRequest.new("key:one", 1, image=b"img", url=None, assignment_key="user-7")
-    decoded, lost = decode_request(request.job_id, encode_request(request), b"img")
-    assert (decoded.assignment_key, lost) == ("user-7", False)
+    decoded = decode_request(request.job_id, encode_request(request), b"img")
+    assert (decoded.request.assignment_key, decoded.lost_input) == ("user-7", False)
     older = b'{"owner":null,"num_captions":1,"url":null,"callback_url":null,"image":true}'
-    assert decode_request("j", older, b"img")[0].assignment_key is None
+    assert decode_request("j", older, b"img").request.assignment_key is None
