@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import photo
-from tests.system.serverproc import ServerProcess
+from tests.support.processes import ServerProcess
 
 CAPTION = "/api/v1/caption"
 IN_FLIGHT = 4

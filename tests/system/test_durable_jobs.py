@@ -26,10 +26,10 @@ import pytest
 import redis
 
 from captioner.shared_state.job_stream import GROUP, IMAGE_PREFIX, RECORD_PREFIX, STREAM
-from tests.callback_receiver import Receiver
 from tests.conftest import photo
-from tests.system.redis_server import RedisServer
-from tests.system.serverproc import ServerProcess
+from tests.support.processes import ServerProcess
+from tests.support.receiver import Receiver
+from tests.support.redis import RedisServer
 
 CAPTION = "/api/v1/caption"
 SECRET = "test-callback-secret"

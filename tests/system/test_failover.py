@@ -27,9 +27,9 @@ import httpx
 import pytest
 
 from tests.conftest import photo
-from tests.system.model_children import model_child_pid
-from tests.system.nginx_proc import Nginx
-from tests.system.serverproc import ServerProcess
+from tests.support.model_children import model_child_pid
+from tests.support.nginx import Nginx
+from tests.support.processes import ServerProcess
 
 CLIENTS = 4
 # Phases are counted in answered requests, not seconds, so a slow or busy machine only makes the test longer.

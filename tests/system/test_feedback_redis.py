@@ -13,7 +13,7 @@ from captioner.client import Client, Overloaded
 from captioner.feedback.redis_store import STREAM
 from captioner.tools.eval.command import load_annotations
 from tests.conftest import LiveServer, photo, tiny_settings
-from tests.system.redis_server import RedisServer
+from tests.support.redis import RedisServer
 
 MAX_RECORDS = 4
 

@@ -31,7 +31,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import metric_value, photo
-from tests.system.serverproc import ServerProcess
+from tests.support.processes import ServerProcess
 
 CAPTION = "/api/v1/caption"
 MB = 1024 * 1024

@@ -15,7 +15,7 @@ from huggingface_hub import InferenceClient
 from huggingface_hub.errors import HfHubHTTPError
 
 from tests.conftest import photo
-from tests.system.serverproc import ServerProcess
+from tests.support.processes import ServerProcess
 
 IMAGE = photo(31, fmt="JPEG")
 KEY = "hf-client-key"

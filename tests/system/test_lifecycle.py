@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from captioner.registry.store import Registry
-from tests.system.registry_helpers import Load, cli, last_line
-from tests.system.serverproc import ServerProcess
+from tests.support.processes import ServerProcess
+from tests.support.registry import Load, cli, last_line
 
 # The training schedule of the train tests (tests for `captioner train`: 400 steps of 32 on 1000 synthetic
 # images lift CIDEr on a held-out set from ~0 to well above 1.0 on a 2-core CPU); the gate only needs "up".

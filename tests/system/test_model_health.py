@@ -3,7 +3,7 @@
 - ``model.worker: process``: SIGKILL the model child while a batch runs in it. The requests in flight get a
   clean error (500 for the batch it was running, 503 for those behind it), /readyz turns 503, new requests get
   503 ``overloaded`` + Retry-After, and the child is respawned, warmed up, ready and captioning again.
-- ``model.worker: thread`` with a CUDA error injected (tests/system/faulty_serve.py): the batch on the device
+- ``model.worker: thread`` with a CUDA error injected (tests/support/faulty_serve.py): the batch on the device
   gets 500, the requests queued behind it 503, and the process drains and exits with status 1 for its
   orchestrator to restart (that /readyz says 503 meanwhile: tests/unit/http/test_health_http.py).
 """
@@ -20,9 +20,9 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import REPO_ROOT, photo
-from tests.system.faulty_serve import FAULT_FILE_ENV, release_file
-from tests.system.model_children import model_child_pid
-from tests.system.serverproc import ServerProcess
+from tests.support.faulty_serve import FAULT_FILE_ENV, release_file
+from tests.support.model_children import model_child_pid
+from tests.support.processes import ServerProcess
 
 CAPTION = "/api/v1/caption"
 DEADLINE_S = 180.0  # generous: a respawn loads torch, transformers and the model again, on a busy machine
@@ -114,7 +114,7 @@ def test_a_cuda_error_drains_the_replica_and_exits_non_zero(tiny_model_dir: Path
         "CAPTIONER_MODEL__WORKER": "thread",
         "CAPTIONER_SERVER__DRAIN_TIMEOUT_S": "30",
     }
-    with ServerProcess(tiny_model_dir, env=env, module="tests.system.faulty_serve") as server:
+    with ServerProcess(tiny_model_dir, env=env, module="tests.support.faulty_serve") as server:
         assert post(server.url, 1).status_code == 200
         trigger.touch()  # the next batch fails once released
         threads, responses, errors = concurrently(server.url, [2, 3, 4])

@@ -11,7 +11,7 @@ import pytest
 
 from captioner.shared_state.redis_client import CircuitBreaker, RedisClient, RedisUnavailable
 from tests.conftest import free_port
-from tests.system.redis_server import RedisServer
+from tests.support.redis import RedisServer
 
 pytestmark = pytest.mark.anyio
 

@@ -22,7 +22,7 @@ from captioner.observability.metrics import Metrics
 from captioner.shared_state.job_stream import GROUP, IMAGE_PREFIX, RECORD_PREFIX, STREAM, RedisJobStream
 from captioner.shared_state.redis_client import RedisClient
 from tests.conftest import metric_value
-from tests.system.redis_server import RedisServer
+from tests.support.redis import RedisServer
 
 pytestmark = pytest.mark.anyio
 

@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from captioner.registry.store import Registry
-from tests.system.registry_helpers import Load, cli, confident_copy, gate_set_from, last_line
-from tests.system.serverproc import ServerProcess
+from tests.support.processes import ServerProcess
+from tests.support.registry import Load, cli, confident_copy, gate_set_from, last_line
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 from captioner.shared_state.redis_cache import KEY_PREFIX, RedisCacheLevel
 from captioner.shared_state.redis_client import CircuitBreaker, RedisClient
 from tests.conftest import LiveServer, photo, tiny_settings
-from tests.system.redis_server import RedisServer
+from tests.support.redis import RedisServer
 
 CAPTION = "/api/v1/caption"
 

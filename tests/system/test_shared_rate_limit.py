@@ -23,8 +23,8 @@ import pytest
 
 from captioner.shared_state.redis_client import RedisClient
 from captioner.shared_state.redis_rate_limit import KEY_PREFIX, RedisTokenBucket
-from tests.system.redis_server import RedisServer
-from tests.system.serverproc import ServerProcess
+from tests.support.processes import ServerProcess
+from tests.support.redis import RedisServer
 
 CAPTION = "/api/v1/caption"
 KEY = "one-key-two-replicas"

@@ -17,7 +17,7 @@ import yaml
 from captioner.config import ConfigError, load_settings
 from captioner.serving.variants import pick
 from tests.conftest import photo
-from tests.system.serverproc import ServerProcess
+from tests.support.processes import ServerProcess
 
 CAPTION = "/api/v1/caption"
 

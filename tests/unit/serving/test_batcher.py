@@ -7,7 +7,7 @@ import pytest
 
 from captioner.errors import ModelError, Overloaded, RequestTimeout
 from captioner.serving.batcher import Batcher, BatchInfo, should_flush
-from tests.fakes import FakeClock, GatedModel, settle
+from tests.support.fakes import FakeClock, GatedModel, settle
 
 pytestmark = pytest.mark.anyio
 

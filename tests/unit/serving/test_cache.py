@@ -9,7 +9,7 @@ from captioner.config import GenerationSettings, load_settings
 from captioner.observability.metrics import Metrics
 from captioner.serving.cache import CaptionCache, cache_key
 from captioner.serving.service import CaptionService
-from tests.fakes import FakeCaptioner
+from tests.support.fakes import FakeCaptioner
 
 pytestmark = pytest.mark.anyio
 

@@ -24,7 +24,7 @@ from captioner.observability.metrics import Metrics
 from captioner.serving.batcher import Batcher
 from captioner.serving.service import CaptionService
 from tests.conftest import photo, tiny_settings
-from tests.fakes import FakeCaptioner, FakeClock, GatedModel, settle
+from tests.support.fakes import FakeCaptioner, FakeClock, GatedModel, settle
 
 pytestmark = pytest.mark.anyio
 

@@ -20,7 +20,7 @@ from captioner.jobs.queue import JobRequest, MemoryJobQueue
 from captioner.jobs.records import Job, MemoryJobStore
 from captioner.observability.metrics import Metrics
 from tests.conftest import LiveServer, photo, tiny_settings
-from tests.system.redis_server import RedisServer
+from tests.support.redis import RedisServer
 
 CAPTION = "/api/v1/caption"
 

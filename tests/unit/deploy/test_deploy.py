@@ -20,7 +20,7 @@ from captioner.http.body import body_limit
 from captioner.observability.metrics import Metrics
 from captioner.server import check_exposure
 from tests.conftest import REPO_ROOT, free_port
-from tests.system.nginx_proc import DEPLOY_NGINX_CONF, Nginx
+from tests.support.nginx import DEPLOY_NGINX_CONF, Nginx
 
 DEPLOY = REPO_ROOT / "deploy"
 K8S = DEPLOY / "k8s"

@@ -1,4 +1,4 @@
-"""``python -m tests.system.faulty_serve serve ...``: the real ``captioner serve``, with a GPU failure on demand.
+"""``python -m tests.support.faulty_serve serve ...``: the real ``captioner serve``, with a GPU failure on demand.
 
 The CPU has no CUDA context to lose, so the failure is injected: once the file named by
 ``CAPTIONER_TEST_FAULT_FILE`` exists, the next batch waits for ``release_file(...)`` to exist too (so that a

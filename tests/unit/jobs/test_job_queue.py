@@ -15,7 +15,7 @@ from captioner.jobs.queue import JobRequest, MemoryJobQueue
 from captioner.jobs.records import MemoryJobStore
 from captioner.jobs.worker import JobWorker
 from captioner.observability.metrics import Metrics
-from tests.fakes import settle
+from tests.support.fakes import settle
 
 pytestmark = pytest.mark.anyio
 

@@ -1,6 +1,6 @@
 """The app's lifespan below HTTP: what a SIGHUP reload applies, and one drain budget for everything accepted.
 
-A fake captioner (tests/fakes.py) stands in for the model: these tests are about which settings each variant
+A fake captioner (tests/support/fakes.py) stands in for the model: these tests are about which settings each variant
 runs with and how the shutdown shares its time, not about captions.
 """
 
@@ -18,7 +18,7 @@ import yaml
 from captioner.config import Settings, load_settings
 from captioner.http.app import create_app
 from captioner.runtime.state import AppState
-from tests.fakes import FakeCaptioner
+from tests.support.fakes import FakeCaptioner
 
 pytestmark = pytest.mark.anyio
 

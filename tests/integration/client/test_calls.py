@@ -18,7 +18,7 @@ from captioner.client import (
     UrlNotAllowed,
 )
 from tests.conftest import LiveServer, photo, tiny_settings
-from tests.unit.client.conftest import MODEL, Connect, sha256
+from tests.integration.client.conftest import MODEL, Connect, sha256
 
 CORRUPT = photo(0)[:200]  # a PNG cut short
 

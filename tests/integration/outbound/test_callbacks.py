@@ -12,7 +12,7 @@ import pytest
 from captioner.config import load_settings
 from captioner.errors import UrlNotAllowed
 from captioner.outbound.callbacks import JOB_ID_HEADER, SIGNATURE_HEADER, CallbackSender, sign
-from tests.callback_receiver import Receiver
+from tests.support.receiver import Receiver
 
 pytestmark = pytest.mark.anyio
 

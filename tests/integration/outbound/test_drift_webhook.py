@@ -15,9 +15,9 @@ from captioner.config import DriftSettings, UrlInputSettings
 from captioner.observability.metrics import Metrics
 from captioner.outbound import drift_webhook
 from captioner.outbound.drift_webhook import DriftWebhook
-from tests.callback_receiver import Receiver
 from tests.conftest import LiveServer, metric_value, tiny_settings
-from tests.unit.http.test_drift_routes import FAST, dark_tiny, normal_photo, send
+from tests.integration.http.test_drift_routes import FAST, dark_tiny, normal_photo, send
+from tests.support.receiver import Receiver
 
 
 @pytest.fixture

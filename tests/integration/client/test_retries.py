@@ -17,7 +17,7 @@ import pytest
 
 from captioner.client import ConnectionFailed, JobNotDone, Overloaded, RateLimited, RetryEvent
 from tests.conftest import LiveServer, free_port, photo, tiny_settings
-from tests.unit.client.conftest import Connect, sha256
+from tests.integration.client.conftest import Connect, sha256
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from captioner import errors as server_errors
 from captioner.client import ApiError, UnexpectedResponse
 from captioner.client.errors import ERRORS
 from tests.conftest import free_port, photo
-from tests.unit.client.conftest import Connect
+from tests.integration.client.conftest import Connect
 
 
 class AppServer:
