@@ -19,9 +19,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from captioner import errors as server_errors
 from captioner.client import ApiError, UnexpectedResponse
-from captioner.client.errors import ERRORS
 from tests.conftest import free_port, photo
 from tests.integration.client.conftest import Connect
 
@@ -97,15 +95,3 @@ def test_answers_that_are_not_the_apis(connect: Connect, stand_in: tuple[AppServ
     assert "502 Bad Gateway" in proxy.value.message
     with pytest.raises(UnexpectedResponse):
         client.health()
-
-
-def test_every_server_error_code_has_its_exception() -> None:
-    def subclasses(cls: type[server_errors.CaptionerError]) -> list[type[server_errors.CaptionerError]]:
-        return [cls, *(sub for direct in cls.__subclasses__() for sub in subclasses(direct))]
-
-    statuses: dict[str, set[int]] = {}
-    for cls in subclasses(server_errors.CaptionerError):
-        statuses.setdefault(cls.code, set()).add(cls.status_code)
-    for code, seen in statuses.items():
-        assert code in ERRORS, f"the client has no exception for the server's {code!r}"
-        assert ERRORS[code][1] in seen, f"{code}: the client says {ERRORS[code][1]}, the server {seen}"

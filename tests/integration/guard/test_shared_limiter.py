@@ -31,18 +31,6 @@ def metric(metrics: Metrics, name: str, labels: str = "") -> float:
     return metric_value(generate_latest(metrics.registry).decode(), name, labels)
 
 
-def test_redis_is_used_only_when_limits_are_on_and_a_url_is_set(tiny_model_dir: Path) -> None:
-    def limiter(**sections: dict[str, object]) -> SharedRateLimiter:
-        return SharedRateLimiter.from_settings(tiny_settings(tiny_model_dir, **sections), Metrics())
-
-    on = {"per_key_rps": 1.0, "burst": 2}
-    assert limiter(rate_limit=on).shared is None  # no Redis anywhere: per replica, as before
-    assert limiter(rate_limit=on, cache={"redis_url": dead_redis_url()}).shared is not None  # cache.redis_url
-    assert limiter(rate_limit={**on, "redis_url": dead_redis_url()}).shared is not None
-    off = limiter(rate_limit={"redis_url": dead_redis_url()}, cache={"redis_url": dead_redis_url()})
-    assert not off.enabled and off.shared is None  # limits off: never a Redis call
-
-
 async def test_fail_open_falls_back_to_this_replicas_buckets_and_counts_it(tiny_model_dir: Path) -> None:
     settings = tiny_settings(
         tiny_model_dir, rate_limit={"per_key_rps": 0.01, "burst": 3, "redis_url": dead_redis_url()}

@@ -13,7 +13,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from captioner.model.weights import UNTRAINED_MARKER, is_untrained
-from captioner.tools.init_model import SIZES, blip_config, build_vocab, write_untrained_model
+from captioner.tools.init_model import build_vocab, write_untrained_model
 from tests.conftest import photo
 
 PROMPT = "a picture of "
@@ -127,27 +127,6 @@ def test_tiny_is_small_and_its_captions_are_non_empty_and_follow_the_image(tiny_
     beams = caption(processor, model, images, returned=3)
     distinct = [len(set(beams[i : i + 3])) for i in range(0, len(beams), 3)]
     assert all(beams) and sum(n == 3 for n in distinct) >= len(images) - 1, beams
-
-
-def test_base_config_is_blip_base() -> None:
-    config = blip_config("base")
-    text, vision = config.text_config, config.vision_config
-    assert (vision.hidden_size, vision.intermediate_size, vision.num_hidden_layers) == (768, 3072, 12)
-    assert (vision.num_attention_heads, vision.image_size, vision.patch_size) == (12, 384, 16)
-    assert (text.hidden_size, text.intermediate_size, text.num_hidden_layers, text.num_attention_heads) == (
-        768,
-        3072,
-        12,
-        12,
-    )
-    assert (text.vocab_size, text.bos_token_id, text.sep_token_id, text.pad_token_id) == (30524, 30522, 102, 0)
-    assert (text.encoder_hidden_size, text.max_position_embeddings) == (768, 512)
-    assert len(build_vocab("base")) == 30522
-    for size in SIZES:
-        text = blip_config(size).text_config
-        assert text.vocab_size == len(build_vocab(size)) + 2 and text.bos_token_id == len(build_vocab(size))
-    with pytest.raises(ValueError, match="size"):
-        blip_config("huge")
 
 
 def test_base_writes_and_loads_with_blip_base_shapes(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +18,11 @@ import pytest
 import torch
 
 from captioner.errors import CaptionerError, ModelError
-from captioner.model.blip import BlipCaptioner, split_on_oom
-from captioner.model.protocol import CaptionJob
+from captioner.model.blip import split_on_oom
 from captioner.observability.metrics import Metrics
 from captioner.serving.batcher import Batcher
 from captioner.serving.service import CaptionService
-from tests.conftest import photo, tiny_settings
+from tests.conftest import tiny_settings
 from tests.support.fakes import FakeCaptioner, FakeClock, GatedModel, settle
 
 pytestmark = pytest.mark.anyio
@@ -204,69 +203,3 @@ async def test_a_crashed_scheduling_step_fails_the_queue_and_the_batcher_goes_on
 
 
 # ---------------------------------------------------------------------------------------------- the real model
-
-
-@pytest.fixture(scope="module")
-def blip(tiny_model_dir: Path) -> BlipCaptioner:
-    settings = tiny_settings(tiny_model_dir)
-    return BlipCaptioner(Path(settings.model.path), settings.model, settings.generation, settings.limits.max_pixels)
-
-
-@pytest.fixture
-def generate_sizes(blip: BlipCaptioner) -> Iterator[Callable[[int | None], list[int]]]:
-    """Make the real model's ``generate`` raise CUDA OOM above a batch size; yields a setter returning the log."""
-    model: Any = blip._model
-    original = model.generate
-    sizes: list[int] = []
-    limit: list[int | None] = [None]
-
-    def generate(*args: Any, **kwargs: Any) -> Any:
-        batch = int(kwargs["pixel_values"].shape[0])
-        sizes.append(batch)
-        if limit[0] is not None and batch > limit[0]:
-            raise oom()
-        return original(*args, **kwargs)
-
-    def set_limit(value: int | None) -> list[int]:
-        limit[0] = value
-        return sizes
-
-    model.generate = generate
-    try:
-        yield set_limit
-    finally:
-        del model.generate
-
-
-async def test_cuda_oom_splits_the_batch_and_every_request_succeeds(
-    blip: BlipCaptioner, generate_sizes: Callable[[int | None], list[int]], tiny_model_dir: Path
-) -> None:
-    images = [photo(800 + i) for i in range(4)]
-    expected = [blip.caption_batch([CaptionJob(blip.preprocess(d).pixel_values)])[0][0].text for d in images]
-    sizes = generate_sizes(2)
-    sizes.clear()
-    service = service_for(blip, 4, tiny_model_dir)
-    service.start()
-    try:
-        results = await caption_all(service, images)
-    finally:
-        await service.close(5)
-    assert texts_of(results) == expected  # each request got its own image's caption
-    assert sizes == [4, 2, 2]
-
-
-async def test_cuda_oom_at_size_one_fails_the_batch_with_model_error(
-    blip: BlipCaptioner, generate_sizes: Callable[[int | None], list[int]], tiny_model_dir: Path
-) -> None:
-    sizes = generate_sizes(0)
-    sizes.clear()
-    service = service_for(blip, 4, tiny_model_dir)
-    service.start()
-    try:
-        assert_model_errors(await caption_all(service, [photo(900 + i) for i in range(4)]))
-        assert sizes == [4, 2, 1]
-        generate_sizes(None)  # the memory is back: the next batch works
-        results = await caption_all(service, [photo(910 + i) for i in range(4)])
-        assert all(r.captions for r in results)
-    finally:
-        await service.close(5)

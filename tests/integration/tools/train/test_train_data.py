@@ -7,11 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 from captioner.model.preprocessing import ImagePreprocessor
-from captioner.tools.synth import write_dataset
-from captioner.tools.train.data import IGNORE_INDEX, CaptionCollator, CaptionDataset, CaptionSet, clean_caption
+from captioner.tools.train.data import IGNORE_INDEX, CaptionCollator, CaptionDataset
 from tests.conftest import photo
 
 PROMPT = "a picture of "
@@ -53,11 +51,6 @@ def test_prompt_and_padding_are_masked_out_of_the_labels(tokenizer: object, tiny
     assert batch["pixel_values"].shape == (2, 3, 64, 64)
 
 
-def test_captions_are_cleaned_as_blip_does() -> None:
-    assert clean_caption("  A Dog (brown)  runs; FAST!\n") == "a dog brown runs fast"
-    assert clean_caption(" ".join(["word"] * 40)) == " ".join(["word"] * 30)
-
-
 def test_the_dataset_reads_each_image_when_asked_and_holds_only_paths(
     tmp_path: Path, preprocessor: ImagePreprocessor
 ) -> None:
@@ -80,19 +73,3 @@ def test_training_pixels_are_the_servers_pixels(tmp_path: Path, preprocessor: Im
     dataset = CaptionDataset([(str(tmp_path / "a.jpg"), "x")], preprocessor)
     served = preprocessor((tmp_path / "a.jpg").read_bytes()).pixel_values  # the server's call
     assert torch.equal(dataset[0]["pixel_values"], served)
-
-
-def test_a_dataloader_with_workers_streams_batches(
-    tmp_path: Path, preprocessor: ImagePreprocessor, tokenizer: object
-) -> None:
-    write_dataset(tmp_path, 6, seed=1)
-    captions = CaptionSet.load(tmp_path / "captions.json", tmp_path)
-    assert captions.num_captions == 30
-    loader = DataLoader(
-        CaptionDataset(captions.pairs(), preprocessor),
-        batch_size=8,
-        num_workers=2,
-        collate_fn=CaptionCollator(tokenizer, PROMPT, bos_token_id=0),
-    )
-    sizes = [batch["pixel_values"].shape[0] for batch in loader]
-    assert sizes == [8, 8, 8, 6]
