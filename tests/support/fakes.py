@@ -1,48 +1,20 @@
-"""Test doubles: a clock that only moves when told, a batcher model gated by an asyncio.Event, and a captioner
-whose captions are its images' bytes (for unit tests that need control of timing or faults, never HTTP tests)."""
+"""Test doubles: a batcher model gated by an asyncio.Event, a captioner whose captions are its images' bytes (for
+tests that need control of timing or faults, never HTTP tests), and the slice of NVML the GPU metrics read.
+
+The fake clock is ``tests.support.clock.FakeClock``."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 from collections.abc import Callable, Sequence
+from types import SimpleNamespace
+from typing import Any
 
 import torch
 
 from captioner.model.preprocessing import ImageInfo, PreparedImage
 from captioner.model.protocol import Caption, CaptionJob
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.time = 0.0
-        self._timers: list[tuple[float, asyncio.Future[None]]] = []
-
-    def now(self) -> float:
-        return self.time
-
-    async def wait_for_event(self, event: asyncio.Event, timeout: float) -> None:
-        timer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._timers.append((self.time + timeout, timer))
-        waiter = asyncio.ensure_future(event.wait())
-        try:
-            await asyncio.wait({waiter, timer}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            self._timers = [(d, t) for d, t in self._timers if t is not timer]
-
-    async def advance(self, seconds: float) -> None:
-        self.time += seconds
-        for deadline, timer in self._timers:
-            if deadline <= self.time and not timer.done():
-                timer.set_result(None)
-        await settle()
-
-
-async def settle() -> None:
-    """Let every ready task run until nothing more happens (yields to the loop; no wall-clock time passes)."""
-    for _ in range(20):
-        await asyncio.sleep(0)
 
 
 class GatedModel:
@@ -101,3 +73,41 @@ class FakeCaptioner:
 
     def warm_up(self) -> None:
         pass
+
+
+class FakeNvml:
+    """The slice of pynvml that GpuCollector uses, with a GPU per UUID / index."""
+
+    def __init__(self, *, fail_init: Exception | None = None) -> None:
+        self.fail_init = fail_init
+        self.fail_queries: Exception | None = None
+        self.inits = 0
+        self.gpus = {"GPU-aaaa": "gpu0", "GPU-bbbb": "gpu1"}
+        self.by_index = ["gpu0", "gpu1", "gpu2", "gpu3", "gpu4", "gpu5"]
+        self.util = {"gpu0": 10, "gpu1": 37, "gpu5": 99}
+        self.memory = {
+            "gpu0": SimpleNamespace(total=80 * 2**30, used=2**30, free=79 * 2**30),
+            "gpu1": SimpleNamespace(total=141 * 2**30, used=40 * 2**30, free=101 * 2**30),
+            "gpu5": SimpleNamespace(total=16 * 2**30, used=15 * 2**30, free=2**30),
+        }
+
+    def nvmlInit(self) -> None:
+        self.inits += 1
+        if self.fail_init is not None:
+            raise self.fail_init
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> str:
+        return self.gpus[uuid]
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> str:
+        return self.by_index[index]
+
+    def nvmlDeviceGetUtilizationRates(self, handle: str) -> Any:
+        if self.fail_queries is not None:
+            raise self.fail_queries
+        return SimpleNamespace(gpu=self.util[handle], memory=0)
+
+    def nvmlDeviceGetMemoryInfo(self, handle: str) -> Any:
+        if self.fail_queries is not None:
+            raise self.fail_queries
+        return self.memory[handle]

@@ -21,7 +21,8 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import REPO_ROOT, free_port
+from tests.support.net import free_port
+from tests.support.paths import REPO_ROOT
 
 DEPLOY_NGINX_CONF = REPO_ROOT / "deploy" / "nginx.conf"
 _UPSTREAM_SERVER = re.compile(r"^(\s*)server\s+[\w.-]+:\d+(\s[^;]*)?;\n", re.MULTILINE)

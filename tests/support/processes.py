@@ -1,7 +1,7 @@
 """``python -m captioner serve`` in a child process: the real CLI, real signals, and an RSS we can measure.
 
-The in-thread ``LiveServer`` of conftest.py shares the test process, so neither its memory nor its signal
-handling can be observed on their own. These tests need both.
+The in-thread ``LiveServer`` shares the test process, so neither its memory nor its signal handling can be
+observed on their own. The system tests that need them use this; it also finds a server's model process.
 """
 
 from __future__ import annotations
@@ -11,13 +11,16 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.conftest import free_port, metric_value
+from tests.support.metrics import metric_value
+from tests.support.model import MODEL_NAME
+from tests.support.net import free_port
+from tests.support.paths import REPO_ROOT
+from tests.support.waits import wait_for
 
 
 def rss_bytes(pid: int) -> int:
@@ -26,6 +29,33 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found.extend(int(child) for child in (task / "children").read_text().split())
+    return found
+
+
+def model_child_pid(server_pid: int) -> int:
+    """The model process: the spawned child (multiprocessing's resource tracker is a child too, but not it)."""
+    found = []
+    for child in children(server_pid):
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:  # gone meanwhile
+            continue
+        if b"spawn_main" in cmdline:
+            found.append(child)
+    if len(found) != 1:
+        raise AssertionError(f"expected one model process under {server_pid}, found {found}")
+    return found[0]
+
+
+def with_repo_on_path(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with this checkout first on PYTHONPATH: a child runs this copy's ``captioner`` and ``tests``."""
+    return {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))}
 
 
 class ServerProcess:
@@ -46,16 +76,16 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ready_timeout_s = ready_timeout_s
-        self.env = {
+        self.env = with_repo_on_path({
             **os.environ,
             "CAPTIONER_MODEL__PATH": str(model_dir),
-            "CAPTIONER_MODEL__NAME": "test/tiny-blip",
+            "CAPTIONER_MODEL__NAME": MODEL_NAME,
             "CAPTIONER_MODEL__DEVICE": "cpu",  # as tiny_settings: the same answers on a machine with a GPU
             "CAPTIONER_LOGGING__FORMAT": "text",
             "CAPTIONER_LOGGING__LEVEL": "warning",
             "CAPTIONER_SERVER__PREPROCESS_WORKERS": "2",
             **(env or {}),
-        }
+        })  # fmt: skip
         self._workdir = tempfile.TemporaryDirectory(prefix="captioner-serve-")
         self.log_path = Path(self._workdir.name) / "server.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -65,38 +95,41 @@ class ServerProcess:
         assert self.process is not None
         return self.process.pid
 
-    def __enter__(self) -> ServerProcess:
+    def start(self) -> None:
         with self.log_path.open("wb") as log:
             # cwd is an empty folder, so no config.yaml is picked up: only the defaults and our overrides apply.
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    self.module,
-                    "serve",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    *self.args,
-                ],
-                cwd=self._workdir.name,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + self.ready_timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+                [sys.executable, "-m", self.module, "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                 *self.args],
+                cwd=self._workdir.name, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+    def wait_ready(self) -> ServerProcess:
+        assert self.process is not None
+        process = self.process
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}:\n{self.log()}")
             try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return self
+                return httpx.get(self.url + "/readyz", timeout=5).status_code == 200
             except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        self.__exit__()
-        raise RuntimeError(f"server did not become ready:\n{self.log()}")
+                return False
+
+        try:
+            wait_for(ready, "the server to be ready", self.ready_timeout_s)
+        except AssertionError:
+            log = self.log()  # before __exit__ removes its folder
+            self.__exit__()
+            raise RuntimeError(f"server did not become ready:\n{log}") from None
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __enter__(self) -> ServerProcess:
+        self.start()
+        return self.wait_ready()
 
     def __exit__(self, *exc: Any) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -6,14 +6,11 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.conftest import free_port
+from tests.support.net import free_port
+from tests.support.waits import wait_for
 
 
 class RedisServer:
@@ -32,15 +29,16 @@ class RedisServer:
     def start(self) -> RedisServer:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                 "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")]  # fmt: skip
-        self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self._process.returncode}; see {self.workdir}")
-            if self.ping():
-                return self
-            time.sleep(0.02)
-        raise RuntimeError("redis-server did not start")
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._process = process
+
+        def up() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {process.returncode}; see {self.workdir}")
+            return self.ping()
+
+        wait_for(up, "redis-server to answer PING", 30)
+        return self
 
     def ping(self) -> bool:
         try:
@@ -79,7 +77,7 @@ class RedisServer:
         self.stop()
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    with RedisServer(tmp_path) as server:
-        yield server
+
+def unreachable_redis_url() -> str:
+    """A Redis URL on a loopback port nobody listens on: connections are refused at once."""
+    return f"redis://127.0.0.1:{free_port()}/0"

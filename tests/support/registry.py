@@ -16,7 +16,9 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import REPO_ROOT, photo
+from tests.support.images import photo
+from tests.support.processes import with_repo_on_path
+from tests.support.waits import wait_for
 
 CAPTION = "/api/v1/caption"
 
@@ -25,7 +27,7 @@ def cli(
     *args: str, cwd: Path, env: dict[str, str] | None = None, timeout_s: float = 600
 ) -> subprocess.CompletedProcess[str]:
     """``python -m captioner ARGS`` in ``cwd`` (which holds no config.yaml), this checkout's code."""
-    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "CAPTIONER_LOGGING__LEVEL": "warning", **(env or {})}
+    environment = with_repo_on_path({**os.environ, "CAPTIONER_LOGGING__LEVEL": "warning", **(env or {})})
     return subprocess.run(
         [sys.executable, "-m", "captioner", *args],
         cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout_s, check=False,
@@ -107,12 +109,14 @@ class Load:
     def models(self) -> set[str]:
         return {model for answers in self.answers for _, model in answers}
 
-    def wait_for(self, condition: Any, what: str, timeout_s: float = 180) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not condition():
+    def until(self, condition: Callable[[], Any], what: str, timeout_s: float = 180) -> None:
+        """Wait for ``condition``; a client thread's exception fails at once instead of at the deadline."""
+
+        def holds() -> Any:
             assert not self.errors, self.errors
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.05)
+            return condition()
+
+        wait_for(holds, what, timeout_s)
 
 
 def gate_set_from(model_dir: Path, out: Path, count: int = 6) -> tuple[Path, Path]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import photo
+from tests.support.images import photo
 
 MODEL_NAME = "test/tiny-blip"
 

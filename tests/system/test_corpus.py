@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import black_png, photo
+from tests.support.images import black_png, photo
 from tests.support.processes import ServerProcess
 
 CAPTION = "/api/v1/caption"

@@ -6,22 +6,17 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import httpx
 import yaml
 
 from captioner.config import Settings
 from captioner.http.body import body_limit
-from tests.conftest import REPO_ROOT, free_port
+from tests.support.deploy import DEPLOY, compose
+from tests.support.net import free_port
 from tests.support.nginx import Nginx
 
-DEPLOY = REPO_ROOT / "deploy"
 DEFAULTS = Settings()
-
-
-def compose() -> dict[str, Any]:
-    return yaml.safe_load((DEPLOY / "compose.yaml").read_text())  # type: ignore[no-any-return]
 
 
 def test_nginx_accepts_the_config(tmp_path: Path) -> None:

@@ -20,7 +20,8 @@ from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
 from captioner.cli import main
 from captioner.tools.eval.coco_scores import PTB_TOKENIZER, PYTHON_TOKENIZER, python_ptb_tokenize
-from tests.conftest import LiveServer, photo
+from tests.support.images import photo
+from tests.support.servers import LiveServer
 
 
 @pytest.fixture
@@ -31,6 +32,7 @@ def workdir(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("CAPTIONER_MODEL__DEVICE", "cpu")  # as tiny_settings: compared with the server's answers
     monkeypatch.setenv("CAPTIONER_MODEL__WORKER", "thread")  # as tiny_settings: in process, started in a second
     return tmp_path
+
 
 FILES = ["a.png", "b.png", "c.jpg", "d.png"]
 

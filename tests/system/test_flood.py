@@ -30,7 +30,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import metric_value, photo
+from tests.support.images import photo
+from tests.support.metrics import metric_value
 from tests.support.processes import ServerProcess
 
 CAPTION = "/api/v1/caption"

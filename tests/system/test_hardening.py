@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import photo
+from tests.support.images import photo
 from tests.support.processes import ServerProcess
 
 CAPTION = "/api/v1/caption"

@@ -2,45 +2,28 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any
 
 import httpx
-import pytest
 
-from tests.conftest import LiveServer, photo, tiny_settings
+from tests.support.images import photo
+from tests.support.jobs import job_result, submit_job
+from tests.support.model import tiny_settings
 from tests.support.redis import RedisServer
+from tests.support.servers import LiveServer, replicas
 
 CAPTION = "/api/v1/caption"
 
 
-def submit(server: LiveServer, data: bytes, **kwargs: Any) -> httpx.Response:
-    headers = {"Content-Type": "image/png", **kwargs.pop("headers", {})}
-    return httpx.post(server.url + CAPTION + "?mode=async", content=data, headers=headers, timeout=30, **kwargs)
-
-
-def wait_for(server: LiveServer, job_id: str, headers: dict[str, str] | None = None) -> httpx.Response:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        response = httpx.get(f"{server.url}{CAPTION}/{job_id}", headers=headers or {}, timeout=10)
-        if response.status_code != 200 or response.json()["status"] != "processing":
-            return response
-        assert response.headers["retry-after"] == "1"
-        time.sleep(0.02)
-    raise AssertionError("the job did not finish")
-
-
-@pytest.mark.system
 def test_a_job_created_on_replica_a_is_readable_on_replica_b(tiny_model_dir: Path, tmp_path: Path) -> None:
     with RedisServer(tmp_path) as redis:
         settings = tiny_settings(tiny_model_dir, cache={"redis_url": redis.url})
-        with LiveServer(settings) as a, LiveServer(settings) as b:
-            accepted = submit(a, photo(601))
+        with replicas(LiveServer(settings), LiveServer(settings)) as (a, b):
+            accepted = submit_job(a, photo(601))
             assert accepted.status_code == 202
             job_id = accepted.json()["job_id"]
-            on_a = wait_for(a, job_id)
-            on_b = wait_for(b, job_id)
+            on_a = job_result(a, job_id)
+            on_b = job_result(b, job_id)
             assert on_b.status_code == 200, on_b.text
             assert on_b.json() == on_a.json() and on_b.json()["status"] == "success"
             ttl_s = int(redis.command("TTL", f"captioner:job:v1:{job_id}").strip()[1:])
@@ -48,10 +31,10 @@ def test_a_job_created_on_replica_a_is_readable_on_replica_b(tiny_model_dir: Pat
             # Redis down: new jobs are refused with a retryable 503 (no other replica could report them),
             # while replica A still answers for the job it ran.
             redis.kill()
-            refused = submit(a, photo(602))
+            refused = submit_job(a, photo(602))
             assert refused.status_code == 503 and "retry-after" in refused.headers
             assert refused.json()["error"]["code"] == "overloaded"
-            assert wait_for(a, job_id).json()["status"] == "success"
+            assert job_result(a, job_id).json()["status"] == "success"
             unknown = httpx.get(f"{b.url}{CAPTION}/{job_id}")
             assert unknown.status_code == 503  # not a misleading 404: B can't know
             assert a.metric("captioner_job_store_errors_total", 'operation="set"') >= 1

@@ -17,7 +17,9 @@ from captioner.errors import ModelUnavailable
 from captioner.model.blip import BlipCaptioner
 from captioner.model.process_worker import ModelProcessError, ProcessCaptioner
 from captioner.model.protocol import CaptionJob
-from tests.conftest import LiveServer, photo, tiny_blip, tiny_settings
+from tests.support.images import photo
+from tests.support.model import tiny_blip, tiny_settings
+from tests.support.servers import LiveServer
 
 
 @pytest.fixture(scope="module")

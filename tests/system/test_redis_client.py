@@ -10,29 +10,17 @@ from pathlib import Path
 import pytest
 
 from captioner.shared_state.redis_client import CircuitBreaker, RedisClient, RedisUnavailable
-from tests.conftest import free_port
+from tests.support.clock import FakeClock
+from tests.support.net import free_port
 from tests.support.redis import RedisServer
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def redis(tmp_path: Path) -> Iterator[RedisServer]:
     with RedisServer(tmp_path) as server:
         yield server
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def test_get_set_with_ttl_against_real_redis(redis: RedisServer) -> None:
@@ -60,7 +48,7 @@ def skipped(exc: pytest.ExceptionInfo[RedisUnavailable]) -> bool:
 async def test_a_dead_redis_fails_fast_then_is_skipped_then_recovers(redis: RedisServer) -> None:
     errors: list[str] = []
     states: list[bool] = []
-    clock = Clock()  # the backoff ends when the test says so, not when a loaded machine gets round to it
+    clock = FakeClock(100.0)  # the backoff ends when the test says so, not when a loaded machine gets round to it
     breaker = CircuitBreaker(failure_threshold=2, min_backoff_s=0.3, max_backoff_s=1, clock=clock)
     store = RedisClient(
         redis.url, name="test", timeout_s=0.5, on_error=errors.append, on_state=states.append, breaker=breaker
@@ -81,7 +69,7 @@ async def test_a_dead_redis_fails_fast_then_is_skipped_then_recovers(redis: Redi
         assert len(errors) == 1002
         redis.start()  # same port, empty (no persistence)
         for _ in range(20):
-            clock.now += 60  # the backoff is over: the next call probes
+            clock.advance(60)  # the backoff is over: the next call probes
             try:
                 assert await store.get("k") is None
                 break
@@ -96,7 +84,7 @@ async def test_a_dead_redis_fails_fast_then_is_skipped_then_recovers(redis: Redi
 
 async def test_an_unreachable_redis_costs_two_failed_calls_then_none() -> None:
     # Nothing listens on this port: connection refused at once, and the breaker opens after two calls.
-    breaker = CircuitBreaker(failure_threshold=2, clock=Clock())
+    breaker = CircuitBreaker(failure_threshold=2, clock=FakeClock(100.0))
     store = RedisClient(f"redis://127.0.0.1:{free_port()}/0", name="test", timeout_s=0.2, breaker=breaker)
     try:
         outcomes = []
@@ -118,7 +106,7 @@ async def test_a_redis_that_accepts_but_never_answers_costs_one_timeout_per_call
     silent.bind(("127.0.0.1", 0))
     silent.listen(16)  # the kernel completes the handshakes; nobody ever reads or writes
     port = silent.getsockname()[1]
-    breaker = CircuitBreaker(failure_threshold=2, clock=Clock())
+    breaker = CircuitBreaker(failure_threshold=2, clock=FakeClock(100.0))
     store = RedisClient(f"redis://127.0.0.1:{port}/0", name="test", timeout_s=0.1, breaker=breaker)
     try:
         started = time.perf_counter()

@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port, photo
+from tests.support.images import photo
+from tests.support.net import free_port
 
 CAPTION = "/api/v1/caption"
 API_KEY = "s3cret-Key-that-must-never-be-logged"

@@ -24,6 +24,7 @@ def tokenizer(tiny_model_dir: Path) -> object:
 def preprocessor(tiny_model_dir: Path) -> ImagePreprocessor:
     return ImagePreprocessor.from_pretrained(tiny_model_dir, max_pixels=40_000_000)
 
+
 PROMPT = "a picture of "
 
 

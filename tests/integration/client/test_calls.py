@@ -17,8 +17,11 @@ from captioner.client import (
     Unauthorized,
     UrlNotAllowed,
 )
-from tests.conftest import LiveServer, photo, tiny_settings
-from tests.integration.client.conftest import MODEL, Connect, sha256
+from tests.support.client import Connect, sha256
+from tests.support.images import photo
+from tests.support.model import MODEL_NAME as MODEL
+from tests.support.model import tiny_settings
+from tests.support.servers import API_KEY, LiveServer
 
 CORRUPT = photo(0)[:200]  # a PNG cut short
 
@@ -71,12 +74,6 @@ def test_server_errors_are_typed_and_not_retried(connect: Connect, live_server: 
     assert live_server.metric("captioner_requests_total", 'status="422"') == refused_before + 1
 
 
-@pytest.fixture(scope="module")
-def keyed_server(tiny_model_dir: Path) -> Iterator[LiveServer]:
-    with LiveServer(tiny_settings(tiny_model_dir, auth={"api_keys": ["client-key"]})) as live:
-        yield live
-
-
 def test_api_key_from_the_argument_or_the_environment(
     connect: Connect, keyed_server: LiveServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -84,9 +81,9 @@ def test_api_key_from_the_argument_or_the_environment(
     with pytest.raises(Unauthorized) as missing:
         connect(keyed_server.url).caption(photo(104))
     assert missing.value.status_code == 401
-    assert connect(keyed_server.url, api_key="client-key").caption(photo(104)).model == MODEL
+    assert connect(keyed_server.url, api_key=API_KEY).caption(photo(104)).model == MODEL
 
-    monkeypatch.setenv("CAPTIONER_API_KEY", "client-key")
+    monkeypatch.setenv("CAPTIONER_API_KEY", API_KEY)
     assert connect(keyed_server.url).caption(photo(104)).cached
     with pytest.raises(Unauthorized):
         connect(keyed_server.url, api_key="wrong").caption(photo(104))  # the argument wins

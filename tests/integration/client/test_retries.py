@@ -16,8 +16,11 @@ from typing import Any
 import pytest
 
 from captioner.client import ConnectionFailed, JobNotDone, Overloaded, RateLimited, RetryEvent
-from tests.conftest import LiveServer, free_port, photo, tiny_settings
-from tests.integration.client.conftest import Connect, sha256
+from tests.support.client import Connect, sha256
+from tests.support.images import photo
+from tests.support.model import tiny_settings
+from tests.support.net import free_port
+from tests.support.servers import LiveServer
 
 
 @pytest.fixture(scope="module")

@@ -7,44 +7,19 @@ that isn't a captioner.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from captioner.client import ApiError, UnexpectedResponse
-from tests.conftest import free_port, photo
-from tests.integration.client.conftest import Connect
-
-
-class AppServer:
-    """uvicorn serving any ASGI app on a background thread."""
-
-    def __init__(self, app: Starlette) -> None:
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> AppServer:
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the app server did not start"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self._thread.join(timeout=30)
+from tests.support.client import Connect
+from tests.support.images import photo
+from tests.support.servers import AppServer
 
 
 @pytest.fixture(scope="module")

@@ -9,30 +9,29 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import LiveServer, photo, tiny_settings
+from tests.support.images import photo
+from tests.support.model import tiny_settings
+from tests.support.servers import API_KEY, LiveServer
+from tests.support.waits import wait_for
 
 CAPTION = "/api/v1/caption"
-KEY = "s3cret-key-for-tests"
+KEY = API_KEY
 SECOND_KEY = "another-key"
 RATE_KEY = "key-used-only-by-the-rate-limit-test"
 
 
 @pytest.fixture(scope="module")
-def keyed_server(tiny_model_dir: Path) -> Iterator[LiveServer]:
+def gate_server(tiny_model_dir: Path) -> Iterator[LiveServer]:
     digest = hashlib.sha256(SECOND_KEY.encode()).hexdigest()
-    settings = tiny_settings(
-        tiny_model_dir,
-        auth={"api_keys": [KEY, f"sha256:{digest}", RATE_KEY]},
-        # A token every 4 s: the test's four quick requests can't earn one back meanwhile, even on a loaded machine.
-        rate_limit={"per_key_rps": 0.25, "burst": 3},
-    )
-    with LiveServer(settings) as server:
+    # A token every 4 s: the test's four quick requests can't earn one back meanwhile, even on a loaded machine.
+    limits = {"per_key_rps": 0.25, "burst": 3}
+    with LiveServer.keyed(tiny_model_dir, KEY, f"sha256:{digest}", RATE_KEY, rate_limit=limits) as server:
         yield server
 
 
@@ -45,33 +44,33 @@ def bearer(key: str) -> dict[str, str]:
     [{}, bearer("wrong"), {"Authorization": f"Basic {KEY}"}, {"Authorization": "Bearer"}],
     ids=["missing", "wrong", "not-bearer", "empty"],
 )
-def test_missing_or_wrong_key_is_401_with_www_authenticate(keyed_server: LiveServer, headers: dict[str, str]) -> None:
+def test_missing_or_wrong_key_is_401_with_www_authenticate(gate_server: LiveServer, headers: dict[str, str]) -> None:
     response = httpx.post(
-        keyed_server.url + CAPTION, content=photo(1), headers={"Content-Type": "image/png", **headers}
+        gate_server.url + CAPTION, content=photo(1), headers={"Content-Type": "image/png", **headers}
     )
     assert response.status_code == 401
     assert response.headers["www-authenticate"].startswith("Bearer")
     assert response.json()["error"]["code"] == "unauthorized"
 
 
-def test_plain_and_hashed_keys_are_accepted_and_health_stays_open(keyed_server: LiveServer) -> None:
+def test_plain_and_hashed_keys_are_accepted_and_health_stays_open(gate_server: LiveServer) -> None:
     for key, seed in ((KEY, 2), (SECOND_KEY, 3)):
         response = httpx.post(
-            keyed_server.url + CAPTION, content=photo(seed), headers={"Content-Type": "image/png", **bearer(key)}
+            gate_server.url + CAPTION, content=photo(seed), headers={"Content-Type": "image/png", **bearer(key)}
         )
         assert response.status_code == 200, response.text
     for path in ("/healthz", "/readyz", "/metrics"):
-        assert httpx.get(keyed_server.url + path).status_code == 200
+        assert httpx.get(gate_server.url + path).status_code == 200
 
 
-def test_rate_limit_is_per_key_with_an_accurate_retry_after(keyed_server: LiveServer) -> None:
+def test_rate_limit_is_per_key_with_an_accurate_retry_after(gate_server: LiveServer) -> None:
     # Cached first (by another key), so the rate-limited requests below are quick cache hits.
     warm = httpx.post(
-        keyed_server.url + CAPTION, content=photo(10), headers={"Content-Type": "image/png", **bearer(KEY)}
+        gate_server.url + CAPTION, content=photo(10), headers={"Content-Type": "image/png", **bearer(KEY)}
     )
     assert warm.status_code == 200
     headers = {"Content-Type": "image/png", **bearer(RATE_KEY)}
-    codes = [httpx.post(keyed_server.url + CAPTION, content=photo(10), headers=headers) for _ in range(4)]
+    codes = [httpx.post(gate_server.url + CAPTION, content=photo(10), headers=headers) for _ in range(4)]
     assert [c.status_code for c in codes] == [200, 200, 200, 429]  # the burst of 3, then refused
     refused = codes[3]
     assert refused.json()["error"]["code"] == "rate_limited"
@@ -79,11 +78,11 @@ def test_rate_limit_is_per_key_with_an_accurate_retry_after(keyed_server: LiveSe
     assert 1 <= retry_after <= 4
     # The other key has its own bucket.
     other = httpx.post(
-        keyed_server.url + CAPTION, content=photo(10), headers={"Content-Type": "image/png", **bearer(SECOND_KEY)}
+        gate_server.url + CAPTION, content=photo(10), headers={"Content-Type": "image/png", **bearer(SECOND_KEY)}
     )
     assert other.status_code == 200
     time.sleep(retry_after)
-    again = httpx.post(keyed_server.url + CAPTION, content=photo(10), headers=headers)
+    again = httpx.post(gate_server.url + CAPTION, content=photo(10), headers=headers)
     assert again.status_code == 200, again.text
 
 
@@ -160,13 +159,6 @@ def test_url_errors_are_400_with_their_codes(url_server: LiveServer, image_site:
 
 
 # --- client disconnects ---------------------------------------------------------------------------------
-
-
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 60  # only against a hang
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def test_a_client_that_disconnects_before_inference_costs_no_generate_work(tiny_model_dir: Path) -> None:

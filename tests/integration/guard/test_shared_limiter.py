@@ -16,15 +16,15 @@ from prometheus_client import generate_latest
 from captioner.errors import Overloaded, RateLimited
 from captioner.guard.shared_limiter import SharedRateLimiter
 from captioner.observability.metrics import Metrics
-from tests.conftest import LiveServer, free_port, metric_value, photo, tiny_settings
+from tests.support.images import photo
+from tests.support.metrics import metric_value
+from tests.support.model import tiny_settings
+from tests.support.redis import unreachable_redis_url
+from tests.support.servers import LiveServer
 
 pytestmark = pytest.mark.anyio
 
 KEY = "limited-key"
-
-
-def dead_redis_url() -> str:
-    return f"redis://127.0.0.1:{free_port()}/0"
 
 
 def metric(metrics: Metrics, name: str, labels: str = "") -> float:
@@ -33,7 +33,7 @@ def metric(metrics: Metrics, name: str, labels: str = "") -> float:
 
 async def test_fail_open_falls_back_to_this_replicas_buckets_and_counts_it(tiny_model_dir: Path) -> None:
     settings = tiny_settings(
-        tiny_model_dir, rate_limit={"per_key_rps": 0.01, "burst": 3, "redis_url": dead_redis_url()}
+        tiny_model_dir, rate_limit={"per_key_rps": 0.01, "burst": 3, "redis_url": unreachable_redis_url()}
     )
     metrics = Metrics()
     limiter = SharedRateLimiter.from_settings(settings, metrics)
@@ -50,7 +50,7 @@ async def test_fail_open_falls_back_to_this_replicas_buckets_and_counts_it(tiny_
 
 
 async def test_fail_closed_refuses_with_503_and_retry_after(tiny_model_dir: Path) -> None:
-    limits = {"per_key_rps": 100.0, "burst": 100, "redis_url": dead_redis_url(), "fail_open": False}
+    limits = {"per_key_rps": 100.0, "burst": 100, "redis_url": unreachable_redis_url(), "fail_open": False}
     metrics = Metrics()
     limiter = SharedRateLimiter.from_settings(tiny_settings(tiny_model_dir, rate_limit=limits), metrics)
     try:
@@ -69,7 +69,7 @@ def closed_server(tiny_model_dir: Path) -> Iterator[LiveServer]:
     settings = tiny_settings(
         tiny_model_dir,
         auth={"api_keys": [KEY]},
-        rate_limit={"per_key_rps": 100.0, "burst": 100, "redis_url": dead_redis_url(), "fail_open": False},
+        rate_limit={"per_key_rps": 100.0, "burst": 100, "redis_url": unreachable_redis_url(), "fail_open": False},
     )
     with LiveServer(settings) as server:
         yield server

@@ -13,7 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import LiveServer, photo, tiny_settings
+from tests.support.images import photo
+from tests.support.model import tiny_settings
+from tests.support.servers import LiveServer
 
 CAPTION = "/api/v1/caption"
 

@@ -3,64 +3,30 @@ warnings in the log, and references saved with `captioner drift save-reference` 
 
 from __future__ import annotations
 
-import asyncio
-import io
 import json
 import logging
-import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from PIL import Image, ImageDraw
 
 from captioner.cli import main
 from captioner.config import ConfigError
 from captioner.model.preprocessing import ImagePreprocessor, pixel_sample
 from captioner.observability.drift_features import INPUT_NUMERIC
 from captioner.rollout.drift_watch import features_of
-from tests.conftest import LiveServer, photo, tiny_settings
+from tests.support.drift import FAST, send
+from tests.support.images import dark_tiny, normal_photo, photo
+from tests.support.model import tiny_settings
+from tests.support.net import free_port
+from tests.support.servers import LiveServer
 
 CAPTION = "/api/v1/caption"
 INPUTS = (*INPUT_NUMERIC, "format")
 OUTPUTS = ("confidence", "caption_length", "vocabulary")
-FAST = {"num_beams": 1, "max_length": 6, "min_length": 1}
 WINDOW = 300
-
-
-def normal_photo(seed: int) -> tuple[bytes, str]:
-    """A 'normal' upload: 160-320 px wide, landscape-ish, mid brightness, JPEG or PNG."""
-    rng = random.Random(seed)
-    size = (rng.randint(160, 320), rng.randint(120, 240))
-    fmt = rng.choice(("JPEG", "JPEG", "PNG"))
-    return photo(seed, size=size, fmt=fmt), f"image/{fmt.lower()}"
-
-
-def dark_tiny(seed: int) -> tuple[bytes, str]:
-    """A very dark 24x24 thumbnail."""
-    rng = random.Random(seed)
-    image = Image.new("RGB", (24, 24), tuple(rng.randint(0, 10) for _ in range(3)))  # type: ignore[arg-type]
-    ImageDraw.Draw(image).rectangle([2, 2, 2 + rng.randint(2, 12), 2 + rng.randint(2, 12)], fill=(25, 18, 20))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue(), "image/png"
-
-
-def send(url: str, uploads: Sequence[tuple[bytes, str]], *, concurrency: int = 32) -> None:
-    async def run() -> None:
-        gate = asyncio.Semaphore(concurrency)
-        async with httpx.AsyncClient(timeout=120) as client:
-
-            async def one(data: bytes, content_type: str) -> None:
-                async with gate:
-                    response = await client.post(url + CAPTION, content=data, headers={"Content-Type": content_type})
-                    assert response.status_code == 200, response.text
-
-            await asyncio.gather(*(one(*upload) for upload in uploads))
-
-    asyncio.run(run())
 
 
 def drift_scores(url: str) -> dict[str, Any]:
@@ -158,7 +124,7 @@ def test_save_reference_refuses_what_it_cannot_use(tmp_path: Path, capsys: pytes
     out = tmp_path / "ref.json"
     assert main(["drift", "save-reference", "--images", str(empty), "--out", str(out)]) == 1
     assert "no decodable images" in capsys.readouterr().err and not out.exists()
-    assert main(["drift", "save-reference", "--server", "http://127.0.0.1:9", "--out", str(out)]) == 1
+    assert main(["drift", "save-reference", "--server", f"http://127.0.0.1:{free_port()}", "--out", str(out)]) == 1
     assert "cannot reach" in capsys.readouterr().err and not out.exists()
     with pytest.raises(SystemExit):  # one source is required
         main(["drift", "save-reference", "--out", str(out)])

@@ -14,7 +14,9 @@ import httpx
 import pytest
 
 from captioner.feedback.store import FeedbackRecord
-from tests.conftest import LiveServer, photo, tiny_settings
+from tests.support.images import photo
+from tests.support.model import tiny_settings
+from tests.support.servers import LiveServer
 
 FEEDBACK = "/api/v1/feedback"
 CAPTION = "/api/v1/caption"

@@ -17,7 +17,9 @@ import pytest
 import torch
 
 from captioner.model.blip import BlipCaptioner
-from tests.conftest import LiveServer, photo, tiny_settings
+from tests.support.images import photo
+from tests.support.model import tiny_settings
+from tests.support.servers import LiveServer
 
 CAPTION = "/api/v1/caption"
 

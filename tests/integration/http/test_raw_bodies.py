@@ -14,7 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import LiveServer, photo, tiny_settings
+from tests.support.images import photo
+from tests.support.model import tiny_settings
+from tests.support.servers import LiveServer
 
 CAPTION = "/api/v1/caption"
 JPEG = photo(21, fmt="JPEG")

@@ -31,7 +31,8 @@ from schemathesis.specs.openapi.checks import (
 
 from captioner.config import load_settings
 from captioner.http.openapi import openapi_schema
-from tests.conftest import LiveServer, tiny_settings
+from tests.support.model import tiny_settings
+from tests.support.servers import LiveServer
 
 CONFORMANCE = [
     not_a_server_error,

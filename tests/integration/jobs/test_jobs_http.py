@@ -3,33 +3,18 @@
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import LiveServer, photo, tiny_settings
+from tests.support.images import photo
+from tests.support.jobs import job_result, submit_job
+from tests.support.model import tiny_settings
+from tests.support.servers import LiveServer
 
 CAPTION = "/api/v1/caption"
-
-
-def submit(server: LiveServer, data: bytes, **kwargs: Any) -> httpx.Response:
-    headers = {"Content-Type": "image/png", **kwargs.pop("headers", {})}
-    return httpx.post(server.url + CAPTION + "?mode=async", content=data, headers=headers, timeout=30, **kwargs)
-
-
-def wait_for(server: LiveServer, job_id: str, headers: dict[str, str] | None = None) -> httpx.Response:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        response = httpx.get(f"{server.url}{CAPTION}/{job_id}", headers=headers or {}, timeout=10)
-        if response.status_code != 200 or response.json()["status"] != "processing":
-            return response
-        assert response.headers["retry-after"] == "1"
-        time.sleep(0.02)
-    raise AssertionError("the job did not finish")
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +25,14 @@ def server(tiny_model_dir: Path) -> Iterator[LiveServer]:
 
 def test_async_job_returns_202_then_the_same_body_as_a_sync_call(server: LiveServer) -> None:
     data = photo(501)
-    accepted = submit(server, data)
+    accepted = submit_job(server, data)
     assert accepted.status_code == 202, accepted.text
     body = accepted.json()
     assert body["status"] == "processing"
     assert len(body["job_id"]) == 32
     assert isinstance(body["estimated_time_seconds"], float) and body["estimated_time_seconds"] > 0
     assert accepted.headers["location"] == f"{CAPTION}/{body['job_id']}"
-    done = wait_for(server, body["job_id"])
+    done = job_result(server, body["job_id"])
     assert done.status_code == 200
     result = done.json()
     assert result["status"] == "success" and result["job_id"] == body["job_id"]
@@ -62,9 +47,9 @@ def test_async_job_returns_202_then_the_same_body_as_a_sync_call(server: LiveSer
 
 
 def test_a_bad_image_fails_the_job_with_the_usual_error_body(server: LiveServer) -> None:
-    accepted = submit(server, b"\x89PNG\r\n\x1a\n not really a png")
+    accepted = submit_job(server, b"\x89PNG\r\n\x1a\n not really a png")
     assert accepted.status_code == 202
-    done = wait_for(server, accepted.json()["job_id"])
+    done = job_result(server, accepted.json()["job_id"])
     assert done.status_code == 200
     body = done.json()
     assert body["status"] == "error" and body["error"]["code"] == "invalid_image"
@@ -94,12 +79,12 @@ def test_jobs_follow_the_api_key_rules(tiny_model_dir: Path) -> None:
     alpha = {"Authorization": "Bearer alpha-key"}
     beta = {"Authorization": "Bearer beta-key"}
     with LiveServer(settings) as live:
-        assert submit(live, photo(7)).status_code == 401
-        accepted = submit(live, photo(7), headers=alpha)
+        assert submit_job(live, photo(7)).status_code == 401
+        accepted = submit_job(live, photo(7), headers=alpha)
         assert accepted.status_code == 202
         job_id = accepted.json()["job_id"]
         url = f"{live.url}{CAPTION}/{job_id}"
         assert httpx.get(url).status_code == 401
-        assert wait_for(live, job_id, alpha).json()["status"] == "success"
+        assert job_result(live, job_id, alpha).json()["status"] == "success"
         other = httpx.get(url, headers=beta)
         assert other.status_code == 404 and other.json()["error"]["code"] == "not_found"

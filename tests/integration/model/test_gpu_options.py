@@ -32,7 +32,9 @@ from captioner.model import acceleration, budgets, device_jpeg, static_decoding
 from captioner.model.blip import BlipCaptioner
 from captioner.model.preprocessing import ImagePreprocessor
 from captioner.model.protocol import Caption, CaptionJob
-from tests.conftest import LiveServer, photo, tiny_blip, tiny_settings
+from tests.support.images import photo
+from tests.support.model import tiny_blip, tiny_settings
+from tests.support.servers import LiveServer
 
 GREY_LEVEL = 1 / (255 * 0.2758)  # one level of 255 after normalising, with the largest of BLIP's channel stds
 

@@ -11,7 +11,8 @@ import torch
 from captioner.model import acceleration
 from captioner.model.blip import BlipCaptioner
 from captioner.model.protocol import CaptionJob
-from tests.conftest import photo, tiny_blip
+from tests.support.images import photo
+from tests.support.model import tiny_blip
 
 
 @pytest.fixture(scope="module")

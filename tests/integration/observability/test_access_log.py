@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import logging
 import re
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,7 +12,10 @@ import httpx
 import pytest
 
 from captioner.observability.logs import JsonFormatter, TextFormatter
-from tests.conftest import LiveServer, photo, tiny_settings
+from tests.support.images import photo
+from tests.support.model import tiny_settings
+from tests.support.servers import LiveServer
+from tests.support.waits import wait_for
 
 CAPTION = "/api/v1/caption"
 API_KEY = "s3cret-Key-that-must-never-be-logged"
@@ -37,7 +39,7 @@ def test_request_log_lines_hold_the_facts_and_never_the_key(
 
     first = httpx.post(url, content=data, headers={**auth, "X-Request-ID": "req-42"}, timeout=60)
     assert first.status_code == 200 and first.headers["x-request-id"] == "req-42"
-    line = wait_for(caplog, lambda r: r.request_id == "req-42")
+    line = logged(caplog, lambda r: r.request_id == "req-42")
     assert (line.method, line.path, line.status, line.code) == ("POST", CAPTION, 200, None)
     assert (line.cached, line.batch_size, line.num_captions) == (False, 1, 1)
     assert (line.image_bytes, line.width, line.height, line.image_format) == (len(data), 200, 150, "PNG")
@@ -48,24 +50,24 @@ def test_request_log_lines_hold_the_facts_and_never_the_key(
     again = httpx.post(url, content=data, headers=auth, timeout=60)
     generated = again.headers["x-request-id"]
     assert again.json()["cached"] is True and re.fullmatch(r"[0-9a-f]{32}", generated)
-    hit = wait_for(caplog, lambda r: r.request_id == generated)
+    hit = logged(caplog, lambda r: r.request_id == generated)
     assert hit.cached is True and not hasattr(hit, "batch_size") and hit.image_bytes == len(data)
 
     before = auth_server.metric("captioner_errors_total", 'code="unauthorized"')
     wrong = httpx.post(url, content=data, headers={"Authorization": "Bearer " + API_KEY[::-1], "X-Request-ID": "bad"})
     assert wrong.status_code == 401 and wrong.headers["x-request-id"] == "bad"
-    refused = wait_for(caplog, lambda r: r.request_id == "bad")
+    refused = logged(caplog, lambda r: r.request_id == "bad")
     assert (refused.status, refused.code) == (401, "unauthorized")
     assert not hasattr(refused, "image_bytes")  # refused before the body was read
     assert auth_server.metric("captioner_errors_total", 'code="unauthorized"') == before + 1
 
     garbage = httpx.post(url, content=b"not an image", headers={**auth, "X-Request-ID": "junk"})
     assert garbage.status_code == 400
-    junk = wait_for(caplog, lambda r: r.request_id == "junk")
+    junk = logged(caplog, lambda r: r.request_id == "junk")
     assert (junk.status, junk.code, junk.image_bytes) == (400, "invalid_image", 12)
 
     assert httpx.get(auth_server.url + "/healthz").status_code == 200
-    probe = wait_for(caplog, lambda r: r.path == "/healthz")
+    probe = logged(caplog, lambda r: r.path == "/healthz")
     assert probe.levelno == logging.DEBUG  # probes don't drown the request lines
 
     # Neither format ever shows the key, a part of it, or the image.
@@ -81,13 +83,13 @@ def access_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.name == "captioner.access"]
 
 
-def wait_for(caplog: pytest.LogCaptureFixture, match: Callable[[logging.LogRecord], bool]) -> logging.LogRecord:
-    """The line is written just after the response is sent, so the client can be a moment ahead of it."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        found = [r for r in access_records(caplog) if match(r)]
-        if found:
-            assert len(found) == 1, found
-            return found[0]
-        time.sleep(0.01)
-    raise AssertionError(f"no matching access log line in {[r.getMessage() for r in access_records(caplog)]}")
+def logged(caplog: pytest.LogCaptureFixture, match: Callable[[logging.LogRecord], bool]) -> logging.LogRecord:
+    """The one access line ``match`` picks. It is written just after the response is sent, so the client can be a
+    moment ahead of it."""
+
+    def found() -> logging.LogRecord | None:
+        lines = [r for r in access_records(caplog) if match(r)]
+        assert len(lines) <= 1, lines
+        return lines[0] if lines else None
+
+    return wait_for(found, lambda: f"a matching access log line in {[r.getMessage() for r in access_records(caplog)]}")

@@ -93,11 +93,6 @@ def test_the_secret_is_not_in_the_senders_repr() -> None:
         CallbackSender("", allow_private=False, timeout_s=1)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def test_the_secret_is_not_in_the_settings_repr() -> None:
     settings = load_settings(None, {"CAPTIONER_JOBS__CALLBACK_SECRET": SECRET})
     assert settings.jobs.callback_secret == SECRET

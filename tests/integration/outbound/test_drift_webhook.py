@@ -15,9 +15,13 @@ from captioner.config import DriftSettings, UrlInputSettings
 from captioner.observability.metrics import Metrics
 from captioner.outbound import drift_webhook
 from captioner.outbound.drift_webhook import DriftWebhook
-from tests.conftest import LiveServer, metric_value, tiny_settings
-from tests.integration.http.test_drift_routes import FAST, dark_tiny, normal_photo, send
+from tests.support.drift import FAST, send
+from tests.support.images import dark_tiny, normal_photo
+from tests.support.metrics import metric_value
+from tests.support.model import tiny_settings
 from tests.support.receiver import Receiver
+from tests.support.servers import LiveServer
+from tests.support.waits import async_wait_for as wait_for
 
 
 @pytest.fixture
@@ -44,13 +48,6 @@ class FakeWatch:
 def webhook(url: str, watch: FakeWatch, metrics: Metrics, *, allow_private: bool = True) -> DriftWebhook:
     drift = DriftSettings(webhook_url=url, webhook_allow_private_networks=allow_private, webhook_timeout_s=5)
     return DriftWebhook(drift, UrlInputSettings(), watch, metrics, recheck_s=0.01)  # type: ignore[arg-type]
-
-
-async def wait_for(condition: Any, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 @pytest.mark.anyio

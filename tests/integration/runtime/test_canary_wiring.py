@@ -6,7 +6,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import LiveServer, tiny_settings
+from tests.support.model import tiny_settings
+from tests.support.servers import LiveServer
 
 
 def test_a_live_server_wires_its_feedback_stats_into_the_canary_analysis(tiny_model_dir: Path) -> None:

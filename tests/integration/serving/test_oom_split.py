@@ -3,57 +3,19 @@ fit fails with model_error (generate is made to raise; the model and the service
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
-from captioner.errors import ModelError
 from captioner.model.blip import BlipCaptioner
 from captioner.model.protocol import CaptionJob
-from captioner.observability.metrics import Metrics
-from captioner.serving.service import CaptionService
-from tests.conftest import photo, tiny_settings
+from tests.support.images import photo
+from tests.support.model import tiny_settings
+from tests.support.service import assert_model_errors, caption_all, oom, service_for, texts_of
 
-GUARD_S = 30  # a wall-clock bound on awaits that would hang forever if a future were left unresolved
-
-
-# Long enough that a batch only ever flushes because it is full: batches are formed deterministically.
-NEVER_MS = 600_000
-
-
-def oom() -> torch.cuda.OutOfMemoryError:
-    return torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-
-def service_for(captioner: Any, batch_size: int, tiny_model_dir: Path, **batching: Any) -> CaptionService:
-    settings = tiny_settings(
-        tiny_model_dir,
-        batching={"max_batch_size": batch_size, "max_wait_ms": NEVER_MS, **batching},
-        cache={"max_entries": 0},  # every request reaches the model
-    )
-    return CaptionService(settings, captioner, Metrics())
-
-
-async def caption_all(service: CaptionService, images: list[bytes]) -> list[Any]:
-    """Caption concurrently; each result is the outcome or the exception it raised."""
-    return await asyncio.wait_for(
-        asyncio.gather(*(service.caption(data, 1) for data in images), return_exceptions=True), GUARD_S
-    )
-
-
-def texts_of(results: list[Any]) -> list[str]:
-    return [result.captions[0].text for result in results]
-
-
-def assert_model_errors(results: list[Any]) -> None:
-    for result in results:
-        assert isinstance(result, ModelError), result
-        assert result.status_code == 500 and result.code == "model_error"
-        assert "out of memory" not in result.message and "exploded" not in result.message  # generic message
+pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +57,7 @@ async def test_cuda_oom_splits_the_batch_and_every_request_succeeds(
     expected = [blip.caption_batch([CaptionJob(blip.preprocess(d).pixel_values)])[0][0].text for d in images]
     sizes = generate_sizes(2)
     sizes.clear()
-    service = service_for(blip, 4, tiny_model_dir)
+    service = service_for(blip, 4)
     service.start()
     try:
         results = await caption_all(service, images)
@@ -110,7 +72,7 @@ async def test_cuda_oom_at_size_one_fails_the_batch_with_model_error(
 ) -> None:
     sizes = generate_sizes(0)
     sizes.clear()
-    service = service_for(blip, 4, tiny_model_dir)
+    service = service_for(blip, 4)
     service.start()
     try:
         assert_model_errors(await caption_all(service, [photo(900 + i) for i in range(4)]))

@@ -11,7 +11,9 @@ import pytest
 from captioner.cli import main
 from captioner.client import Client
 from captioner.tools.eval.command import load_annotations
-from tests.conftest import LiveServer, photo, tiny_settings
+from tests.support.images import photo
+from tests.support.model import tiny_settings
+from tests.support.servers import LiveServer
 
 
 def test_corrections_export_as_coco_with_the_kept_images(

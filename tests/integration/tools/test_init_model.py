@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 from captioner.model.weights import UNTRAINED_MARKER, is_untrained
 from captioner.tools.init_model import build_vocab, write_untrained_model
-from tests.conftest import photo
+from tests.support.images import photo
 
 PROMPT = "a picture of "
 

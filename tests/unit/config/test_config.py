@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from captioner.config import ConfigError, Settings, load_settings, to_dict
-from tests.conftest import REPO_ROOT
+from tests.support.paths import REPO_ROOT
 
 ROOT = REPO_ROOT
 

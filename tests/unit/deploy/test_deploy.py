@@ -16,11 +16,9 @@ from captioner.config import ConfigError, Settings, load_settings
 from captioner.http.body import body_limit
 from captioner.observability.metrics import Metrics
 from captioner.server import check_exposure
-from tests.conftest import REPO_ROOT
+from tests.support.deploy import DEPLOY, K8S, compose, k8s, k8s_documents
 from tests.support.nginx import DEPLOY_NGINX_CONF
 
-DEPLOY = REPO_ROOT / "deploy"
-K8S = DEPLOY / "k8s"
 DEFAULTS = Settings()
 
 
@@ -34,26 +32,8 @@ def upstream_servers() -> list[str]:
     return re.findall(r"^\s*server\s+([\w.-]+:\d+[^;]*);", DEPLOY_NGINX_CONF.read_text(), flags=re.MULTILINE)
 
 
-def compose() -> dict[str, Any]:
-    return yaml.safe_load((DEPLOY / "compose.yaml").read_text())  # type: ignore[no-any-return]
-
-
 def replica_services() -> dict[str, Any]:
     return {name: spec for name, spec in compose()["services"].items() if name.startswith("captioner-")}
-
-
-def k8s_documents() -> dict[str, dict[str, Any]]:
-    documents: dict[str, dict[str, Any]] = {}
-    for path in sorted(K8S.glob("*.yaml")):
-        for document in yaml.safe_load_all(path.read_text()):
-            if document:
-                documents[f"{path.name}:{document['kind']}"] = document
-    return documents
-
-
-def k8s(kind: str) -> dict[str, Any]:
-    (document,) = [d for key, d in k8s_documents().items() if key.endswith(":" + kind)]
-    return document
 
 
 # --- nginx.conf --------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import yaml
 
 from captioner.config import check_role, load_settings
 from captioner.observability.metrics import Metrics
-from tests.conftest import REPO_ROOT
+from tests.support.paths import REPO_ROOT
 
 K8S = REPO_ROOT / "deploy" / "k8s"
 SPLIT = K8S / "split"

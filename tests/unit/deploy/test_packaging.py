@@ -7,7 +7,7 @@ import re
 
 from captioner.cli import build_parser
 from captioner.config import load_settings
-from tests.conftest import REPO_ROOT
+from tests.support.paths import REPO_ROOT
 
 ROOT = REPO_ROOT
 DOCKERFILE = (ROOT / "Dockerfile").read_text()

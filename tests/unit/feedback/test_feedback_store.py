@@ -11,17 +11,10 @@ import pytest
 from captioner.feedback.collector import FeedbackStats
 from captioner.feedback.file_store import FileFeedbackStore
 from captioner.feedback.store import FeedbackRecord
+from tests.support.clock import FakeClock
 
 SHA = "ab" * 32
 DAY = 86400.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()  # file mtimes are real times
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def rating(n: int, at: float, **fields: object) -> FeedbackRecord:
@@ -30,10 +23,10 @@ def rating(n: int, at: float, **fields: object) -> FeedbackRecord:
 
 
 def test_records_come_back_oldest_first_and_a_cut_line_is_skipped(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock(time.time())
     store = FileFeedbackStore(tmp_path, retention_s=DAY, max_records=100, clock=clock)
     for n in range(3):
-        asyncio.run(store.add(rating(n, clock.now, correction=f"better {n}"), None))
+        asyncio.run(store.add(rating(n, clock(), correction=f"better {n}"), None))
     segment = next(tmp_path.glob("feedback-*.jsonl"))
     with segment.open("ab") as file:
         file.write(b'{"image_sha256": "ab')  # what a crash mid-write leaves
@@ -44,10 +37,10 @@ def test_records_come_back_oldest_first_and_a_cut_line_is_skipped(tmp_path: Path
 
 
 def test_the_oldest_segments_go_beyond_max_records(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock(time.time())
     store = FileFeedbackStore(tmp_path, retention_s=DAY, max_records=20, clock=clock)  # segments of 2
     for n in range(50):
-        asyncio.run(store.add(rating(n, clock.now), None))
+        asyncio.run(store.add(rating(n, clock()), None))
 
     kept = [r.caption for r in asyncio.run(store.records())]
 
@@ -57,14 +50,14 @@ def test_the_oldest_segments_go_beyond_max_records(tmp_path: Path) -> None:
 
 
 def test_retention_drops_old_records_and_images(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock(time.time())
     store = FileFeedbackStore(tmp_path, retention_s=DAY, max_records=100, clock=clock)
-    asyncio.run(store.add(rating(1, clock.now), b"the image"))
+    asyncio.run(store.add(rating(1, clock()), b"the image"))
     assert asyncio.run(store.image(SHA)) == b"the image"
 
-    clock.now += 2 * DAY  # the record, its segment (by mtime) and the image are all past the retention
+    clock.advance(2 * DAY)  # the record, its segment (by mtime) and the image are all past the retention
     assert asyncio.run(store.records()) == []
-    asyncio.run(store.add(rating(2, clock.now, image_sha256="cd" * 32), None))
+    asyncio.run(store.add(rating(2, clock(), image_sha256="cd" * 32), None))
 
     assert [r.caption for r in asyncio.run(store.records())] == ["caption 2"]
     assert asyncio.run(store.image(SHA)) is None

@@ -15,25 +15,18 @@ from captioner.jobs.queue import JobRequest, MemoryJobQueue
 from captioner.jobs.records import MemoryJobStore
 from captioner.jobs.worker import JobWorker
 from captioner.observability.metrics import Metrics
-from tests.support.fakes import settle
+from tests.support.clock import FakeClock
+from tests.support.waits import settle
 
 pytestmark = pytest.mark.anyio
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def request(job_id: str, owner: str | None = "key:alpha", **kwargs: Any) -> JobRequest:
     return JobRequest(job_id, owner, kwargs.pop("num_captions", 1), **{"image": b"image bytes", **kwargs})
 
 
-def memory_queue(max_jobs: int = 10, clock: Clock | None = None) -> MemoryJobQueue:
-    clock = clock or Clock()
+def memory_queue(max_jobs: int = 10, clock: FakeClock | None = None) -> MemoryJobQueue:
+    clock = clock or FakeClock(1000.0)
     return MemoryJobQueue(MemoryJobStore(max_jobs=max_jobs, clock=clock), ttl_s=60, max_keys=100, clock=clock)
 
 
@@ -54,10 +47,10 @@ async def test_the_same_key_and_owner_get_the_same_job_and_another_owner_its_own
 
 
 async def test_a_key_is_forgotten_with_its_job() -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     queue = memory_queue(clock=clock)
     await queue.submit(request("1" * 32), idempotency_key="k")
-    clock.now += 61  # past jobs.ttl_s
+    clock.advance(61)  # past jobs.ttl_s
     again = await queue.submit(request("2" * 32), idempotency_key="k")
     assert not again.replayed and again.job.job_id == "2" * 32
 
@@ -138,8 +131,3 @@ async def test_estimate_grows_with_the_backlog() -> None:
     for n in "12345678":
         await manager.submit(request(n * 32), idempotency_key=None)
     assert manager.estimate_s() == pytest.approx(empty * 3)  # two batches ahead
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"

@@ -14,16 +14,9 @@ from captioner.jobs.manager import JobManager
 from captioner.jobs.queue import JobRequest, MemoryJobQueue
 from captioner.jobs.records import Job, MemoryJobStore
 from captioner.observability.metrics import Metrics
+from tests.support.clock import FakeClock
 
 CAPTION = "/api/v1/caption"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def job(job_id: str, status: str = "processing", expires_at: float = 2000.0) -> Job:
@@ -35,7 +28,7 @@ def job(job_id: str, status: str = "processing", expires_at: float = 2000.0) -> 
 
 @pytest.mark.anyio
 async def test_memory_store_evicts_the_oldest_finished_job_and_refuses_when_all_are_running() -> None:
-    store = MemoryJobStore(max_jobs=2, clock=Clock())
+    store = MemoryJobStore(max_jobs=2, clock=FakeClock(1000.0))
     await store.add(job("a"))
     await store.add(job("b"))
     with pytest.raises(Overloaded):
@@ -49,14 +42,14 @@ async def test_memory_store_evicts_the_oldest_finished_job_and_refuses_when_all_
 
 @pytest.mark.anyio
 async def test_memory_store_forgets_expired_jobs() -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     store = MemoryJobStore(max_jobs=10, clock=clock)
-    await store.add(job("a", expires_at=clock.now + 60))
-    clock.now += 59
+    await store.add(job("a", expires_at=clock() + 60))
+    clock.advance(59)
     assert await store.get("a") is not None
-    clock.now += 2
+    clock.advance(2)
     assert await store.get("a") is None
-    await store.add(job("b", expires_at=clock.now + 60))
+    await store.add(job("b", expires_at=clock() + 60))
     assert len(store) == 1  # adding swept the expired one out
 
 
@@ -126,11 +119,6 @@ async def test_manager_shutdown_records_an_error_for_jobs_that_could_not_finish(
         record = await store.get(job_id)
         assert record is not None and record.status == "error"
         assert record.body()["error"]["code"] == "overloaded"
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 # --- end to end --------------------------------------------------------------------------------------------

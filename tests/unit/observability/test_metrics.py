@@ -4,77 +4,16 @@ GPU collector reports NVML's numbers (fake NVML), or nothing at all on a machine
 from __future__ import annotations
 
 import logging
-from types import SimpleNamespace
-from typing import Any
 
-import httpx
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from captioner.observability.gpu_metrics import GpuCollector, cuda_index
 from captioner.observability.metrics import Metrics
-
-CAPTION = "/api/v1/caption"
-PNG = {"Content-Type": "image/png"}
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def scrape(url: str) -> Samples:
-    """Every sample of /metrics, keyed by (name, labels)."""
-    text = httpx.get(url + "/metrics").text
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(samples: Samples, name: str, /, **labels: str) -> float:
-    """The sum of the ``name`` samples that carry ``labels`` (whatever other labels, e.g. variant, they have)."""
-    wanted = set(labels.items())
-    return sum(v for (n, have), v in samples.items() if n == name and wanted <= have)
-
+from tests.support.fakes import FakeNvml
 
 # ---- the GPU collector, against a fake NVML ----
-
-
-class FakeNvml:
-    """The slice of pynvml that GpuCollector uses, with a GPU per UUID / index."""
-
-    def __init__(self, *, fail_init: Exception | None = None) -> None:
-        self.fail_init = fail_init
-        self.fail_queries: Exception | None = None
-        self.inits = 0
-        self.gpus = {"GPU-aaaa": "gpu0", "GPU-bbbb": "gpu1"}
-        self.by_index = ["gpu0", "gpu1", "gpu2", "gpu3", "gpu4", "gpu5"]
-        self.util = {"gpu0": 10, "gpu1": 37, "gpu5": 99}
-        self.memory = {
-            "gpu0": SimpleNamespace(total=80 * 2**30, used=2**30, free=79 * 2**30),
-            "gpu1": SimpleNamespace(total=141 * 2**30, used=40 * 2**30, free=101 * 2**30),
-            "gpu5": SimpleNamespace(total=16 * 2**30, used=15 * 2**30, free=2**30),
-        }
-
-    def nvmlInit(self) -> None:
-        self.inits += 1
-        if self.fail_init is not None:
-            raise self.fail_init
-
-    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> str:
-        return self.gpus[uuid]
-
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> str:
-        return self.by_index[index]
-
-    def nvmlDeviceGetUtilizationRates(self, handle: str) -> Any:
-        if self.fail_queries is not None:
-            raise self.fail_queries
-        return SimpleNamespace(gpu=self.util[handle], memory=0)
-
-    def nvmlDeviceGetMemoryInfo(self, handle: str) -> Any:
-        if self.fail_queries is not None:
-            raise self.fail_queries
-        return self.memory[handle]
 
 
 def gpu_samples(metrics: Metrics) -> dict[str, float]:

@@ -14,7 +14,7 @@ from captioner.rollout.canary import Signals, Verdict, decide
 from captioner.rollout.canary_watch import CanaryWatch
 from captioner.serving.live_stats import StatsSnapshot, VariantStats
 from captioner.serving.variants import Variant, VariantRouter
-from tests.conftest import metric_value
+from tests.support.metrics import metric_value
 
 SETTINGS = CanarySettings(min_requests=100, max_error_ratio_increase=0.01, max_p95_ratio=1.5,
                           max_confidence_drop=0.1, max_approval_drop=0.1, min_feedback=20)  # fmt: skip

@@ -14,7 +14,7 @@ from captioner.registry.store import Registry
 from captioner.rollout.canary import Verdict
 from captioner.rollout.registry_source import RegistrySource
 from captioner.serving.variants import Variant
-from tests.unit.registry.test_store import fake_model
+from tests.support.model import fake_model
 
 
 def settings_for(root: Path) -> Settings:

@@ -25,11 +25,6 @@ pytestmark = pytest.mark.anyio
 GUARD_S = 60  # only against a hang: start-up with a fake model takes milliseconds
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @asynccontextmanager
 async def running(settings: Settings) -> AsyncIterator[AppState]:
     """The app's lifespan, started (fake model loaded, warmed up, ready) and shut down around the block."""

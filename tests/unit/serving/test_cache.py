@@ -17,11 +17,6 @@ MODEL = {"name": "m", "revision": "main", "prompt": "a picture of "}
 SHA = "ab" * 32
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def key(**generation: object) -> str:
     base: dict[str, object] = {"num_beams": 3, "max_length": 20, "min_length": 5, "num_captions": 1}
     base.update(generation)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import io
-import random
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw
 
 from captioner.cli import main
 from captioner.model.preprocessing import ImagePreprocessor, pixel_sample
@@ -15,27 +12,9 @@ from captioner.observability.drift_features import INPUT_NUMERIC
 from captioner.observability.psi import DriftMonitor
 from captioner.rollout.drift_watch import features_of
 from captioner.tools.drift_reference import reference_from_images
-from tests.conftest import photo
+from tests.support.images import dark_tiny, normal_photo
 
 INPUTS = (*INPUT_NUMERIC, "format")
-
-
-def normal_photo(seed: int) -> tuple[bytes, str]:
-    """A 'normal' upload: 160-320 px wide, landscape-ish, mid brightness, JPEG or PNG."""
-    rng = random.Random(seed)
-    size = (rng.randint(160, 320), rng.randint(120, 240))
-    fmt = rng.choice(("JPEG", "JPEG", "PNG"))
-    return photo(seed, size=size, fmt=fmt), f"image/{fmt.lower()}"
-
-
-def dark_tiny(seed: int) -> tuple[bytes, str]:
-    """A very dark 24x24 thumbnail."""
-    rng = random.Random(seed)
-    image = Image.new("RGB", (24, 24), tuple(rng.randint(0, 10) for _ in range(3)))  # type: ignore[arg-type]
-    ImageDraw.Draw(image).rectangle([2, 2, 2 + rng.randint(2, 12), 2 + rng.randint(2, 12)], fill=(25, 18, 20))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue(), "image/png"
 
 
 def test_save_reference_from_a_folder_of_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -18,7 +18,9 @@ import pytest
 from captioner.cli import main
 from captioner.tools.caption.command import find_images
 from captioner.tools.caption.output import open_output
-from tests.conftest import LiveServer, photo, tiny_settings
+from tests.support.images import photo
+from tests.support.model import tiny_settings
+from tests.support.servers import LiveServer
 
 MODEL_NAME = "test/tiny-blip"
 
@@ -240,7 +242,7 @@ def test_a_file_over_the_size_limit_fails_alone(
 
 
 def test_unreachable_server_is_one_clear_line(photos: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.conftest import free_port
+    from tests.support.net import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
     assert main(["caption", "photos/a.png", "--server", url, "--out", "x.jsonl"]) == 2

@@ -17,7 +17,8 @@ import pytest
 from captioner.cli import main
 from captioner.model.weights import UNTRAINED_MARKER
 from captioner.tools.synth import COLORS, SHAPES, write_dataset
-from tests.conftest import LiveServer, tiny_settings
+from tests.support.model import tiny_settings
+from tests.support.servers import LiveServer
 
 # The learning test's schedule and thresholds. Measured with this schedule on the 2-core development machine
 # (2026-12-01), seeds 0, 1, 2: validation CIDEr 3.248, 2.968, 2.893 (untrained: 0.0036); fresh images

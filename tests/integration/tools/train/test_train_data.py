@@ -10,7 +10,7 @@ import torch
 
 from captioner.model.preprocessing import ImagePreprocessor
 from captioner.tools.train.data import IGNORE_INDEX, CaptionCollator, CaptionDataset
-from tests.conftest import photo
+from tests.support.images import photo
 
 PROMPT = "a picture of "
 

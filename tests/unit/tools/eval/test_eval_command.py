@@ -10,9 +10,9 @@ from captioner.cli import main
 
 
 @pytest.fixture
-def workdir(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("CAPTIONER_MODEL__PATH", str(tiny_model_dir))
+    monkeypatch.setenv("CAPTIONER_MODEL__PATH", str(tmp_path / "no-model-here"))  # never loaded: refused first
     monkeypatch.setenv("CAPTIONER_MODEL__NAME", "test/tiny-blip")
     monkeypatch.setenv("CAPTIONER_MODEL__DEVICE", "cpu")  # as tiny_settings: compared with the server's answers
     monkeypatch.setenv("CAPTIONER_MODEL__WORKER", "thread")  # as tiny_settings: in process, started in a second

@@ -16,7 +16,7 @@ from captioner.cli import main
 from captioner.registry.store import Registry
 from captioner.tools.eval.gate import GateSet, Scored
 from captioner.tools.models import promote as models_promote
-from tests.unit.registry.test_store import fake_model
+from tests.support.model import fake_model
 
 CIDER = {1: 1.0, 2: 0.5, 3: 1.01}  # per version: v2 is worse than v1, v3 as good
 
