@@ -67,7 +67,7 @@ class ServerProcess:
         *,
         env: dict[str, str] | None = None,
         args: list[str] | None = None,
-        ready_timeout_s: float = 120,
+        ready_timeout_s: float = 300,  # only against a hang: two or three servers start at once on 2 busy cores
         module: str = "captioner",
     ) -> None:
         """``module`` is what ``python -m`` runs: the real CLI, or a test wrapper around it."""

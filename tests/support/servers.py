@@ -39,6 +39,9 @@ class _Serving:
     def start(self) -> None:
         self._thread.start()
 
+    def wait_ready(self) -> Any:
+        raise NotImplementedError
+
     def stop(self) -> None:
         self.server.should_exit = True
         self._thread.join(timeout=READY_S)
@@ -92,10 +95,13 @@ class LiveServer(_Serving):
 class AppServer(_Serving):
     """Any ASGI app (a stand-in for a server the code talks to) served the same way, started when uvicorn is."""
 
-    def __enter__(self) -> AppServer:
-        self.start()
+    def wait_ready(self) -> AppServer:
         wait_for(lambda: self.server.started, "the app server to start", READY_S)
         return self
+
+    def __enter__(self) -> AppServer:
+        self.start()
+        return self.wait_ready()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -114,12 +120,19 @@ R = TypeVar("R", bound=Replica)
 
 @contextlib.contextmanager
 def replicas(*servers: R) -> Iterator[tuple[R, ...]]:
-    """Several servers (``LiveServer`` or ``ServerProcess``) started together, so that their model loads
-    overlap, and stopped together (in reverse order) whatever happens."""
+    """Several servers (``LiveServer`` or ``ServerProcess``), stopped together (in reverse order) whatever happens.
+
+    Server processes start together, so that their model loads overlap. Servers of this process start one after
+    the other: transformers' ``from_pretrained`` is not thread-safe (two at once in one process fail with "Cannot
+    copy out of meta tensor").
+    """
     with contextlib.ExitStack() as stack:
         for server in servers:
             server.start()
             stack.push(server.__exit__)
+            if isinstance(server, _Serving):
+                server.wait_ready()
         for server in servers:
-            server.wait_ready()
+            if not isinstance(server, _Serving):
+                server.wait_ready()
         yield servers
