@@ -30,7 +30,8 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import REPO_ROOT, free_port
+from tests.support.net import free_port
+from tests.support.paths import REPO_ROOT
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 IMAGE_MODEL_PATH = "/app/weights/blip-image-captioning-base"  # where the image bakes the weights (configmap.yaml)

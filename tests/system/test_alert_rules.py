@@ -18,8 +18,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from captioner.observability.gpu_metrics import GpuCollector
 from captioner.observability.metrics import Metrics
-from tests.conftest import REPO_ROOT, LiveServer, photo, tiny_settings
-from tests.unit.observability.test_metrics import FakeNvml
+from tests.support.fakes import FakeNvml
+from tests.support.images import photo
+from tests.support.model import tiny_settings
+from tests.support.paths import REPO_ROOT
+from tests.support.servers import LiveServer
 
 ROOT = REPO_ROOT
 PROMETHEUS = ROOT / "deploy" / "prometheus"

@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import black_png, photo
-from tests.system.serverproc import ServerProcess
+from tests.support.images import black_png, photo
+from tests.support.processes import ServerProcess
 
 CAPTION = "/api/v1/caption"
 MAX_BODY = 1536 * 1024  # 1.5 MiB: above the 1 MB random-bytes case, small enough to cross quickly

@@ -31,7 +31,9 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import photo
+from tests.support.images import photo
+from tests.support.nginx import Nginx
+from tests.support.registry import cli, last_line
 from tests.system.container_proc import (
     Container,
     ContainerProcess,
@@ -41,8 +43,6 @@ from tests.system.container_proc import (
     local_redis,
     redis_command,
 )
-from tests.system.nginx_proc import Nginx
-from tests.system.registry_helpers import cli, last_line
 from tests.system.test_deploy import DEPLOY, K8S, compose, compose_environ
 from tests.system.test_deploy_split import SPLIT, documents
 

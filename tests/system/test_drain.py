@@ -17,14 +17,14 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 
-from tests.conftest import photo
-from tests.system.serverproc import ServerProcess
+from tests.support.images import photo
+from tests.support.processes import ServerProcess
+from tests.support.waits import wait_for
 
 CAPTION = "/api/v1/caption"
 IN_FLIGHT = 4
@@ -35,15 +35,6 @@ PROBE_S = 30.0  # only against a hang: how long to poll for a state that should 
 
 def post(url: str, data: bytes) -> httpx.Response:
     return httpx.post(url + CAPTION, content=data, headers={"Content-Type": "image/png"}, timeout=DRAIN_TIMEOUT_S)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_sigterm_answers_everything_accepted_then_exits_0(tiny_model_dir: Path) -> None:
@@ -64,7 +55,7 @@ def test_sigterm_answers_everything_accepted_then_exits_0(tiny_model_dir: Path) 
             pool.submit(post, server.url, photo(500 + i)) for i in range(IN_FLIGHT)
         ]
         # Accepted = decoded and waiting in the batcher's queue for a batch that won't fill.
-        wait_for(lambda: server.metric("captioner_queue_depth") == IN_FLIGHT, PROBE_S, "requests to be queued")
+        wait_for(lambda: server.metric("captioner_queue_depth") == IN_FLIGHT, "requests to be queued", PROBE_S)
         assert not any(f.done() for f in accepted)
 
         # Backpressure first: the queue is full, so one more request is refused at once, with a Retry-After.
@@ -76,7 +67,7 @@ def test_sigterm_answers_everything_accepted_then_exits_0(tiny_model_dir: Path) 
         os.kill(server.pid, signal.SIGTERM)
 
         # The port stays open; readiness flips, and new work is refused, while the accepted requests are in flight.
-        wait_for(lambda: httpx.get(server.url + "/readyz", timeout=5).status_code == 503, PROBE_S, "/readyz 503")
+        wait_for(lambda: httpx.get(server.url + "/readyz", timeout=5).status_code == 503, "/readyz 503", PROBE_S)
         ready = httpx.get(server.url + "/readyz", timeout=5)
         assert ready.status_code == 503 and ready.json()["status"] == "draining"
         assert httpx.get(server.url + "/healthz", timeout=5).status_code == 200
@@ -116,7 +107,7 @@ def test_a_drain_that_cannot_finish_still_exits_at_the_deadline(tiny_model_dir: 
     }
     with ServerProcess(tiny_model_dir, env=env) as server, ThreadPoolExecutor(2) as pool:
         stuck = [pool.submit(post, server.url, photo(650 + i)) for i in range(2)]
-        wait_for(lambda: server.metric("captioner_batch_size_sum") == 2, PROBE_S, "the batch to start")
+        wait_for(lambda: server.metric("captioner_batch_size_sum") == 2, "the batch to start", PROBE_S)
         signalled = time.monotonic()
         os.kill(server.pid, signal.SIGTERM)
         assert server.process is not None

@@ -26,10 +26,11 @@ import pytest
 import redis
 
 from captioner.shared_state.job_stream import GROUP, IMAGE_PREFIX, RECORD_PREFIX, STREAM
-from tests.callback_receiver import Receiver
-from tests.conftest import photo
-from tests.system.redis_server import RedisServer
-from tests.system.serverproc import ServerProcess
+from tests.support.images import photo
+from tests.support.processes import ServerProcess
+from tests.support.receiver import Receiver
+from tests.support.redis import RedisServer
+from tests.support.waits import wait_for
 
 CAPTION = "/api/v1/caption"
 SECRET = "test-callback-secret"
@@ -59,14 +60,12 @@ def submit(url: str, data: bytes, headers: dict[str, str] | None = None, **param
 
 
 def ended(url: str, job_id: str, headers: dict[str, str] | None = None, timeout_s: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def body() -> dict[str, Any] | None:
         response = httpx.get(f"{url}{CAPTION}/{job_id}", headers=headers or {}, timeout=10)
         assert response.status_code == 200, response.text
-        if response.json()["status"] != "processing":
-            return response.json()  # type: ignore[no-any-return]
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not end")
+        return None if response.json()["status"] == "processing" else response.json()
+
+    return wait_for(body, f"job {job_id} to end", timeout_s)
 
 
 def consumer_of(pid: int) -> str:
@@ -264,11 +263,9 @@ def _held_at_death(client: redis.Redis, consumer_prefix: str) -> int:
 
 
 def _wait_until_holding(client: redis.Redis, consumer_prefix: str, *, at_least: int, timeout_s: float = 120) -> int:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def held() -> int | None:
         summary = client.xpending(STREAM, GROUP)
-        held = sum(c["pending"] for c in summary["consumers"] if c["name"].decode().startswith(consumer_prefix))
-        if held >= at_least:
-            return int(held)
-        time.sleep(0.01)
-    raise AssertionError("replica A never held enough jobs")
+        count = sum(c["pending"] for c in summary["consumers"] if c["name"].decode().startswith(consumer_prefix))
+        return int(count) if count >= at_least else None
+
+    return wait_for(held, "replica A to hold enough jobs", timeout_s)

@@ -14,29 +14,31 @@ X-Request-ID), and checked against the replicas' own counters.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import photo
-from tests.system.model_children import model_child_pid
-from tests.system.nginx_proc import Nginx
-from tests.system.serverproc import ServerProcess
+from tests.support.images import photo
+from tests.support.nginx import Nginx
+from tests.support.processes import ServerProcess, model_child_pid
+from tests.support.servers import replicas
+from tests.support.waits import wait_for
 
 CLIENTS = 4
 # Phases are counted in answered requests, not seconds, so a slow or busy machine only makes the test longer.
 ANSWERED_BEFORE_KILL = 12
 ANSWERED_AFTER_KILL = 12
 PHASE_TIMEOUT_S = 90.0
+phase = functools.partial(wait_for, timeout_s=PHASE_TIMEOUT_S)  # poll for a phase of the test
 
 
 @dataclass
@@ -57,24 +59,10 @@ LIGHT_MODEL_ENV = {
 }
 
 
-def start_two(tiny_model_dir: Path, env: dict[str, str]) -> tuple[ServerProcess, ServerProcess]:
-    first, second = ServerProcess(tiny_model_dir, env=env), ServerProcess(tiny_model_dir, env=env)
-    # Start both before waiting for either: the model loads overlap.
-    with ThreadPoolExecutor(2) as pool:
-        started = [pool.submit(server.__enter__) for server in (first, second)]
-        for future in started:
-            future.result()
-    return first, second
-
-
 @pytest.fixture(scope="module")
-def replicas(tiny_model_dir: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    first, second = start_two(tiny_model_dir, LIGHT_MODEL_ENV)
-    try:
-        yield first, second
-    finally:
-        for server in (first, second):
-            server.__exit__(None, None, None)
+def pair(tiny_model_dir: Path) -> Iterator[tuple[ServerProcess, ...]]:
+    with replicas(*(ServerProcess(tiny_model_dir, env=LIGHT_MODEL_ENV) for _ in range(2))) as servers:
+        yield servers
 
 
 class Load:
@@ -130,9 +118,9 @@ class Load:
 
 
 def test_sigkill_of_one_replica_under_load_fails_no_client_request(
-    replicas: tuple[ServerProcess, ServerProcess], tmp_path: Path
+    pair: tuple[ServerProcess, ...], tmp_path: Path
 ) -> None:
-    victim, survivor = replicas
+    victim, survivor = pair
     with Nginx(tmp_path, upstream_ports=[victim.port, survivor.port]) as nginx:
         load = Load(nginx)
         sent = load.sent
@@ -141,12 +129,12 @@ def test_sigkill_of_one_replica_under_load_fails_no_client_request(
         def served_by_both() -> bool:
             return {str(e["upstream"]) for e in nginx.access_log()} >= {victim_addr, survivor_addr}
 
-        _wait_until(lambda: len(sent) >= ANSWERED_BEFORE_KILL and served_by_both(), "load before the kill")
+        phase(lambda: len(sent) >= ANSWERED_BEFORE_KILL and served_by_both(), "load before the kill")
         survivor_before = _requests_total(survivor)
         os.kill(victim.pid, signal.SIGKILL)
         killed_at = time.monotonic()
 
-        _wait_until(lambda: load.answered_since(killed_at) >= ANSWERED_AFTER_KILL, "load after the kill")
+        phase(lambda: load.answered_since(killed_at) >= ANSWERED_AFTER_KILL, "load after the kill")
         load.stop()
         assert victim.process is not None and victim.process.wait(timeout=10) == -signal.SIGKILL
 
@@ -174,14 +162,6 @@ def test_sigkill_of_one_replica_under_load_fails_no_client_request(
         assert survivor_after - survivor_before >= len(after)
 
 
-def _wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + PHASE_TIMEOUT_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def _requests_total(server: ServerProcess) -> float:
     """captioner_requests_total summed over its status labels."""
     text = httpx.get(server.url + "/metrics", timeout=5).text
@@ -191,55 +171,54 @@ def _requests_total(server: ServerProcess) -> float:
 def test_a_dead_model_process_sends_no_5xx_to_clients_once_readiness_dropped(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    victim, survivor = start_two(tiny_model_dir, {**LIGHT_MODEL_ENV, "CAPTIONER_MODEL__WORKER": "process"})
-    try:
-        with Nginx(tmp_path, upstream_ports=[victim.port, survivor.port]) as nginx:
-            load = Load(nginx)
-            victim_addr, survivor_addr = f"127.0.0.1:{victim.port}", f"127.0.0.1:{survivor.port}"
+    env = {**LIGHT_MODEL_ENV, "CAPTIONER_MODEL__WORKER": "process"}
+    with (
+        replicas(*(ServerProcess(tiny_model_dir, env=env) for _ in range(2))) as (victim, survivor),
+        Nginx(tmp_path, upstream_ports=[victim.port, survivor.port]) as nginx,
+    ):
+        load = Load(nginx)
+        victim_addr, survivor_addr = f"127.0.0.1:{victim.port}", f"127.0.0.1:{survivor.port}"
 
-            def upstreams() -> set[str]:
-                return {str(e["upstream"]).split(", ")[-1] for e in nginx.access_log()}
+        def upstreams() -> set[str]:
+            return {str(e["upstream"]).split(", ")[-1] for e in nginx.access_log()}
 
-            _wait_until(lambda: len(load.sent) >= ANSWERED_BEFORE_KILL and upstreams() >= {victim_addr, survivor_addr},
-                        "load before the kill")  # fmt: skip
-            os.kill(model_child_pid(victim.pid), signal.SIGKILL)
-            killed_at = time.monotonic()
-            _wait_until(lambda: _readyz(victim) == 503, "the victim's /readyz to drop")
-            dropped_at = time.monotonic()
-            _wait_until(lambda: load.answered_since(dropped_at) >= ANSWERED_AFTER_KILL, "load after the drop")
-            _wait_until(lambda: _readyz(victim) == 200, "the victim's model process to be respawned")
-            back_at = time.monotonic()
-            victim_served_before = _requests_total(victim)
-            # nginx's passive check (max_fails/fail_timeout) lets it back in within 10 s; then it takes work again.
-            _wait_until(lambda: _requests_total(victim) > victim_served_before, "the victim to serve again")
-            load.stop()
-            assert victim.alive() and survivor.alive()  # only the model process died, and it came back
+        phase(lambda: len(load.sent) >= ANSWERED_BEFORE_KILL and upstreams() >= {victim_addr, survivor_addr},
+              "load before the kill")  # fmt: skip
+        os.kill(model_child_pid(victim.pid), signal.SIGKILL)
+        killed_at = time.monotonic()
+        phase(lambda: _readyz(victim) == 503, "the victim's /readyz to drop")
+        dropped_at = time.monotonic()
+        phase(lambda: load.answered_since(dropped_at) >= ANSWERED_AFTER_KILL, "load after the drop")
+        phase(lambda: _readyz(victim) == 200, "the victim's model process to be respawned")
+        back_at = time.monotonic()
+        victim_served_before = _requests_total(victim)
+        # nginx's passive check (max_fails/fail_timeout) lets it back in within 10 s; then it takes work again.
+        phase(lambda: _requests_total(victim) > victim_served_before, "the victim to serve again")
+        load.stop()
+        assert victim.alive() and survivor.alive()  # only the model process died, and it came back
 
-            with load.lock:
-                sent = list(load.sent)
-            after_drop = [s for s in sent if s.started >= dropped_at]
-            failed_after_drop = [s for s in after_drop if s.status != 200]
-            assert not failed_after_drop, f"{len(failed_after_drop)} of {len(after_drop)}: {failed_after_drop[:5]}"
-            # Before the drop, only what the victim's model was running at the kill may have failed, with a 500
-            # (not replayed: that request may be what killed it).
-            failed = [s for s in sent if s.status != 200]
-            assert all(s.status == 500 and s.started < dropped_at for s in failed), failed
-            log = {entry["request_id"]: entry for entry in nginx.access_log()}
-            # Evidence that the path was exercised: the victim refused requests and nginx replayed them. Counted from
-            # the kill, not from when this test saw /readyz drop (on a loaded machine that poll can come late).
-            both = f"{victim_addr}, {survivor_addr}"
-            retried = [s for s in sent if s.started >= killed_at and log.get(s.request_id, {}).get("upstream") == both]
-            assert retried, "nginx never had to retry a request the victim refused"
-            assert all(log[s.request_id]["upstream_status"].startswith("503") for s in retried)
-            assert victim.metric("captioner_model_respawns_total") == 1
-            print(
-                f"\n/readyz dropped {dropped_at - killed_at:.2f} s after the kill, back {back_at - killed_at:.1f} s "
-                f"after it; {len(after_drop)} requests after the drop, all 200, {len(retried)} replayed by nginx; "
-                f"{len(failed)} failed in all (500: in flight at the kill)"
-            )
-    finally:
-        for server in (victim, survivor):
-            server.__exit__(None, None, None)
+        with load.lock:
+            sent = list(load.sent)
+        after_drop = [s for s in sent if s.started >= dropped_at]
+        failed_after_drop = [s for s in after_drop if s.status != 200]
+        assert not failed_after_drop, f"{len(failed_after_drop)} of {len(after_drop)}: {failed_after_drop[:5]}"
+        # Before the drop, only what the victim's model was running at the kill may have failed, with a 500
+        # (not replayed: that request may be what killed it).
+        failed = [s for s in sent if s.status != 200]
+        assert all(s.status == 500 and s.started < dropped_at for s in failed), failed
+        log = {entry["request_id"]: entry for entry in nginx.access_log()}
+        # Evidence that the path was exercised: the victim refused requests and nginx replayed them. Counted from
+        # the kill, not from when this test saw /readyz drop (on a loaded machine that poll can come late).
+        both = f"{victim_addr}, {survivor_addr}"
+        retried = [s for s in sent if s.started >= killed_at and log.get(s.request_id, {}).get("upstream") == both]
+        assert retried, "nginx never had to retry a request the victim refused"
+        assert all(log[s.request_id]["upstream_status"].startswith("503") for s in retried)
+        assert victim.metric("captioner_model_respawns_total") == 1
+        print(
+            f"\n/readyz dropped {dropped_at - killed_at:.2f} s after the kill, back {back_at - killed_at:.1f} s "
+            f"after it; {len(after_drop)} requests after the drop, all 200, {len(retried)} replayed by nginx; "
+            f"{len(failed)} failed in all (500: in flight at the kill)"
+        )
 
 
 def _readyz(server: ServerProcess) -> int:

@@ -12,8 +12,10 @@ from captioner.cli import main
 from captioner.client import Client, Overloaded
 from captioner.feedback.redis_store import STREAM
 from captioner.tools.eval.command import load_annotations
-from tests.conftest import LiveServer, photo, tiny_settings
-from tests.system.redis_server import RedisServer
+from tests.support.images import photo
+from tests.support.model import tiny_settings
+from tests.support.redis import RedisServer
+from tests.support.servers import LiveServer, replicas
 
 MAX_RECORDS = 4
 
@@ -25,23 +27,23 @@ def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def replicas(tiny_model_dir: Path, redis: RedisServer) -> Iterator[tuple[LiveServer, LiveServer]]:
+def pair(tiny_model_dir: Path, redis: RedisServer) -> Iterator[tuple[LiveServer, ...]]:
     settings = tiny_settings(
         tiny_model_dir,
         cache={"redis_url": redis.url, "redis_timeout_s": 0.5},
         feedback={"max_records": MAX_RECORDS, "path": "/nonexistent/never-used"},
     )
-    with LiveServer(settings) as a, LiveServer(settings) as b:
-        yield a, b
+    with replicas(LiveServer(settings), LiveServer(settings)) as servers:
+        yield servers
 
 
 def test_two_replicas_share_one_bounded_feedback_stream(
-    replicas: tuple[LiveServer, LiveServer],
+    pair: tuple[LiveServer, ...],
     redis: RedisServer,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    a, b = replicas
+    a, b = pair
     with Client(a.url) as first, Client(b.url) as second:
         result = first.caption(photo(61))
         for n in range(6):  # alternate replicas; only the newest MAX_RECORDS stay
@@ -59,9 +61,9 @@ def test_two_replicas_share_one_bounded_feedback_stream(
 
 
 def test_with_redis_down_a_rating_is_refused_to_be_retried(
-    replicas: tuple[LiveServer, LiveServer], redis: RedisServer
+    pair: tuple[LiveServer, ...], redis: RedisServer
 ) -> None:
-    a, _ = replicas
+    a, _ = pair
     with Client(a.url, max_retries=0) as client:
         result = client.caption(photo(62))
         redis.kill()

@@ -11,7 +11,7 @@ from captioner.feedback.collector import build_feedback
 from captioner.feedback.served import RATED_PREFIX, SERVED_PREFIX, Credit, ServedImages, pair_key
 from captioner.observability.metrics import Metrics
 from captioner.shared_state.redis_client import RedisClient
-from tests.system.redis_server import RedisServer
+from tests.support.redis import RedisServer
 
 IMAGE = "c" * 64
 

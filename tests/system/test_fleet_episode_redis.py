@@ -8,7 +8,7 @@ from pathlib import Path
 
 from captioner.shared_state.fleet_episode import RedisFleetEpisode
 from captioner.shared_state.redis_client import RedisClient
-from tests.system.redis_server import RedisServer
+from tests.support.redis import RedisServer
 
 
 def test_one_replica_begins_the_episode_and_it_ends_after_its_ttl(tmp_path: Path) -> None:

@@ -30,8 +30,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import metric_value, photo
-from tests.system.serverproc import ServerProcess
+from tests.support.images import photo
+from tests.support.metrics import metric_value
+from tests.support.processes import ServerProcess
 
 CAPTION = "/api/v1/caption"
 MB = 1024 * 1024

@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import photo
-from tests.system.serverproc import ServerProcess
+from tests.support.images import photo
+from tests.support.processes import ServerProcess
 
 CAPTION = "/api/v1/caption"
 BODY_TIMEOUT_S = 2.0

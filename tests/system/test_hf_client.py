@@ -14,8 +14,8 @@ import pytest
 from huggingface_hub import InferenceClient
 from huggingface_hub.errors import HfHubHTTPError
 
-from tests.conftest import photo
-from tests.system.serverproc import ServerProcess
+from tests.support.images import photo
+from tests.support.processes import ServerProcess
 
 IMAGE = photo(31, fmt="JPEG")
 KEY = "hf-client-key"
@@ -28,7 +28,7 @@ def open_server(tiny_model_dir: Path) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture(scope="module")
-def keyed_server(tiny_model_dir: Path) -> Iterator[ServerProcess]:
+def keyed_process(tiny_model_dir: Path) -> Iterator[ServerProcess]:
     with ServerProcess(tiny_model_dir, env={"CAPTIONER_AUTH__API_KEYS": f'["{KEY}"]'}) as server:
         yield server
 
@@ -50,11 +50,11 @@ def test_inference_client_gets_the_top_caption(open_server: ServerProcess, way: 
 
 
 @pytest.mark.parametrize("way", ["base_url", "model"])
-def test_inference_client_with_an_api_key(keyed_server: ServerProcess, way: str) -> None:
-    client = InferenceClient(**{way: keyed_server.url}, api_key=KEY)  # type: ignore[arg-type]
+def test_inference_client_with_an_api_key(keyed_process: ServerProcess, way: str) -> None:
+    client = InferenceClient(**{way: keyed_process.url}, api_key=KEY)  # type: ignore[arg-type]
 
-    assert client.image_to_text(IMAGE).generated_text == api_caption(keyed_server, Authorization=f"Bearer {KEY}")
+    assert client.image_to_text(IMAGE).generated_text == api_caption(keyed_process, Authorization=f"Bearer {KEY}")
     with pytest.raises(HfHubHTTPError) as refused:
-        InferenceClient(**{way: keyed_server.url}).image_to_text(IMAGE)  # type: ignore[arg-type]
+        InferenceClient(**{way: keyed_process.url}).image_to_text(IMAGE)  # type: ignore[arg-type]
     assert refused.value.response is not None and refused.value.response.status_code == 401
     assert refused.value.response.json()["error"]["code"] == "unauthorized"

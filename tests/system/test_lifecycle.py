@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from captioner.registry.store import Registry
-from tests.system.registry_helpers import Load, cli, last_line
-from tests.system.serverproc import ServerProcess
+from tests.support.processes import ServerProcess
+from tests.support.registry import Load, cli, last_line
 
 # The training schedule of the train tests (tests for `captioner train`: 400 steps of 32 on 1000 synthetic
 # images lift CIDEr on a held-out set from ~0 to well above 1.0 on a 2-core CPU); the gate only needs "up".
@@ -76,11 +76,11 @@ def test_train_gate_promote_switch_and_roll_back_a_bad_canary(tmp_path: Path, ti
         def served_by(model: str) -> int:
             return sum(m == model for answers in load.answers for _, m in answers)
 
-        load.wait_for(lambda: served_by("captioner:1") >= 10, "traffic on the untrained version 1")
+        load.until(lambda: served_by("captioner:1") >= 10, "traffic on the untrained version 1")
         assert last_line(cli("models", "register", str(trained), "--name", "captioner", cwd=tmp_path, env=env)) == "2"
         promoted = run("models", "promote", "captioner", "2")
         assert "gate: passed" in promoted and "production v1" in promoted
-        load.wait_for(lambda: served_by("captioner:2") >= 20, "the trained version 2 serving")
+        load.until(lambda: served_by("captioner:2") >= 20, "the trained version 2 serving")
 
         # The bad candidate: the model before training (0 steps), registered again as version 3.
         assert last_line(cli("models", "register", str(tiny_model_dir), "--name", "captioner", cwd=tmp_path,
@@ -88,9 +88,9 @@ def test_train_gate_promote_switch_and_roll_back_a_bad_canary(tmp_path: Path, ti
         refused = run("models", "promote", "captioner", "3", expect=1)
         assert "REFUSED" in refused and "candidate v3" in refused and "production v2" in refused
         run("models", "promote", "captioner", "3", "--canary", "50", "--force")
-        load.wait_for(lambda: served_by("captioner:3") >= 1, "the canary taking traffic")
+        load.until(lambda: served_by("captioner:3") >= 1, "the canary taking traffic")
         try:
-            load.wait_for(lambda: server.metric("captioner_rollbacks_total", 'variant="canary"') == 1, "the rollback")
+            load.until(lambda: server.metric("captioner_rollbacks_total", 'variant="canary"') == 1, "the rollback")
         except AssertionError as exc:  # say what the analysis saw: the figures it compared
             status = httpx.get(server.url + "/api/v1/variants", timeout=10).json()["canary"]
             raise AssertionError(f"{exc}; canary analysis: {status}") from None

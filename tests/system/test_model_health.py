@@ -15,15 +15,15 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
-from tests.conftest import REPO_ROOT, photo
-from tests.system.faulty_serve import FAULT_FILE_ENV, release_file
-from tests.system.model_children import model_child_pid
-from tests.system.serverproc import ServerProcess
+from tests.support.faulty_serve import FAULT_FILE_ENV, release_file
+from tests.support.images import photo
+from tests.support.paths import REPO_ROOT
+from tests.support.processes import ServerProcess, model_child_pid
+from tests.support.waits import wait_for
 
 CAPTION = "/api/v1/caption"
 DEADLINE_S = 180.0  # generous: a respawn loads torch, transformers and the model again, on a busy machine
@@ -32,16 +32,6 @@ DEADLINE_S = 180.0  # generous: a respawn loads torch, transformers and the mode
 def post(url: str, seed: int, timeout: float = 120) -> httpx.Response:
     return httpx.post(url + CAPTION, content=photo(seed, size=(64, 48)), headers={"Content-Type": "image/png"},
                       timeout=timeout)  # fmt: skip
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = DEADLINE_S) -> float:
-    """Poll ``condition``; returns when it held (time.monotonic())."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return time.monotonic()
 
 
 Sending = tuple[list[threading.Thread], list[httpx.Response], list[BaseException]]
@@ -77,11 +67,12 @@ def test_a_killed_model_process_is_respawned_and_the_replica_is_ready_again(tiny
     with ServerProcess(tiny_model_dir, env=env, ready_timeout_s=DEADLINE_S) as server:
         first_child = model_child_pid(server.pid)
         threads, responses, errors = concurrently(server.url, [1, 2, 3])
-        wait_until(lambda: server.metric("captioner_batch_size_count") >= 1, "a batch in the model process")
+        wait_for(lambda: server.metric("captioner_batch_size_count") >= 1, "a batch in the model process", DEADLINE_S)
         os.kill(first_child, signal.SIGKILL)
         killed_at = time.monotonic()
 
-        down_at = wait_until(lambda: httpx.get(server.url + "/readyz", timeout=5).status_code == 503, "/readyz 503")
+        wait_for(lambda: httpx.get(server.url + "/readyz", timeout=5).status_code == 503, "/readyz 503", DEADLINE_S)
+        down_at = time.monotonic()
         status = httpx.get(server.url + "/readyz", timeout=5).json()["status"]
         assert status.startswith("model down: the model process died (killed by SIGKILL)"), status
         refused = post(server.url, 4)
@@ -96,7 +87,8 @@ def test_a_killed_model_process_is_respawned_and_the_replica_is_ready_again(tiny
         assert codes == [(503, "overloaded")] * 3, codes
         assert all(int(r.headers["retry-after"]) >= 1 for r in responses)
 
-        back_at = wait_until(lambda: httpx.get(server.url + "/readyz", timeout=5).status_code == 200, "ready again")
+        wait_for(lambda: httpx.get(server.url + "/readyz", timeout=5).status_code == 200, "ready again", DEADLINE_S)
+        back_at = time.monotonic()
         assert model_child_pid(server.pid) != first_child
         assert server.metric("captioner_model_respawns_total") == 1
         assert server.metric("captioner_model_up") == 1 and server.metric("captioner_ready") == 1
@@ -116,12 +108,12 @@ def test_a_cuda_error_drains_the_replica_and_exits_non_zero(tiny_model_dir: Path
         "CAPTIONER_MODEL__WORKER": "thread",
         "CAPTIONER_SERVER__DRAIN_TIMEOUT_S": "30",
     }
-    with ServerProcess(tiny_model_dir, env=env, module="tests.system.faulty_serve") as server:
+    with ServerProcess(tiny_model_dir, env=env, module="tests.support.faulty_serve") as server:
         assert post(server.url, 1).status_code == 200
         trigger.touch()  # the next batch fails once released
         threads, responses, errors = concurrently(server.url, [2, 3, 4])
         # One waits at the model's door behind the broken batch (a full batch of 1), one in the queue.
-        wait_until(lambda: server.metric("captioner_queue_depth") == 1, "requests queued behind the first")
+        wait_for(lambda: server.metric("captioner_queue_depth") == 1, "requests queued behind the first", DEADLINE_S)
         release_file(trigger).touch()
         fault_at = time.monotonic()
         assert server.process is not None

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.system.nginx_proc import Nginx
+from tests.support.nginx import Nginx
 
 
 class Dying(socketserver.ThreadingTCPServer):

@@ -10,77 +10,17 @@ from pathlib import Path
 import pytest
 
 from captioner.shared_state.redis_client import CircuitBreaker, RedisClient, RedisUnavailable
-from tests.conftest import free_port
-from tests.system.redis_server import RedisServer
+from tests.support.clock import FakeClock
+from tests.support.net import free_port
+from tests.support.redis import RedisServer
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture
 def redis(tmp_path: Path) -> Iterator[RedisServer]:
     with RedisServer(tmp_path) as server:
         yield server
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_breaker_opens_after_the_threshold_and_backs_off_exponentially() -> None:
-    clock = Clock()
-    breaker = CircuitBreaker(failure_threshold=2, min_backoff_s=1, max_backoff_s=4, clock=clock)
-    assert breaker.allow()
-    assert breaker.record_failure() is False  # one failure is not an outage
-    assert breaker.allow()
-    assert breaker.record_failure() is True  # the second opens it
-    assert not breaker.allow()
-    clock.now += 0.99
-    assert not breaker.allow()
-    clock.now += 0.02
-    assert breaker.allow()  # the probe
-    assert not breaker.allow()  # only one probe at a time
-    assert breaker.record_failure() is False  # a failed probe keeps it open, for twice as long
-    clock.now += 1.5
-    assert not breaker.allow()
-    clock.now += 0.6
-    assert breaker.allow()
-    breaker.record_failure()
-    assert breaker.retry_in_s == pytest.approx(4.0)  # 1 -> 2 -> 4, capped at max_backoff_s
-    clock.now += 4.01
-    assert breaker.allow()
-    breaker.record_failure()
-    assert breaker.retry_in_s == pytest.approx(4.0)
-
-
-def test_breaker_success_closes_and_resets_the_backoff() -> None:
-    clock = Clock()
-    breaker = CircuitBreaker(failure_threshold=1, min_backoff_s=1, max_backoff_s=30, clock=clock)
-    breaker.record_failure()
-    clock.now += 1.01
-    assert breaker.allow()
-    assert breaker.record_success() is True  # recovered
-    assert breaker.allow() and breaker.allow()
-    assert breaker.record_failure() is True
-    assert breaker.retry_in_s == pytest.approx(1.0)  # back to the shortest backoff
-
-
-def test_breaker_a_cancelled_probe_frees_the_slot() -> None:
-    clock = Clock()
-    breaker = CircuitBreaker(failure_threshold=1, min_backoff_s=1, clock=clock)
-    breaker.record_failure()
-    clock.now += 2
-    assert breaker.allow()
-    breaker.release_probe()
-    assert breaker.allow()
 
 
 async def test_get_set_with_ttl_against_real_redis(redis: RedisServer) -> None:
@@ -108,7 +48,7 @@ def skipped(exc: pytest.ExceptionInfo[RedisUnavailable]) -> bool:
 async def test_a_dead_redis_fails_fast_then_is_skipped_then_recovers(redis: RedisServer) -> None:
     errors: list[str] = []
     states: list[bool] = []
-    clock = Clock()  # the backoff ends when the test says so, not when a loaded machine gets round to it
+    clock = FakeClock(100.0)  # the backoff ends when the test says so, not when a loaded machine gets round to it
     breaker = CircuitBreaker(failure_threshold=2, min_backoff_s=0.3, max_backoff_s=1, clock=clock)
     store = RedisClient(
         redis.url, name="test", timeout_s=0.5, on_error=errors.append, on_state=states.append, breaker=breaker
@@ -129,7 +69,7 @@ async def test_a_dead_redis_fails_fast_then_is_skipped_then_recovers(redis: Redi
         assert len(errors) == 1002
         redis.start()  # same port, empty (no persistence)
         for _ in range(20):
-            clock.now += 60  # the backoff is over: the next call probes
+            clock.advance(60)  # the backoff is over: the next call probes
             try:
                 assert await store.get("k") is None
                 break
@@ -144,7 +84,7 @@ async def test_a_dead_redis_fails_fast_then_is_skipped_then_recovers(redis: Redi
 
 async def test_an_unreachable_redis_costs_two_failed_calls_then_none() -> None:
     # Nothing listens on this port: connection refused at once, and the breaker opens after two calls.
-    breaker = CircuitBreaker(failure_threshold=2, clock=Clock())
+    breaker = CircuitBreaker(failure_threshold=2, clock=FakeClock(100.0))
     store = RedisClient(f"redis://127.0.0.1:{free_port()}/0", name="test", timeout_s=0.2, breaker=breaker)
     try:
         outcomes = []
@@ -159,14 +99,6 @@ async def test_an_unreachable_redis_costs_two_failed_calls_then_none() -> None:
         await store.aclose()
 
 
-def test_password_is_not_logged() -> None:
-    from captioner.shared_state.redis_client import _without_password
-
-    assert _without_password("redis://:s3cret@cache:6379/0") == "redis://***@cache:6379/0"
-    assert _without_password("redis://user:s3cret@cache:6379/0") == "redis://***@cache:6379/0"
-    assert _without_password("redis://cache:6379/0") == "redis://cache:6379/0"
-
-
 async def test_a_redis_that_accepts_but_never_answers_costs_one_timeout_per_call_until_the_breaker_opens() -> None:
     import socket
 
@@ -174,7 +106,7 @@ async def test_a_redis_that_accepts_but_never_answers_costs_one_timeout_per_call
     silent.bind(("127.0.0.1", 0))
     silent.listen(16)  # the kernel completes the handshakes; nobody ever reads or writes
     port = silent.getsockname()[1]
-    breaker = CircuitBreaker(failure_threshold=2, clock=Clock())
+    breaker = CircuitBreaker(failure_threshold=2, clock=FakeClock(100.0))
     store = RedisClient(f"redis://127.0.0.1:{port}/0", name="test", timeout_s=0.1, breaker=breaker)
     try:
         started = time.perf_counter()

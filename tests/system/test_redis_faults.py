@@ -29,7 +29,7 @@ from captioner.jobs.worker import JobWorker
 from captioner.observability.metrics import Metrics
 from captioner.shared_state.job_stream import GROUP, IMAGE_PREFIX, RECORD_PREFIX, STREAM, Enqueued, RedisJobStream
 from captioner.shared_state.redis_client import RedisClient, RedisUnavailable
-from tests.system.redis_server import RedisServer
+from tests.support.redis import RedisServer
 
 pytestmark = pytest.mark.anyio
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,9 @@ from captioner.jobs.worker import JobWorker
 from captioner.observability.metrics import Metrics
 from captioner.shared_state.job_stream import GROUP, IMAGE_PREFIX, RECORD_PREFIX, STREAM, RedisJobStream
 from captioner.shared_state.redis_client import RedisClient
-from tests.conftest import metric_value
-from tests.system.redis_server import RedisServer
+from tests.support.metrics import metric_value
+from tests.support.redis import RedisServer
+from tests.support.waits import async_wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -67,17 +68,6 @@ def request(job_id: str, **kwargs: Any) -> JobRequest:
 
 def integer(reply: str) -> int:
     return int(reply.strip().lstrip(":"))
-
-
-async def poll(what: Callable[[], Any], *, timeout_s: float = 20.0) -> Any:
-    """``await what()`` until it returns something truthy (no sleeps standing in for state)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = await what()
-        if found:
-            return found
-        await asyncio.sleep(0.02)
-    raise AssertionError("timed out")
 
 
 async def test_a_job_goes_in_runs_once_and_leaves_nothing_behind(queues: Queues) -> None:
@@ -142,7 +132,7 @@ async def test_a_silent_consumers_job_moves_to_another_after_the_lease_unless_re
         await a.renew([claim])
         assert await b.claim(1, wait_s=0) == []
         await asyncio.sleep(0.05)
-    (taken,) = await poll(lambda: b.claim(1, wait_s=0))  # a went silent
+    (taken,) = await async_wait_for(lambda: b.claim(1, wait_s=0), "the job to be claimed again")  # a went silent
     assert time.monotonic() - last_renewal >= 0.3  # not before the lease ran out
     assert taken.attempt == 2 and taken.request == claim.request and taken.request.image == IMAGE
 
@@ -152,7 +142,7 @@ async def test_two_racing_deliveries_store_exactly_one_result(queues: Queues) ->
     assert await b.claim(1, wait_s=0) == []  # no group yet: nothing to reclaim, and the read makes the group
     await a.submit(request("a" * 32), idempotency_key=None)
     (slow,) = await a.claim(1)
-    (taken,) = await poll(lambda: b.claim(1, wait_s=0))
+    (taken,) = await async_wait_for(lambda: b.claim(1, wait_s=0), "the job to be claimed again")
     assert await b.finish(taken, "success", {"status": "success", "by": "b"})
     assert not await a.finish(slow, "success", {"status": "success", "by": "a"})  # too late: b's result stays
     await a.settle(slow)
@@ -180,11 +170,11 @@ async def test_a_crash_loop_ends_in_a_dead_letter_after_max_attempts(queues: Que
         worker = JobWorker(queues(f"w{attempt}"), hangs, metrics=metrics, capacity=4, request_timeout_s=30,
                            lease_s=0.3)  # fmt: skip
         worker.start()
-        await poll(lambda n=attempt: _true_when(len(started) >= n))  # type: ignore[misc]
+        await async_wait_for(lambda n=attempt: len(started) >= n, "the next attempt to start")
         await worker.close(0)  # the crash: nothing stored, nothing acked
     last = JobWorker(queues("w3"), hangs, metrics=metrics, capacity=4, request_timeout_s=30, lease_s=0.3)
     last.start()
-    job = await poll(lambda: _ended(submitter, "a" * 32))
+    job = await async_wait_for(lambda: _ended(submitter, "a" * 32), "the job to end")
     await last.close(5)
     assert started == ["a" * 32, "a" * 32]  # the third delivery did not run it
     assert job.status == "error" and job.result["error"]["code"] == "model_error"
@@ -212,9 +202,9 @@ async def test_a_transient_failure_is_retried_and_the_last_attempt_keeps_its_err
     worker = JobWorker(queue, flaky, metrics=metrics, capacity=4, request_timeout_s=30, lease_s=0.2)
     worker.start()
     await queue.submit(request("a" * 32), idempotency_key=None)
-    assert (await poll(lambda: _ended(queue, "a" * 32))).status == "success"
+    assert (await async_wait_for(lambda: _ended(queue, "a" * 32), "the job to end")).status == "success"
     await queue.submit(request("b" * 32), idempotency_key=None)
-    failed = await poll(lambda: _ended(queue, "b" * 32))
+    failed = await async_wait_for(lambda: _ended(queue, "b" * 32), "the job to end")
     await worker.close(5)
     assert failed.status == "error" and failed.result["error"]["code"] == "model_error"
     text = _exposition(metrics)
@@ -255,14 +245,5 @@ async def _ended(queue: DurableJobQueue, job_id: str) -> Any:
     return job if job is not None and job.status != "processing" else None
 
 
-async def _true_when(condition: bool) -> bool:
-    return condition
-
-
 def _exposition(metrics: Metrics) -> str:
     return generate_latest(metrics.registry).decode()
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"

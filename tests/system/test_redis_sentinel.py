@@ -21,7 +21,7 @@ from captioner.jobs.worker import JobWorker
 from captioner.observability.metrics import Metrics
 from captioner.shared_state.job_stream import STREAM, RedisJobStream
 from captioner.shared_state.redis_client import RedisClient
-from tests.system.redis_server import RedisSentinel, RedisServer
+from tests.support.redis import RedisSentinel, RedisServer
 
 pytestmark = pytest.mark.anyio
 

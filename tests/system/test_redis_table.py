@@ -11,7 +11,7 @@ from captioner.rollout.canary_fleet import VERDICT_PREFIX, WINDOWS_PREFIX, Fleet
 from captioner.serving.live_stats import VariantStats
 from captioner.shared_state.redis_client import RedisClient
 from captioner.shared_state.redis_table import RedisTable
-from tests.system.redis_server import RedisServer
+from tests.support.redis import RedisServer
 
 
 def test_two_replicas_sum_their_rows_and_record_one_verdict(tmp_path: Path) -> None:

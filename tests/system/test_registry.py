@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from captioner.registry.store import Registry
-from tests.system.registry_helpers import Load, cli, confident_copy, gate_set_from, last_line
-from tests.system.serverproc import ServerProcess
+from tests.support.processes import ServerProcess
+from tests.support.registry import Load, cli, confident_copy, gate_set_from, last_line
 
 
 @pytest.fixture(scope="module")
@@ -99,15 +99,15 @@ def test_a_running_server_switches_production_and_back_under_load_without_a_fail
         cli("models", "promote", "captioner", "1", "--force", "--registry", str(registry), cwd=tmp_path).returncode == 0
     )
     with serving(registry, models["B"]) as server, Load(server.url) as load:
-        load.wait_for(lambda: load.answered() >= 10, "traffic on version 1")
+        load.until(lambda: load.answered() >= 10, "traffic on version 1")
         assert load.models() == {"captioner:1"}
         done = cli("models", "promote", "captioner", "2", "--force", "--registry", str(registry), cwd=tmp_path)
         assert done.returncode == 0, done.stderr
-        load.wait_for(lambda: sum(m == "captioner:2" for a in load.answers for _, m in a) >= 10, "version 2 serving")
+        load.until(lambda: sum(m == "captioner:2" for a in load.answers for _, m in a) >= 10, "version 2 serving")
         assert server.metric("captioner_registry_version", 'alias="production"') == 2
         done = cli("models", "rollback", "captioner", "--registry", str(registry), cwd=tmp_path)
         assert done.returncode == 0, done.stderr
-        load.wait_for(lambda: [m for a in load.answers for _, m in a[-5:]] == ["captioner:1"] * 10, "back to 1")
+        load.until(lambda: [m for a in load.answers for _, m in a[-5:]] == ["captioner:1"] * 10, "back to 1")
     assert load.errors == [] and load.failures == []
     assert load.answered() == load.sent  # every request sent was answered 200
     for answers in load.answers:  # per client, in order: 1, then 2, then 1 again; never a step back in between
@@ -124,18 +124,18 @@ def test_a_bad_canary_under_load_is_rolled_back_automatically(tmp_path: Path, mo
     )
     canary = {"CAPTIONER_CANARY__MIN_REQUESTS": "20", "CAPTIONER_CANARY__INTERVAL_S": "0.3"}
     with serving(registry, models["A"], **canary) as server, Load(server.url) as load:
-        load.wait_for(lambda: load.answered() >= 10, "traffic on version 1")
+        load.until(lambda: load.answered() >= 10, "traffic on version 1")
         done = cli("models", "promote", "captioner", "2", "--canary", "50", "--force", "--registry", str(registry),
                    cwd=tmp_path)  # fmt: skip
         assert done.returncode == 0, done.stderr
-        load.wait_for(lambda: "captioner:2" in load.models(), "the canary taking traffic")
-        load.wait_for(
+        load.until(lambda: "captioner:2" in load.models(), "the canary taking traffic")
+        load.until(
             lambda: server.metric("captioner_rollbacks_total", 'variant="canary",reason="confidence"') == 1,
             "the automatic rollback",
         )
         rolled_back_at = time.monotonic()
         assert server.metric("captioner_variant_weight", 'variant="canary"') == 0
-        load.wait_for(lambda: sum(s > rolled_back_at for a in load.answers for s, _ in a) >= 10, "more traffic")
+        load.until(lambda: sum(s > rolled_back_at for a in load.answers for s, _ in a) >= 10, "more traffic")
         compared = cli("models", "compare", "captioner", "--server", server.url, "--registry", str(registry),
                        cwd=tmp_path)  # fmt: skip
         live = httpx.get(server.url + "/api/v1/variants", timeout=10).json()

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from captioner.config import load_settings
-from tests.system.test_deploy import k8s
+from tests.support.deploy import k8s
 
 
 def test_the_retrain_template_is_suspended_and_shares_config_and_registry_with_the_servers(tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO_ROOT, photo
+from tests.support.images import photo
+from tests.support.paths import REPO_ROOT
 
 SCRIPT = """
 import sys

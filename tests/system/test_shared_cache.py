@@ -13,8 +13,10 @@ import pytest
 
 from captioner.shared_state.redis_cache import KEY_PREFIX, RedisCacheLevel
 from captioner.shared_state.redis_client import CircuitBreaker, RedisClient
-from tests.conftest import LiveServer, photo, tiny_settings
-from tests.system.redis_server import RedisServer
+from tests.support.images import photo
+from tests.support.model import tiny_settings
+from tests.support.redis import RedisServer
+from tests.support.servers import LiveServer, replicas
 
 CAPTION = "/api/v1/caption"
 
@@ -26,10 +28,10 @@ def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
 
 
 @pytest.fixture(scope="module")
-def replicas(tiny_model_dir: Path, redis: RedisServer) -> Iterator[tuple[LiveServer, LiveServer]]:
+def pair(tiny_model_dir: Path, redis: RedisServer) -> Iterator[tuple[LiveServer, ...]]:
     settings = tiny_settings(tiny_model_dir, cache={"redis_url": redis.url, "redis_timeout_s": 0.5})
-    with LiveServer(settings) as a, LiveServer(settings) as b:
-        yield a, b
+    with replicas(LiveServer(settings), LiveServer(settings)) as servers:
+        yield servers
 
 
 def post(server: LiveServer, data: bytes) -> httpx.Response:
@@ -37,9 +39,9 @@ def post(server: LiveServer, data: bytes) -> httpx.Response:
 
 
 def test_an_image_captioned_by_replica_a_is_a_cache_hit_on_replica_b(
-    replicas: tuple[LiveServer, LiveServer], redis: RedisServer
+    pair: tuple[LiveServer, ...], redis: RedisServer
 ) -> None:
-    a, b = replicas
+    a, b = pair
     data = photo(101)
     first = post(a, data)
     assert first.status_code == 200, first.text
@@ -99,9 +101,9 @@ def recover(server: LiveServer, breaker: CountingBreaker, seeds: range) -> None:
 
 
 def test_a_redis_outage_degrades_to_local_only_never_a_failed_request(
-    replicas: tuple[LiveServer, LiveServer], redis: RedisServer
+    pair: tuple[LiveServer, ...], redis: RedisServer
 ) -> None:
-    a, b = replicas
+    a, b = pair
     warm = photo(201)
     assert post(a, warm).status_code == 200
     errors_before = a.metric("captioner_cache_backend_errors_total", 'operation="get"') + a.metric(
@@ -145,11 +147,6 @@ def test_a_redis_outage_degrades_to_local_only_never_a_failed_request(
     data = photo(400)
     assert post(a, data).json()["cached"] is False
     assert post(b, data).json()["cached"] is True
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.mark.anyio

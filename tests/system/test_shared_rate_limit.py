@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +23,10 @@ import pytest
 
 from captioner.shared_state.redis_client import RedisClient
 from captioner.shared_state.redis_rate_limit import KEY_PREFIX, RedisTokenBucket
-from tests.system.redis_server import RedisServer
-from tests.system.serverproc import ServerProcess
+from tests.support.processes import ServerProcess
+from tests.support.redis import RedisServer
+from tests.support.servers import replicas
+from tests.support.waits import wait_for
 
 CAPTION = "/api/v1/caption"
 KEY = "one-key-two-replicas"
@@ -120,7 +122,7 @@ def allowed(elapsed_s: float) -> float:
 
 
 @pytest.fixture
-def replicas(redis: RedisServer, tiny_model_dir: Path) -> Iterator[list[ServerProcess]]:
+def pair(redis: RedisServer, tiny_model_dir: Path) -> Iterator[list[ServerProcess]]:
     env = {
         "CAPTIONER_AUTH__API_KEYS": f"[{KEY}]",
         "CAPTIONER_RATE_LIMIT__PER_KEY_RPS": str(RATE),
@@ -128,29 +130,22 @@ def replicas(redis: RedisServer, tiny_model_dir: Path) -> Iterator[list[ServerPr
         "CAPTIONER_RATE_LIMIT__REDIS_URL": redis.url,
         "CAPTIONER_RATE_LIMIT__REDIS_TIMEOUT_S": "2",  # a busy test machine must not look like a dead Redis
     }
-    servers = [ServerProcess(tiny_model_dir, env=env) for _ in range(2)]
-    with ThreadPoolExecutor(2) as pool:  # start both before waiting for either: the model loads overlap
-        for future in [pool.submit(server.__enter__) for server in servers]:
-            future.result()
-    try:
-        yield servers
-    finally:
-        for server in servers:
-            server.__exit__(None, None, None)
+    with replicas(*(ServerProcess(tiny_model_dir, env=env) for _ in range(2))) as servers:
+        yield list(servers)
 
 
 def test_two_replicas_share_one_limit_and_fall_back_to_their_own_when_redis_dies(
-    replicas: list[ServerProcess],
+    pair: list[ServerProcess],
     redis: RedisServer,
 ) -> None:
-    urls = [server.url for server in replicas]
+    urls = [server.url for server in pair]
 
     shared = hammer(urls, WINDOW_S)
     assert not shared.unexpected, shared.unexpected
     bound = allowed(shared.elapsed_s)
     assert BURST <= shared.total_accepted <= bound * SLACK, (shared, bound)
     assert all(n > 0 for n in shared.limited.values()), shared  # the limit bit, on both replicas
-    for server in replicas:
+    for server in pair:
         assert server.metric("captioner_rate_limit_fallbacks_total") == 0  # every decision was Redis's
         assert server.metric("captioner_rate_limit_backend_up") == 1
 
@@ -162,16 +157,16 @@ def test_two_replicas_share_one_limit_and_fall_back_to_their_own_when_redis_dies
         assert 0 < alone.accepted[url] <= per_replica * SLACK, (alone, per_replica)
         assert alone.limited[url] > 0
     assert alone.total_accepted > per_replica * SLACK  # ...so together they give more than one shared bucket
-    for server in replicas:
+    for server in pair:
         assert server.metric("captioner_rate_limit_fallbacks_total", 'action="local"') > 0
         assert server.metric("captioner_rate_limit_backend_up") == 0
 
     redis.start()  # same port, empty: the breakers' next probes find it
-    _until(lambda: all(_probe(server) == 1 for server in replicas), "both replicas back on Redis")
-    fallbacks = [server.metric("captioner_rate_limit_fallbacks_total") for server in replicas]
+    wait_for(lambda: all(_probe(server) == 1 for server in pair), "both replicas back on Redis")
+    fallbacks = [server.metric("captioner_rate_limit_fallbacks_total") for server in pair]
     again = hammer(urls, WINDOW_S)
     assert again.total_accepted <= allowed(again.elapsed_s) * SLACK, again
-    assert [server.metric("captioner_rate_limit_fallbacks_total") for server in replicas] == fallbacks
+    assert [server.metric("captioner_rate_limit_fallbacks_total") for server in pair] == fallbacks
     print(
         f"\nshared: {shared.total_accepted} accepted of {sum(shared.limited.values()) + shared.total_accepted} "
         f"in {shared.elapsed_s:.2f} s (allowed {bound:.1f}); Redis down: {alone.accepted} per replica "
@@ -184,10 +179,3 @@ def _probe(server: ServerProcess) -> float:
     """One request (it may be what half-opens the breaker), then the replica's view of Redis."""
     httpx.post(server.url + CAPTION, content=b"x", headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
     return server.metric("captioner_rate_limit_backend_up")
-
-
-def _until(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)

@@ -16,8 +16,9 @@ import yaml
 
 from captioner.config import ConfigError, load_settings
 from captioner.serving.variants import pick
-from tests.conftest import photo
-from tests.system.serverproc import ServerProcess
+from tests.support.images import photo
+from tests.support.processes import ServerProcess
+from tests.support.waits import wait_for
 
 CAPTION = "/api/v1/caption"
 
@@ -137,11 +138,11 @@ class ClientLoad:
             return len(self.statuses)
 
     def wait_for_answers(self, count: int) -> None:
-        deadline = time.monotonic() + 120  # only against a hang
-        while self.answered() < count:
+        def enough() -> bool:
             assert not self.errors, self.errors
-            assert time.monotonic() < deadline, f"only {self.answered()} of {count} answers"
-            time.sleep(0.05)
+            return self.answered() >= count
+
+        wait_for(enough, lambda: f"{count} answers (only {self.answered()})", 120)
 
     def __enter__(self) -> ClientLoad:
         for thread in self._threads:

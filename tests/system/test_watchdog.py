@@ -15,9 +15,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import photo
-from tests.system.model_children import model_child_pid
-from tests.system.serverproc import ServerProcess
+from tests.support.images import photo
+from tests.support.processes import ServerProcess, model_child_pid
 
 CAPTION = "/api/v1/caption"
 WATCHDOG_S = 3.0

@@ -26,7 +26,10 @@ from PIL import Image, ImageChops
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from captioner.http.web import CONTENT_SECURITY_POLICY
-from tests.conftest import REPO_ROOT, LiveServer, photo, tiny_settings
+from tests.support.images import photo
+from tests.support.model import tiny_settings
+from tests.support.paths import REPO_ROOT
+from tests.support.servers import API_KEY, LiveServer
 
 CHROMIUM = "/usr/bin/chromium"
 # What a root CI box needs: no sandbox (root), and no background traffic to Google's hosts (no network here).
@@ -39,7 +42,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-API_KEY = "web-test-key"
 TIMEOUT_MS = 30_000
 
 
@@ -61,12 +63,6 @@ def server(tiny_model_dir: Path) -> Iterator[LiveServer]:
         generation={"num_captions": 1, "max_num_captions": 3},
     )
     with LiveServer(settings) as live:
-        yield live
-
-
-@pytest.fixture(scope="module")
-def keyed_server(tiny_model_dir: Path) -> Iterator[LiveServer]:
-    with LiveServer(tiny_settings(tiny_model_dir, auth={"api_keys": [API_KEY]})) as live:
         yield live
 
 

@@ -27,10 +27,9 @@ from captioner.jobs.durable_queue import DurableJobQueue
 from captioner.jobs.queue import JobRequest
 from captioner.shared_state.job_stream import GROUP, STREAM, RedisJobStream
 from captioner.shared_state.redis_client import RedisClient
-from tests.conftest import photo
-from tests.system.model_children import model_child_pid
-from tests.system.redis_server import RedisServer
-from tests.system.serverproc import ServerProcess
+from tests.support.images import photo
+from tests.support.processes import ServerProcess, model_child_pid
+from tests.support.redis import RedisServer
 
 CAPTION = "/api/v1/caption"
 JOBS = 120

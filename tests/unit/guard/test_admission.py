@@ -13,7 +13,8 @@ from captioner.errors import Overloaded, RateLimited
 from captioner.guard.admission import AdmissionBudget, AdmissionGate, admission_capacity, admission_ticket
 from captioner.guard.job_quota import JobQuota
 from captioner.observability.metrics import Metrics
-from tests.conftest import metric_value, tiny_settings
+from tests.support.metrics import metric_value
+from tests.support.model import tiny_settings
 
 
 def test_tickets_are_counted_and_refused_past_capacity_with_retry_after() -> None:
@@ -89,8 +90,8 @@ def test_a_running_job_waits_for_a_ticket_instead_of_being_refused() -> None:
     asyncio.run(scenario())
 
 
-def test_auto_capacity_is_the_queue_plus_two_batches(tiny_model_dir: Any) -> None:
-    settings = tiny_settings(tiny_model_dir, batching={"max_queue": 100, "max_batch_size": 8})
+def test_auto_capacity_is_the_queue_plus_two_batches() -> None:
+    settings = tiny_settings(batching={"max_queue": 100, "max_batch_size": 8})
     assert admission_capacity(settings) == 116
     assert admission_capacity(settings.replace("limits", max_in_flight=7)) == 7
 

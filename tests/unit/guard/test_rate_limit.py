@@ -5,22 +5,12 @@ import pytest
 from captioner.config import RateLimitSettings
 from captioner.errors import RateLimited
 from captioner.guard.rate_limit import RateLimiter
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.support.clock import FakeClock
 
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(1000.0)
 
 
 def refused(limiter: RateLimiter, client: str = "a") -> RateLimited:

@@ -19,7 +19,7 @@ from captioner.config import load_settings
 from captioner.errors import CaptionerError, InvalidImage, InvalidRequest, UrlNotAllowed
 from captioner.http.inputs import CaptionRequest, parse_api_request, parse_caption_request
 from captioner.http.jobs_api import IDEMPOTENCY_KEY_PATTERN, idempotency_key, wants_async
-from tests.conftest import photo
+from tests.support.images import photo
 
 PNG = photo(3)
 B64 = base64.b64encode(PNG).decode()

@@ -27,7 +27,7 @@ from captioner.jobs.relay import JobRelay
 from captioner.jobs.worker import JobWorker, lost_limit
 from captioner.observability.metrics import Metrics
 from captioner.serving.use_case import CaptionCommand
-from tests.conftest import metric_value
+from tests.support.metrics import metric_value
 
 pytestmark = pytest.mark.anyio
 

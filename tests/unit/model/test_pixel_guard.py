@@ -15,7 +15,7 @@ from PIL import Image
 from captioner.errors import TooLarge
 from captioner.model.pixel_guard import check_icon
 from captioner.model.preprocessing import _WANTED_FORMATS, ImagePreprocessor
-from tests.conftest import black_png
+from tests.support.images import black_png
 
 MAX_PIXELS = 10_000  # 100 x 100
 SIDE = 120  # 14,400 pixels: over the limit

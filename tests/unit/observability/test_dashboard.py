@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from captioner.observability.gpu_metrics import GpuCollector
 from captioner.observability.metrics import Metrics
-from tests.conftest import REPO_ROOT
+from tests.support.paths import REPO_ROOT
 
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "captioner-dashboard.json"
 SERIES = re.compile(r"\bcaptioner_[a-z0-9_]+")

@@ -11,18 +11,7 @@ import pytest
 from captioner.registry.aliases import AliasError, Aliases, Canary
 from captioner.registry.files import locked, write_json
 from captioner.registry.store import Registry, RegistryError, weights_sha256
-
-
-def fake_model(folder: Path, seed: int = 0, card: dict[str, object] | None = None) -> Path:
-    """A folder that looks like a model to the registry (it never loads one): config + weights bytes."""
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({"model_type": "blip", "seed": seed}))
-    (folder / "model.safetensors").write_bytes(bytes([seed]) * 64)
-    (folder / "checkpoints").mkdir()  # a training run's leftovers: not copied
-    (folder / "checkpoints" / "big.bin").write_bytes(b"x" * 10)
-    if card is not None:
-        (folder / "training.json").write_text(json.dumps(card))
-    return folder
+from tests.support.model import fake_model
 
 
 def test_versions_count_from_one_per_name_and_the_model_is_copied_without_checkpoints(tmp_path: Path) -> None:

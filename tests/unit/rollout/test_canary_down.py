@@ -24,7 +24,7 @@ from captioner.rollout.canary_watch import CanaryWatch
 from captioner.rollout.registry_source import RegistrySource
 from captioner.serving.health import ModelHealth
 from captioner.serving.variants import FailedVariant, Variant, VariantPool
-from tests.fakes import FakeCaptioner
+from tests.support.fakes import FakeCaptioner
 from tests.unit.registry.test_store import fake_model
 
 SETTINGS = CanarySettings(min_requests=100, max_down_s=60)

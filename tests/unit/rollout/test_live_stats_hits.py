@@ -15,8 +15,8 @@ import pytest
 from captioner.observability.metrics import Metrics
 from captioner.serving.live_stats import StatsSnapshot, VariantStats
 from captioner.serving.service import CaptionService
-from tests.conftest import tiny_settings
-from tests.fakes import FakeCaptioner
+from tests.support.fakes import FakeCaptioner
+from tests.support.model import tiny_settings
 
 
 def test_a_hit_is_counted_apart_and_snapshots_subtract_it() -> None:

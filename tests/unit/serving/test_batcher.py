@@ -7,14 +7,11 @@ import pytest
 
 from captioner.errors import ModelError, Overloaded, RequestTimeout
 from captioner.serving.batcher import Batcher, BatchInfo, should_flush
-from tests.fakes import FakeClock, GatedModel, settle
+from tests.support.clock import FakeClock
+from tests.support.fakes import GatedModel
+from tests.support.waits import settle
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture

@@ -9,17 +9,12 @@ from captioner.config import GenerationSettings, load_settings
 from captioner.observability.metrics import Metrics
 from captioner.serving.cache import CaptionCache, cache_key
 from captioner.serving.service import CaptionService
-from tests.fakes import FakeCaptioner
+from tests.support.fakes import FakeCaptioner
 
 pytestmark = pytest.mark.anyio
 
 MODEL = {"name": "m", "revision": "main", "prompt": "a picture of "}
 SHA = "ab" * 32
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 def key(**generation: object) -> str:

@@ -10,31 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
 
 import pytest
 import torch
 
 from captioner.errors import CaptionerError, ModelError
-from captioner.model.blip import BlipCaptioner, split_on_oom
-from captioner.model.protocol import CaptionJob
-from captioner.observability.metrics import Metrics
+from captioner.model.blip import split_on_oom
 from captioner.serving.batcher import Batcher
-from captioner.serving.service import CaptionService
-from tests.conftest import photo, tiny_settings
-from tests.fakes import FakeCaptioner, FakeClock, GatedModel, settle
+from tests.support.clock import FakeClock
+from tests.support.fakes import FakeCaptioner, GatedModel
+from tests.support.service import GUARD_S, assert_model_errors, caption_all, oom, service_for, texts_of
+from tests.support.waits import settle
 
 pytestmark = pytest.mark.anyio
-
-# Long enough that a batch only ever flushes because it is full: batches are formed deterministically.
-NEVER_MS = 600_000
-GUARD_S = 30  # a wall-clock bound on awaits that would hang forever if a future were left unresolved
-
-
-def oom() -> torch.cuda.OutOfMemoryError:
-    return torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
 
 # ---------------------------------------------------------------------------------------------- split_on_oom
@@ -101,41 +90,14 @@ def test_the_failed_attempt_is_freed_before_the_retry() -> None:
 # ---------------------------------------------------------------------------------------------- a fake model
 
 
-def service_for(captioner: Any, batch_size: int, tiny_model_dir: Path, **batching: Any) -> CaptionService:
-    settings = tiny_settings(
-        tiny_model_dir,
-        batching={"max_batch_size": batch_size, "max_wait_ms": NEVER_MS, **batching},
-        cache={"max_entries": 0},  # every request reaches the model
-    )
-    return CaptionService(settings, captioner, Metrics())
-
-
-async def caption_all(service: CaptionService, images: list[bytes]) -> list[Any]:
-    """Caption concurrently; each result is the outcome or the exception it raised."""
-    return await asyncio.wait_for(
-        asyncio.gather(*(service.caption(data, 1) for data in images), return_exceptions=True), GUARD_S
-    )
-
-
-def texts_of(results: list[Any]) -> list[str]:
-    return [result.captions[0].text for result in results]
-
-
-def assert_model_errors(results: list[Any]) -> None:
-    for result in results:
-        assert isinstance(result, ModelError), result
-        assert result.status_code == 500 and result.code == "model_error"
-        assert "out of memory" not in result.message and "exploded" not in result.message  # generic message
-
-
 @pytest.fixture
 def fake() -> FakeCaptioner:
     return FakeCaptioner()
 
 
-async def test_a_model_exception_fails_only_its_batch(fake: FakeCaptioner, tiny_model_dir: Path) -> None:
+async def test_a_model_exception_fails_only_its_batch(fake: FakeCaptioner) -> None:
     fake.raise_when = lambda texts: RuntimeError("model exploded") if "poison" in texts else None
-    service = service_for(fake, 3, tiny_model_dir)
+    service = service_for(fake, 3)
     service.start()
     try:
         first = await caption_all(service, [b"a", b"poison", b"b"])
@@ -150,10 +112,10 @@ async def test_a_model_exception_fails_only_its_batch(fake: FakeCaptioner, tiny_
 
 @pytest.mark.parametrize("crash", [SystemExit(3), KeyboardInterrupt(), MemoryError()], ids=type)
 async def test_a_crash_in_the_model_thread_resolves_every_future(
-    fake: FakeCaptioner, tiny_model_dir: Path, crash: BaseException
+    fake: FakeCaptioner, crash: BaseException
 ) -> None:
     fake.raise_when = lambda texts: crash if "crash" in texts else None
-    service = service_for(fake, 2, tiny_model_dir)
+    service = service_for(fake, 2)
     service.start()
     try:
         assert_model_errors(await caption_all(service, [b"crash", b"bystander"]))
@@ -163,11 +125,11 @@ async def test_a_crash_in_the_model_thread_resolves_every_future(
 
 
 async def test_a_crash_in_preprocessing_reaches_every_identical_caller(
-    fake: FakeCaptioner, tiny_model_dir: Path
+    fake: FakeCaptioner
 ) -> None:
     """Single-flight: callers that joined the failing computation get its error too, and nobody hangs."""
     fake.preprocess_error = RuntimeError("decoder bug")
-    service = service_for(fake, 4, tiny_model_dir)
+    service = service_for(fake, 4)
     service.start()
     try:
         results = await caption_all(service, [b"same", b"same", b"same"])
@@ -180,23 +142,24 @@ async def test_a_crash_in_preprocessing_reaches_every_identical_caller(
 
 
 async def test_a_crashed_scheduling_step_fails_the_queue_and_the_batcher_goes_on() -> None:
-    class BrokenClock(FakeClock):
-        broken = False
+    clock = FakeClock()
+    working_now = clock.now
 
-        def now(self) -> float:
-            if self.broken:
-                raise RuntimeError("clock bug")
-            return super().now()
+    def now() -> float:
+        if broken:
+            raise RuntimeError("clock bug")
+        return working_now()
 
-    clock = BrokenClock()
+    broken = False
+    clock.now = now  # type: ignore[method-assign]
     model = GatedModel(open_gate=True)
     batcher: Batcher[str, str] = Batcher(model, max_batch_size=1, max_wait_s=1, max_queue=8, clock=clock)
     batcher.start()
     queued = batcher.submit("a")
-    clock.broken = True
+    broken = True
     await settle()
     assert isinstance(queued.exception(), ModelError)
-    clock.broken = False
+    broken = False
     # Before the fix the scheduler task died here, and every later request queued forever.
     assert await asyncio.wait_for(batcher("b"), GUARD_S) == "caption of b"
     assert model.batches == [["b"]]
@@ -204,69 +167,3 @@ async def test_a_crashed_scheduling_step_fails_the_queue_and_the_batcher_goes_on
 
 
 # ---------------------------------------------------------------------------------------------- the real model
-
-
-@pytest.fixture(scope="module")
-def blip(tiny_model_dir: Path) -> BlipCaptioner:
-    settings = tiny_settings(tiny_model_dir)
-    return BlipCaptioner(Path(settings.model.path), settings.model, settings.generation, settings.limits.max_pixels)
-
-
-@pytest.fixture
-def generate_sizes(blip: BlipCaptioner) -> Iterator[Callable[[int | None], list[int]]]:
-    """Make the real model's ``generate`` raise CUDA OOM above a batch size; yields a setter returning the log."""
-    model: Any = blip._model
-    original = model.generate
-    sizes: list[int] = []
-    limit: list[int | None] = [None]
-
-    def generate(*args: Any, **kwargs: Any) -> Any:
-        batch = int(kwargs["pixel_values"].shape[0])
-        sizes.append(batch)
-        if limit[0] is not None and batch > limit[0]:
-            raise oom()
-        return original(*args, **kwargs)
-
-    def set_limit(value: int | None) -> list[int]:
-        limit[0] = value
-        return sizes
-
-    model.generate = generate
-    try:
-        yield set_limit
-    finally:
-        del model.generate
-
-
-async def test_cuda_oom_splits_the_batch_and_every_request_succeeds(
-    blip: BlipCaptioner, generate_sizes: Callable[[int | None], list[int]], tiny_model_dir: Path
-) -> None:
-    images = [photo(800 + i) for i in range(4)]
-    expected = [blip.caption_batch([CaptionJob(blip.preprocess(d).pixel_values)])[0][0].text for d in images]
-    sizes = generate_sizes(2)
-    sizes.clear()
-    service = service_for(blip, 4, tiny_model_dir)
-    service.start()
-    try:
-        results = await caption_all(service, images)
-    finally:
-        await service.close(5)
-    assert texts_of(results) == expected  # each request got its own image's caption
-    assert sizes == [4, 2, 2]
-
-
-async def test_cuda_oom_at_size_one_fails_the_batch_with_model_error(
-    blip: BlipCaptioner, generate_sizes: Callable[[int | None], list[int]], tiny_model_dir: Path
-) -> None:
-    sizes = generate_sizes(0)
-    sizes.clear()
-    service = service_for(blip, 4, tiny_model_dir)
-    service.start()
-    try:
-        assert_model_errors(await caption_all(service, [photo(900 + i) for i in range(4)]))
-        assert sizes == [4, 2, 1]
-        generate_sizes(None)  # the memory is back: the next batch works
-        results = await caption_all(service, [photo(910 + i) for i in range(4)])
-        assert all(r.captions for r in results)
-    finally:
-        await service.close(5)

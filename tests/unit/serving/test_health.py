@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +21,9 @@ from captioner.model.process_worker import ModelProcessError
 from captioner.model.protocol import Caption, CaptionJob, ModelListener
 from captioner.observability.metrics import Metrics
 from captioner.serving.service import CaptionService
-from tests.conftest import metric_value, tiny_settings
+from tests.support.metrics import metric_value
+from tests.support.model import tiny_settings
+from tests.support.waits import async_wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -75,9 +75,8 @@ class SelfHealingCaptioner(FlakyCaptioner):
         self.listener = listener
 
 
-def make_service(model: Any, tiny_model_dir: Path, **health: Any) -> tuple[CaptionService, Metrics, list[str]]:
+def make_service(model: Any, **health: Any) -> tuple[CaptionService, Metrics, list[str]]:
     settings = tiny_settings(
-        tiny_model_dir,
         batching={"max_batch_size": 1, "max_wait_ms": 0},
         cache={"max_entries": 0},  # every request reaches the model
         health={"max_consecutive_failures": 3, "probe_interval_s": 0.05, **health},
@@ -95,13 +94,6 @@ async def caption(service: CaptionService, data: bytes) -> Any:
         return await asyncio.wait_for(service.caption(data, 1), GUARD_S)
     except Exception as exc:
         return exc
-
-
-async def eventually(condition: Callable[[], bool], what: str, timeout_s: float = GUARD_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 def gauge(metrics: Metrics, name: str) -> float:
@@ -135,9 +127,9 @@ def test_which_errors_leave_the_device_unusable(error: BaseException, fatal: boo
 # ---------------------------------------------------------------------------------------------- failing batches
 
 
-async def test_consecutive_failed_batches_take_the_model_out_until_a_probe_succeeds(tiny_model_dir: Path) -> None:
+async def test_consecutive_failed_batches_take_the_model_out_until_a_probe_succeeds() -> None:
     model = FlakyCaptioner()
-    service, metrics, fatal = make_service(model, tiny_model_dir)
+    service, metrics, fatal = make_service(model)
     try:
         model.batch_error = lambda: RuntimeError("model exploded")
         model.warm_up_error = lambda: RuntimeError("still exploding")
@@ -149,7 +141,7 @@ async def test_consecutive_failed_batches_take_the_model_out_until_a_probe_succe
         assert service.health.problem == "model failing: 3 batches failed in a row"
         assert gauge(metrics, "captioner_model_up") == 0
         assert gauge(metrics, "captioner_model_consecutive_failures") == 3
-        await eventually(lambda: model.warm_ups >= 2, "probes that fail")  # the first at once, then on an interval
+        await async_wait_for(lambda: model.warm_ups >= 2, "probes that fail")  # the first at once, then on an interval
         batches_before = len(model.batches)
         refused = await caption(service, b"while-failing")
         assert isinstance(refused, ModelUnavailable)
@@ -157,7 +149,7 @@ async def test_consecutive_failed_batches_take_the_model_out_until_a_probe_succe
         assert len(model.batches) == batches_before  # refused without touching the model
 
         model.batch_error = model.warm_up_error = None  # the model recovers: the next probe passes
-        await eventually(lambda: service.health.ready, "a probe that succeeds")
+        await async_wait_for(lambda: service.health.ready, "a probe that succeeds")
         assert gauge(metrics, "captioner_model_up") == 1 and gauge(metrics, "captioner_model_consecutive_failures") == 0
         assert (await caption(service, b"after")).captions[0].text == "after"
         assert fatal == []
@@ -165,9 +157,9 @@ async def test_consecutive_failed_batches_take_the_model_out_until_a_probe_succe
         await service.close(5)
 
 
-async def test_a_success_resets_the_count(tiny_model_dir: Path) -> None:
+async def test_a_success_resets_the_count() -> None:
     model = FlakyCaptioner()
-    service, metrics, _ = make_service(model, tiny_model_dir)
+    service, metrics, _ = make_service(model)
     try:
         for round_ in range(2):
             model.batch_error = lambda: RuntimeError("model exploded")
@@ -185,7 +177,7 @@ async def test_a_success_resets_the_count(tiny_model_dir: Path) -> None:
 # ---------------------------------------------------------------------------------------------- fatal device error
 
 
-async def test_a_cuda_error_fails_its_batch_refuses_the_queue_and_asks_for_a_restart(tiny_model_dir: Path) -> None:
+async def test_a_cuda_error_fails_its_batch_refuses_the_queue_and_asks_for_a_restart() -> None:
     model = FlakyCaptioner()
     gate = threading.Event()
 
@@ -194,12 +186,12 @@ async def test_a_cuda_error_fails_its_batch_refuses_the_queue_and_asks_for_a_res
         return cuda_error()
 
     model.batch_error = error_once_released
-    service, metrics, fatal = make_service(model, tiny_model_dir)
+    service, metrics, fatal = make_service(model)
     try:
         requests = [asyncio.ensure_future(caption(service, f"img-{i}".encode())) for i in range(4)]
         # One (a full batch of 1) waits at the model's door behind the first, two in the queue: the one at the
         # door must not touch the failed device either, though the event loop has not heard of it yet.
-        await eventually(lambda: service.batcher.queue_depth == 2, "requests queued behind the first")
+        await async_wait_for(lambda: service.batcher.queue_depth == 2, "requests queued behind the first")
         gate.set()
         results = await asyncio.wait_for(asyncio.gather(*requests), GUARD_S)  # nobody hangs
         errors = sorted(type(r).__name__ for r in results)
@@ -218,9 +210,9 @@ async def test_a_cuda_error_fails_its_batch_refuses_the_queue_and_asks_for_a_res
 # ---------------------------------------------------------------------------------------------- a self-healing model
 
 
-async def test_a_model_process_going_down_and_up_is_heard_from_its_thread(tiny_model_dir: Path) -> None:
+async def test_a_model_process_going_down_and_up_is_heard_from_its_thread() -> None:
     model = SelfHealingCaptioner()
-    service, metrics, fatal = make_service(model, tiny_model_dir)
+    service, metrics, fatal = make_service(model)
     try:
         listener = model.listener
         assert listener is not None  # start() registered it
@@ -231,19 +223,19 @@ async def test_a_model_process_going_down_and_up_is_heard_from_its_thread(tiny_m
             thread.join()
 
         from_thread(lambda: listener.model_down("the model process died (killed by SIGKILL)", 4.0))
-        await eventually(lambda: not service.health.ready, "the model to be down")
+        await async_wait_for(lambda: not service.health.ready, "the model to be down")
         assert service.health.problem == "model down: the model process died (killed by SIGKILL)"
         refused = await caption(service, b"while-down")
         assert isinstance(refused, ModelUnavailable) and 1 <= int(refused.headers["Retry-After"]) <= 4
         assert model.batches == []
 
         from_thread(listener.model_up)
-        await eventually(lambda: service.health.ready, "the model to be back")
+        await async_wait_for(lambda: service.health.ready, "the model to be back")
         assert gauge(metrics, "captioner_model_respawns_total") == 1 and gauge(metrics, "captioner_model_up") == 1
         assert (await caption(service, b"after")).captions[0].text == "after"
 
         from_thread(lambda: listener.model_failed("the model process could not be restarted"))
-        await eventually(lambda: bool(fatal), "the fatal report on the loop")
+        await async_wait_for(lambda: bool(fatal), "the fatal report on the loop")
         assert fatal == ["the model process could not be restarted"] and not service.health.ready
     finally:
         await service.close(5)

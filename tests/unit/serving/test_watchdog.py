@@ -11,7 +11,7 @@ from captioner.errors import ModelUnavailable
 from captioner.model.watchdog import BatchWatchdog, Stall, stalled
 from captioner.observability.metrics import Metrics
 from captioner.serving.health import ModelHealth
-from tests.conftest import metric_value
+from tests.support.metrics import metric_value
 
 pytestmark = pytest.mark.anyio
 
