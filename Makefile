@@ -64,8 +64,13 @@ lint: install-test
 	$(BIN)/ruff format --check captioner
 	$(BIN)/mypy captioner
 
+# The tiers (docs/testing.md): unit first, a quick gate (no process, socket or model: CPU-bound, one worker per
+# core); then integration and system together, spread over more workers than cores, since most of their time is
+# spent waiting on servers, Redis and nginx. Each worker has its own ports and temp folder (tests/support).
+PYTEST_WORKERS ?= 4
 pytest: install-test system-deps checkov
-	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 tests/unit
+	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) tests/integration tests/system
 
 test: lint pytest
 
