@@ -65,6 +65,19 @@ def exported(tiny_model_dir: Path) -> dict[str, set[str]]:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             series.setdefault(sample.name, set()).update(sample.labels)
+    # Series the app declares but shows only once a feature has been used (Redis errors, callbacks, canary
+    # rollbacks, watchdog kills...): a labelled metric has no sample before its first labels are set.
+    for metric in vars(Metrics()).values():
+        name, labels, kind = (
+            getattr(metric, "_name", None),
+            getattr(metric, "_labelnames", None),
+            getattr(metric, "_type", None),
+        )
+        if not isinstance(name, str) or labels is None:
+            continue
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(kind, [""])
+        for suffix in suffixes:
+            series.setdefault(name + suffix, set()).update(labels, {"le"} if suffix == "_bucket" else set())
     assert "captioner_drift_psi" in series and "captioner_gpu_memory_bytes" in series
     return series
 
