@@ -64,13 +64,16 @@ lint: install-test
 	$(BIN)/ruff format --check captioner
 	$(BIN)/mypy captioner
 
-# The tiers (docs/testing.md): unit first, a quick gate (no process, socket or model: CPU-bound, one worker per
-# core); then integration and system together, spread over more workers than cores, since most of their time is
-# spent waiting on servers, Redis and nginx. Each worker has its own ports and temp folder (tests/support).
-PYTEST_WORKERS ?= 4
+# The tiers (docs/testing.md). The unit tier first, on its own: a fast gate (no process, socket or model), so a
+# broken build stops in seconds. Then integration and system together on pytest-xdist's workers: one file per
+# worker at a time (a module's server starts once), the long files first (tests/conftest.py, LONG_FIRST).
+# PYTEST_WORKERS: 3 on 2 cores, where the system tests spend much of their time waiting on processes.
+PYTEST_WORKERS ?= 3
+PYTEST_ARGS ?=
 pytest: install-test system-deps checkov
-	$(BIN)/python -m pytest -q -n 2 tests/unit
-	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) tests/integration tests/system
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests/unit
+	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest -q $(PYTEST_ARGS) -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder \
+	  tests/system tests/integration
 
 test: lint pytest
 

@@ -20,7 +20,7 @@ from tests.support.metrics import metric_value
 from tests.support.model import MODEL_NAME
 from tests.support.net import free_port
 from tests.support.paths import REPO_ROOT
-from tests.support.waits import wait_for
+from tests.support.waits import PROBE_TIMEOUT_S, wait_for
 
 
 def rss_bytes(pid: int) -> int:
@@ -153,6 +153,10 @@ class ServerProcess:
         except OSError:
             return ""
 
+    def probe(self, path: str) -> httpx.Response:
+        """GET ``path`` (``/readyz``, ``/healthz``...), with a timeout only against a hang."""
+        return httpx.get(self.url + path, timeout=PROBE_TIMEOUT_S)
+
     def metric(self, name: str, labels: str = "") -> float:
         """The sum of the series called ``name`` whose labels include ``labels`` (0 when absent)."""
-        return metric_value(httpx.get(self.url + "/metrics", timeout=60).text, name, labels)
+        return metric_value(self.probe("/metrics").text, name, labels)

@@ -9,13 +9,19 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
 
-POLL_S = 0.01  # between two looks at the condition
+# Between two looks at the condition: 10 ms at first, then half as long again each time up to 200 ms. A state that
+# comes at once is seen at once; a long wait (a drain, a respawn) costs a few looks a second, not a hundred: each
+# look may be an HTTP request the server under test has to answer, on the same two cores.
+FIRST_POLL_S, POLL_GROWTH, MAX_POLL_S = 0.01, 1.5, 0.2
 HANG_S = 60.0  # only against a hang
+# An HTTP probe (/readyz, /healthz, /metrics) of a server under test: answered in milliseconds, but its process may
+# not get a core for seconds on a loaded machine. A timeout only against a hang, like HANG_S.
+PROBE_TIMEOUT_S = 60.0
 
 
 What = str | Callable[[], str]  # what is awaited, for the failure message (a callable: computed at the deadline)
@@ -24,13 +30,14 @@ What = str | Callable[[], str]  # what is awaited, for the failure message (a ca
 def wait_for(condition: Callable[[], T], what: What = "the condition", timeout_s: float = HANG_S) -> T:
     """Poll ``condition`` until it returns something true, and return that."""
     deadline = time.monotonic() + timeout_s
-    while True:
+    for pause in _pauses():
         value = condition()
         if value:
             return value
         if time.monotonic() >= deadline:
             raise AssertionError(_timed_out(what, timeout_s))
-        time.sleep(POLL_S)
+        time.sleep(pause)
+    raise AssertionError("unreachable")
 
 
 async def async_wait_for(
@@ -39,7 +46,7 @@ async def async_wait_for(
     """``wait_for`` on an event loop: the loop runs other tasks between the looks. ``condition`` may be a coroutine
     function (each look awaits it)."""
     deadline = time.monotonic() + timeout_s
-    while True:
+    for pause in _pauses():
         value = condition()
         if inspect.isawaitable(value):
             value = await value
@@ -47,7 +54,15 @@ async def async_wait_for(
             return value  # type: ignore[return-value]
         if time.monotonic() >= deadline:
             raise AssertionError(_timed_out(what, timeout_s))
-        await asyncio.sleep(POLL_S)
+        await asyncio.sleep(pause)
+    raise AssertionError("unreachable")
+
+
+def _pauses() -> Iterator[float]:
+    pause = FIRST_POLL_S
+    while True:
+        yield pause
+        pause = min(pause * POLL_GROWTH, MAX_POLL_S)
 
 
 def _timed_out(what: What, timeout_s: float) -> str:

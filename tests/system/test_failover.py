@@ -164,7 +164,7 @@ def test_sigkill_of_one_replica_under_load_fails_no_client_request(
 
 def _requests_total(server: ServerProcess) -> float:
     """captioner_requests_total summed over its status labels."""
-    text = httpx.get(server.url + "/metrics", timeout=5).text
+    text = server.probe("/metrics").text
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("captioner_requests_total{"))
 
 
@@ -222,4 +222,4 @@ def test_a_dead_model_process_sends_no_5xx_to_clients_once_readiness_dropped(
 
 
 def _readyz(server: ServerProcess) -> int:
-    return httpx.get(server.url + "/readyz", timeout=5).status_code
+    return server.probe("/readyz").status_code

@@ -71,9 +71,9 @@ def test_a_killed_model_process_is_respawned_and_the_replica_is_ready_again(tiny
         os.kill(first_child, signal.SIGKILL)
         killed_at = time.monotonic()
 
-        wait_for(lambda: httpx.get(server.url + "/readyz", timeout=5).status_code == 503, "/readyz 503", DEADLINE_S)
+        wait_for(lambda: server.probe("/readyz").status_code == 503, "/readyz 503", DEADLINE_S)
         down_at = time.monotonic()
-        status = httpx.get(server.url + "/readyz", timeout=5).json()["status"]
+        status = server.probe("/readyz").json()["status"]
         assert status.startswith("model down: the model process died (killed by SIGKILL)"), status
         refused = post(server.url, 4)
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "overloaded", refused.text
@@ -87,7 +87,7 @@ def test_a_killed_model_process_is_respawned_and_the_replica_is_ready_again(tiny
         assert codes == [(503, "overloaded")] * 3, codes
         assert all(int(r.headers["retry-after"]) >= 1 for r in responses)
 
-        wait_for(lambda: httpx.get(server.url + "/readyz", timeout=5).status_code == 200, "ready again", DEADLINE_S)
+        wait_for(lambda: server.probe("/readyz").status_code == 200, "ready again", DEADLINE_S)
         back_at = time.monotonic()
         assert model_child_pid(server.pid) != first_child
         assert server.metric("captioner_model_respawns_total") == 1

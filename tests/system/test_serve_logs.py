@@ -15,6 +15,7 @@ import pytest
 
 from tests.support.images import photo
 from tests.support.net import free_port
+from tests.support.waits import PROBE_TIMEOUT_S
 
 CAPTION = "/api/v1/caption"
 API_KEY = "s3cret-Key-that-must-never-be-logged"
@@ -49,7 +50,7 @@ def test_serve_writes_only_json_lines_to_stderr(tiny_model_dir: Path, tmp_path: 
         while True:
             assert proc.poll() is None, proc.communicate()[1]
             try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                if httpx.get(url + "/readyz", timeout=PROBE_TIMEOUT_S).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
