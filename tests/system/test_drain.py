@@ -105,6 +105,7 @@ def test_a_drain_that_cannot_finish_still_exits_at_the_deadline(tiny_model_dir: 
         "CAPTIONER_GENERATION__NUM_BEAMS": "16",
         "CAPTIONER_GENERATION__MIN_LENGTH": "500",
         "CAPTIONER_GENERATION__MAX_LENGTH": "500",
+        "CAPTIONER_HEALTH__WATCHDOG_S": "0",  # a generate() that outlasts the drain on purpose, not a stuck model
         # Both requests in one batch: it flushes when the second arrives, however long that takes.
         "CAPTIONER_BATCHING__MAX_BATCH_SIZE": "2",
         "CAPTIONER_BATCHING__MAX_WAIT_MS": str(int(MAX_WAIT_S * 1000)),
