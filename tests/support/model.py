@@ -74,4 +74,3 @@ def fake_model(folder: Path, seed: int = 0, card: dict[str, object] | None = Non
     if card is not None:
         (folder / "training.json").write_text(json.dumps(card))
     return folder
-

@@ -31,6 +31,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.support.deploy import DEPLOY, K8S, SPLIT, compose, compose_environ, documents
 from tests.support.images import photo
 from tests.support.nginx import Nginx
 from tests.support.registry import cli, last_line
@@ -43,8 +44,6 @@ from tests.system.container_proc import (
     local_redis,
     redis_command,
 )
-from tests.system.test_deploy import DEPLOY, K8S, compose, compose_environ
-from tests.system.test_deploy_split import SPLIT, documents
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

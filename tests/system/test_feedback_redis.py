@@ -60,9 +60,7 @@ def test_two_replicas_share_one_bounded_feedback_stream(
     assert a.metric("captioner_feedback_total") + b.metric("captioner_feedback_total") == 6
 
 
-def test_with_redis_down_a_rating_is_refused_to_be_retried(
-    pair: tuple[LiveServer, ...], redis: RedisServer
-) -> None:
+def test_with_redis_down_a_rating_is_refused_to_be_retried(pair: tuple[LiveServer, ...], redis: RedisServer) -> None:
     a, _ = pair
     with Client(a.url, max_retries=0) as client:
         result = client.caption(photo(62))

@@ -45,9 +45,7 @@ def bearer(key: str) -> dict[str, str]:
     ids=["missing", "wrong", "not-bearer", "empty"],
 )
 def test_missing_or_wrong_key_is_401_with_www_authenticate(gate_server: LiveServer, headers: dict[str, str]) -> None:
-    response = httpx.post(
-        gate_server.url + CAPTION, content=photo(1), headers={"Content-Type": "image/png", **headers}
-    )
+    response = httpx.post(gate_server.url + CAPTION, content=photo(1), headers={"Content-Type": "image/png", **headers})
     assert response.status_code == 401
     assert response.headers["www-authenticate"].startswith("Bearer")
     assert response.json()["error"]["code"] == "unauthorized"

@@ -16,7 +16,7 @@ from captioner.config import ConfigError, Settings, load_settings
 from captioner.http.body import body_limit
 from captioner.observability.metrics import Metrics
 from captioner.server import check_exposure
-from tests.support.deploy import DEPLOY, K8S, compose, k8s, k8s_documents
+from tests.support.deploy import DEPLOY, K8S, compose, compose_environ, k8s, k8s_documents
 from tests.support.nginx import DEPLOY_NGINX_CONF
 
 DEFAULTS = Settings()
@@ -98,17 +98,6 @@ def test_compose_gives_each_replica_its_own_gpu_and_a_drain_long_enough() -> Non
     assert "profiles" not in everything["redis"] and "profiles" not in everything["redis-cache"]  # always there
     assert "./nginx.conf:/etc/nginx/nginx.conf:ro" in everything["nginx"]["volumes"]
     assert "./prometheus:/etc/prometheus:ro" in everything["prometheus"]["volumes"]
-
-
-def compose_environ(spec: dict[str, Any], **given: str) -> dict[str, str]:
-    """The replica's environment as Compose makes it: ${VAR:-default} -> default; ${VAR:?message} -> the value
-    given here, or a KeyError (Compose refuses to start without it)."""
-
-    def substitute(value: Any) -> str:
-        text = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(value))
-        return re.sub(r"\$\{(\w+):\?[^}]*\}", lambda m: given[m.group(1)], text)
-
-    return {k: substitute(v) for k, v in spec["environment"].items()}
 
 
 def test_compose_environment_is_a_valid_captioner_config() -> None:

@@ -13,19 +13,7 @@ import yaml
 
 from captioner.config import check_role, load_settings
 from captioner.observability.metrics import Metrics
-from tests.support.paths import REPO_ROOT
-
-K8S = REPO_ROOT / "deploy" / "k8s"
-SPLIT = K8S / "split"
-
-
-def documents(folder: Path) -> dict[str, dict[str, Any]]:
-    found: dict[str, dict[str, Any]] = {}
-    for path in sorted(folder.glob("*.yaml")):
-        for document in yaml.safe_load_all(path.read_text()):
-            if document:
-                found[f"{document['kind']}/{document.get('metadata', {}).get('name', path.name)}"] = document
-    return found
+from tests.support.deploy import K8S, SPLIT, documents
 
 
 def container(deployment: dict[str, Any]) -> dict[str, Any]:

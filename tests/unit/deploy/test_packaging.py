@@ -62,6 +62,7 @@ def test_runs_as_non_root_with_a_weights_volume() -> None:
     assert settings.model.path.startswith("weights/")  # relative to WORKDIR /app -> the volume
     assert instruction("WORKDIR") == "/app"
 
+
 # --- one torch for the tests and the image -----------------------------------------------------------------
 
 TORCH_PINS = ROOT / "requirements-torch.txt"

@@ -111,9 +111,7 @@ async def test_a_model_exception_fails_only_its_batch(fake: FakeCaptioner) -> No
 
 
 @pytest.mark.parametrize("crash", [SystemExit(3), KeyboardInterrupt(), MemoryError()], ids=type)
-async def test_a_crash_in_the_model_thread_resolves_every_future(
-    fake: FakeCaptioner, crash: BaseException
-) -> None:
+async def test_a_crash_in_the_model_thread_resolves_every_future(fake: FakeCaptioner, crash: BaseException) -> None:
     fake.raise_when = lambda texts: crash if "crash" in texts else None
     service = service_for(fake, 2)
     service.start()
@@ -124,9 +122,7 @@ async def test_a_crash_in_the_model_thread_resolves_every_future(
         await service.close(5)
 
 
-async def test_a_crash_in_preprocessing_reaches_every_identical_caller(
-    fake: FakeCaptioner
-) -> None:
+async def test_a_crash_in_preprocessing_reaches_every_identical_caller(fake: FakeCaptioner) -> None:
     """Single-flight: callers that joined the failing computation get its error too, and nobody hangs."""
     fake.preprocess_error = RuntimeError("decoder bug")
     service = service_for(fake, 4)
