@@ -128,7 +128,10 @@ class ModelLost(ModelUnavailable):
     default_message = "the model process was lost while captioning this image, retry later"
 
 
-class RequestTimeout(CaptionerError):
+class RequestTimeout(_RetryableError):
+    """The deadline passed before the work was done. With Retry-After: a caller with time left may try again (on
+    another replica, or here once the queue is shorter); the work itself was not done, so nothing is repeated."""
+
     status_code = 504
     code = "timeout"
     default_message = "the request deadline passed before inference"

@@ -27,20 +27,26 @@ TIER_MARKERS = {TESTS / "system": pytest.mark.system, TESTS / "integration": pyt
 # (``--dist loadfile --no-loadscope-reorder``, as `make test` runs it) they start first, so that none is left running
 # alone at the end while the other workers idle. Measured in CPU seconds on the 2-core machine (docs/testing.md);
 # a file missing here is only scheduled in collection order.
-LONG_FIRST = [
-    "system/test_registry.py",
+LONG_FIRST = [  # by measured time per file (--durations), longest first
     "system/test_lifecycle.py",
+    "system/test_registry.py",
     "integration/tools/train/test_train.py",
+    "system/test_deploy_run.py",
     "system/test_drain.py",
+    "system/test_fleet_chaos.py",
+    "system/test_durable_jobs.py",
     "system/test_model_health.py",
     "system/test_failover.py",
-    "system/test_durable_jobs.py",
-    "system/test_hardening.py",
     "integration/tools/test_init_model.py",
+    "system/test_watchdog.py",
     "system/test_hf_client.py",
     "system/test_shared_rate_limit.py",
-    "system/test_variants.py",
+    "system/test_worker_release.py",
+    "system/test_evaluate.py",
+    "system/test_hardening.py",
     "system/test_flood.py",
+    "system/test_variants.py",
+    "system/test_caption_interrupt.py",
     "system/test_process_worker.py",
     "system/test_corpus.py",
 ]

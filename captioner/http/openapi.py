@@ -79,7 +79,7 @@ def _errors(settings: Settings) -> dict[str, dict[str, Any]]:
             "unavailable",
             headers=_RETRY_AFTER,
         ),
-        "504": _error("timeout: the request deadline passed before inference"),
+        "504": _error("timeout: the request deadline passed before inference", headers=_RETRY_AFTER),
     }
     if not _auth_on(settings):
         del errors["401"], errors["403"]

@@ -29,6 +29,17 @@ def photo(seed: int, size: tuple[int, int] = (160, 120), fmt: str = "PNG") -> by
     return buffer.getvalue()
 
 
+def varied(data: bytes, n: int) -> bytes:
+    """``data`` (a PNG) with its top-left pixel's red channel moved by ``n``: the same picture to a model, but new
+    bytes, so another SHA-256 and a cache miss (the canary analysis counts only requests the model ran)."""
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    r, g, b = image.getpixel((0, 0))  # type: ignore[misc]
+    image.putpixel((0, 0), ((r + n) % 256, g, b))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def black_png(width: int, height: int) -> bytes:
     """A valid all-black 1-bit PNG of any size, streamed through zlib: even 900 megapixels take about 100 KB."""
 

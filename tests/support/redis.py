@@ -59,6 +59,10 @@ class RedisServer:
             sock.sendall((" ".join(args) + "\r\n").encode())
             return sock.recv(65536)
 
+    def pid(self) -> int:
+        assert self._process is not None, "redis-server is not running"
+        return self._process.pid
+
     def kill(self) -> None:
         if self._process is not None and self._process.poll() is None:
             self._process.send_signal(signal.SIGKILL)

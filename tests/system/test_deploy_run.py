@@ -161,6 +161,7 @@ def k8s_hosts(state: ContainerProcess, cache: ContainerProcess) -> dict[str, str
 
 def assert_state_and_cache_apart(state: ContainerProcess, cache: ContainerProcess) -> None:
     assert config_of(state, "appendonly") == "yes" and config_of(state, "maxmemory-policy") == "noeviction"
+    assert config_of(state, "appendfsync") == "always"  # a 202 is on disk before its answer: it survives a crash
     assert config_of(cache, "appendonly") == "no" and config_of(cache, "maxmemory-policy") == "allkeys-lru"
     assert keys(state, "captioner:job:v1:*") and keys(state, "captioner:caption:v1:*") == []
     assert keys(cache, "captioner:caption:v1:*") and keys(cache, "captioner:job*") == []

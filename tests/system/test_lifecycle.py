@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from captioner.registry.store import Registry
+from tests.support.images import varied
 from tests.support.processes import ServerProcess
 from tests.support.registry import Load, cli, last_line
 
@@ -70,7 +71,8 @@ def test_train_gate_promote_switch_and_roll_back_a_bad_canary(tmp_path: Path, ti
                   "CAPTIONER_CANARY__INTERVAL_S": "0.5"}  # fmt: skip
     with (
         ServerProcess(tiny_model_dir, env=server_env) as server,
-        Load(server.url, image_of=lambda n: scenes[n % len(scenes)].read_bytes()) as load,
+        # Each round over the scenes is new bytes: cache hits don't count toward the canary's min_requests.
+        Load(server.url, image_of=lambda n: varied(scenes[n % len(scenes)].read_bytes(), n // len(scenes))) as load,
     ):
 
         def served_by(model: str) -> int:
