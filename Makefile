@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config.yaml
 
-.PHONY: serve test install install-test lint pytest system-deps checkov tiny-model clean bench bench-quick
+.PHONY: serve test install install-test lint pytest test-unit test-rest system-deps checkov tiny-model clean bench bench-quick
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -70,12 +70,20 @@ lint: install-test
 # PYTEST_WORKERS: 3 on 2 cores, where the system tests spend much of their time waiting on processes.
 PYTEST_WORKERS ?= 3
 PYTEST_ARGS ?=
-pytest: install-test system-deps checkov
+test-unit: install-test
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests/unit
+
+test-rest: install-test system-deps checkov
 	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest -q $(PYTEST_ARGS) -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder \
 	  tests/system tests/integration
 
-test: lint pytest
+pytest: test-unit test-rest
+
+# What can overlap does: the three installs (independent venvs and apt), then lint beside the unit tier.
+test:
+	$(MAKE) -j3 --output-sync=target install-test system-deps checkov
+	$(MAKE) -j2 --output-sync=target lint test-unit
+	$(MAKE) test-rest
 
 tiny-model: install
 	$(BIN)/captioner init-model --size tiny --out weights/tiny

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from captioner.config import ConfigError, Settings
 from captioner.errors import Overloaded
 from captioner.jobs.queue import JobRequest
+from captioner.jobs.worker import RETRYABLE
 from captioner.rollout.canary import CANARY_VARIANT
 from captioner.runtime.components import canary_fleet
 from captioner.runtime.state import Runtime
@@ -142,8 +143,15 @@ def _start_worker(runtime: Runtime) -> None:
         try:
             async with await runtime.admission.acquire_waiting():
                 outcome = await runtime.use_case.caption(command)
-        finally:
+        except RETRYABLE:
+            # The worker may hand the job back or try it again: it still counts against its caller. If it ended
+            # after all (a final timeout, its last attempt), the quota's look-up finds that when the caller is at
+            # the cap (guard/job_quota.py).
+            raise
+        except BaseException:
             runtime.job_quota.ended(request.job_id)
+            raise
+        runtime.job_quota.ended(request.job_id)
         return outcome_body(outcome, settings.model.name)
 
     def available() -> Overloaded | None:

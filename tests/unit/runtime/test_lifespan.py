@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,6 +18,8 @@ import yaml
 
 from captioner.config import Settings, load_settings
 from captioner.http.app import create_app
+from captioner.jobs.queue import JobRequest
+from captioner.model.process_worker import ModelProcessDied
 from captioner.runtime.state import Runtime
 from tests.support.fakes import FakeCaptioner
 
@@ -108,3 +111,51 @@ async def test_one_drain_budget_from_the_sigterm_for_batches_and_jobs_together()
         now[0] += 4  # the HTTP drain took 4 s; then the lifespan shuts down: jobs first, then the batchers
     assert given == {"jobs": 26.0, "pool": 6.0}
     assert state.drain_left_s() == 6.0
+
+
+async def test_a_job_handed_back_to_the_queue_still_counts_against_its_caller() -> None:
+    """A job whose batch died with the model process goes back to the queue (jobs/worker.py): it is still the
+    caller's outstanding job until it ends, so the caller's cap (jobs.max_running_per_principal) still holds."""
+    fake = FakeCaptioner()
+    batches = 0
+    second_batch, proceed = threading.Event(), threading.Event()
+
+    def first_batch_dies(texts: list[str]) -> BaseException | None:  # on the model thread
+        nonlocal batches
+        batches += 1
+        if batches == 1:
+            return ModelProcessDied("killed with the batch in it")
+        second_batch.set()  # the job was handed back and claimed again: look at the quota now
+        proceed.wait(GUARD_S)
+        return None
+
+    fake.raise_when = first_batch_dies
+    settings = load_settings(None, {}).replace("jobs", max_running_per_principal=1)
+    app = create_app(settings, fake)
+    state: Runtime = app.state.captioner
+    caller = "ip:198.51.100.7"
+    async with app.router.lifespan_context(app):
+        while not state.ready:
+            await asyncio.sleep(0.01)
+
+        async def is_open(job_id: str) -> bool:
+            job = await state.jobs.queue.get(job_id)
+            return job is not None and job.status == "processing"
+
+        place = await state.job_quota.reserve(caller, is_open)
+        request = JobRequest("a" * 32, None, 1, image=b"an image")
+        await state.jobs.submit(request, idempotency_key=None)
+        place.bind(request.job_id, len(b"an image"))
+        assert await asyncio.to_thread(second_batch.wait, GUARD_S)
+        counted_while_handed_back = state.job_quota.outstanding(caller)
+        proceed.set()
+
+        async def ended() -> None:
+            while (job := await state.jobs.queue.get(request.job_id)) is None or job.status == "processing":
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(ended(), GUARD_S)
+        final = await state.jobs.queue.get(request.job_id)
+    assert counted_while_handed_back == 1
+    assert final is not None and final.status == "success"
+    assert state.job_quota.outstanding(caller) == 0  # the run that succeeded ended it
