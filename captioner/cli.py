@@ -10,11 +10,11 @@ from captioner import __version__
 from captioner.config import ROLES, ConfigError, Settings
 from captioner.tools.caption.command import add_caption_command
 from captioner.tools.command_line import add_config_argument, settings_of
+from captioner.tools.data_command import add_data_commands
 from captioner.tools.drift_reference import add_drift_commands
 from captioner.tools.eval.command import add_eval_command
 from captioner.tools.feedback_export import add_feedback_commands
 from captioner.tools.models.command import add_models_command
-from captioner.tools.synth import add_data_commands
 from captioner.tools.train.command import add_train_commands
 
 

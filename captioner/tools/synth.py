@@ -245,10 +245,8 @@ def write_dataset(out: Path, images: int, seed: int = 0, side: int = 128, diffic
     return path
 
 
-def add_data_commands(commands: Any) -> None:
-    """Register ``data synth`` on the top-level subparsers ``commands``."""
-    data = commands.add_parser("data", help="data set tools")
-    actions = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+def add_synth_command(actions: Any) -> None:
+    """Register ``synth`` on the ``data`` command's subparsers ``actions``."""
     synth = add_command(
         actions,
         "synth",
