@@ -37,7 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     init = commands.add_parser("init-model", help="write an untrained BLIP (random weights) for tests and benchmarks")
-    init.add_argument("--size", choices=("tiny", "small", "base"), default="tiny")
+    # init_model.SIZES (not imported here: it imports torch, kept off `captioner --help`).
+    init.add_argument(
+        "--size",
+        choices=("tiny", "mini", "small", "base"),
+        default="tiny",
+        help="tiny: tests; mini: a CPU teacher (trains in minutes); small: a CPU benchmark; base: BLIP-base's shape",
+    )
     init.add_argument("--out", required=True, help="folder to write the model into")
     init.add_argument("--seed", type=int, default=0)
     init.set_defaults(run=_init_model)
