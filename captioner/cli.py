@@ -10,11 +10,11 @@ from captioner import __version__
 from captioner.config import ROLES, ConfigError, Settings
 from captioner.tools.caption.command import add_caption_command
 from captioner.tools.command_line import add_config_argument, settings_of
+from captioner.tools.data_command import add_data_commands
 from captioner.tools.drift_reference import add_drift_commands
 from captioner.tools.eval.command import add_eval_command
 from captioner.tools.feedback_export import add_feedback_commands
 from captioner.tools.models.command import add_models_command
-from captioner.tools.synth import add_data_commands
 from captioner.tools.train.command import add_train_commands
 
 
@@ -37,7 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     init = commands.add_parser("init-model", help="write an untrained BLIP (random weights) for tests and benchmarks")
-    init.add_argument("--size", choices=("tiny", "small", "base"), default="tiny")
+    # init_model.SIZES (not imported here: it imports torch, kept off `captioner --help`).
+    init.add_argument(
+        "--size",
+        choices=("tiny", "mini", "small", "base"),
+        default="tiny",
+        help="tiny: tests; mini: a CPU teacher (trains in minutes); small: a CPU benchmark; base: BLIP-base's shape",
+    )
     init.add_argument("--out", required=True, help="folder to write the model into")
     init.add_argument("--seed", type=int, default=0)
     init.set_defaults(run=_init_model)

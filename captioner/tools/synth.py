@@ -14,7 +14,13 @@ that tests check against) and ``annotations`` (``id``, ``image_id``, ``caption``
 references per image. Every caption names the colour and the shape, so no caption is right for every image.
 The vocabulary is small (about 40 words) so that even the ``init-model --size tiny`` model learns it in seconds.
 
+``--difficulty hard`` draws the same scenes, with the same captions, so that a small model gets many of them
+wrong (``synth_hard``: smaller objects, colours pulled toward the background, a gradient and noise, grey clutter,
+a slight blur); ``mixed`` draws each image easy or hard by a coin of its own, and both record each image's
+``difficulty`` in its entry, so scores can be split by it. The default, ``easy``, draws the plain scenes above.
+
 The same ``--seed`` gives the same bytes; image ``i`` depends only on the seed and ``i``, not on ``--images``.
+Image ``i`` shows the same scene, with the same captions, whatever the difficulty.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from captioner.tools import synth_hard
 from captioner.tools.command_line import add_command
 
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -64,6 +71,7 @@ _EXTENT = {"small": ((0.28, 0.34), (0.22, 0.26)), "large": ((0.44, 0.52), (0.28,
 _COLOR_JITTER = 20
 _SUPERSAMPLE = 2  # drawn at twice the size and downsampled: anti-aliased edges, as in a photo
 REFERENCES_PER_IMAGE = 5
+DIFFICULTIES = ("easy", "hard", "mixed")
 
 # Caption templates: {n} count word, {c} colour, {s} shape (plural for groups), {z} size word, {b} background,
 # {w} where a single object is. Each image gets REFERENCES_PER_IMAGE of them, so its references differ in wording.
@@ -125,13 +133,26 @@ def captions_for(scene: Scene, rng: random.Random) -> list[str]:
     return [t.format(z=rng.choice(_SIZE_WORDS[scene.size]), **words) for t in templates]
 
 
-def render(scene: Scene, rng: random.Random, side: int = 128) -> Image.Image:
-    """Draw ``scene`` as a ``side`` x ``side`` RGB image."""
+def render(scene: Scene, rng: random.Random, side: int = 128, hard: random.Random | None = None) -> Image.Image:
+    """Draw ``scene`` as a ``side`` x ``side`` RGB image; in the hard style (``synth_hard``) when ``hard`` is given.
+
+    Both styles draw the same values from ``rng``, in the same order (background, colour, layout): what ``rng``
+    gives next (the captions) is then the same for an image's easy and hard renderings. ``hard`` is the hard
+    style's own RNG.
+    """
     big = side * _SUPERSAMPLE
-    image = Image.new("RGB", (big, big), _jitter(BACKGROUNDS[scene.background], rng, 8))
-    draw = ImageDraw.Draw(image)
+    backdrop = _jitter(BACKGROUNDS[scene.background], rng, 8)
     fill = _jitter(COLORS[scene.color], rng, _COLOR_JITTER)  # one colour per scene: "two red squares" match
-    for cx, cy, extent in _layout(scene, rng):
+    layout = _layout(scene, rng)
+    if hard is None:
+        image = Image.new("RGB", (big, big), backdrop)
+    else:
+        image = synth_hard.background(backdrop, big, hard)
+        synth_hard.draw_clutter(image, backdrop, hard)
+        fill = synth_hard.pull(fill, backdrop, hard)
+        layout = [(cx, cy, extent * synth_hard.SCALE) for cx, cy, extent in layout]
+    draw = ImageDraw.Draw(image)
+    for cx, cy, extent in layout:
         half = extent * big / 2
         x, y = cx * big, cy * big
         if scene.shape == "circle":
@@ -140,7 +161,8 @@ def render(scene: Scene, rng: random.Random, side: int = 128) -> Image.Image:
             draw.rectangle((x - half, y - half, x + half, y + half), fill=fill)
         else:
             draw.polygon([(x, y - half), (x - half, y + half), (x + half, y + half)], fill=fill)
-    return image.resize((side, side), Image.Resampling.LANCZOS)
+    image = image.resize((side, side), Image.Resampling.LANCZOS)
+    return image if hard is None else synth_hard.degrade(image, hard)
 
 
 def _layout(scene: Scene, rng: random.Random) -> list[tuple[float, float, float]]:
@@ -171,10 +193,29 @@ def _jitter(rgb: tuple[int, int, int], rng: random.Random, amount: int) -> tuple
     return r, g, b
 
 
-def write_dataset(out: Path, images: int, seed: int = 0, side: int = 128) -> Path:
-    """Write ``images`` scenes as PNGs under ``out`` and their captions to ``out/captions.json``; return its path."""
+def is_hard(difficulty: str, seed: int, index: int) -> bool:
+    """Whether image ``index`` of a ``difficulty`` set is drawn in the hard style.
+
+    In a mixed set a coin of its own (seeded on the seed and the index, apart from the scene's RNG) decides, so
+    the scene at each index is the easy set's, and a mixed set is half easy, half hard.
+    """
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
+    if difficulty == "mixed":
+        return random.Random(f"captioner-synth-difficulty:{seed}:{index}").random() < 0.5
+    return difficulty == "hard"
+
+
+def write_dataset(out: Path, images: int, seed: int = 0, side: int = 128, difficulty: str = "easy") -> Path:
+    """Write ``images`` scenes as PNGs under ``out`` and their captions to ``out/captions.json``; return its path.
+
+    An easy set is what this wrote before difficulties existed, byte for byte. Hard and mixed sets record each
+    image's difficulty in its entry (``"difficulty": "easy" | "hard"``) and the set's in ``info``.
+    """
     if images < 1:
         raise ValueError("--images must be at least 1")
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
     out.mkdir(parents=True, exist_ok=True)
     entries: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
@@ -182,28 +223,30 @@ def write_dataset(out: Path, images: int, seed: int = 0, side: int = 128) -> Pat
         # A string seed is hashed with SHA-512 (not Python's randomised hash): the same on every run and machine.
         rng = random.Random(f"captioner-synth:{seed}:{index}")
         scene = random_scene(rng)
+        hard = is_hard(difficulty, seed, index)
+        style = random.Random(f"captioner-synth-hard:{seed}:{index}") if hard else None
         file_name = f"{index:06d}.png"
         buffer = io.BytesIO()
-        render(scene, rng, side).save(buffer, format="PNG")
+        render(scene, rng, side, style).save(buffer, format="PNG")
         (out / file_name).write_bytes(buffer.getvalue())
-        entries.append({"id": index, "file_name": file_name, "width": side, "height": side, "scene": asdict(scene)})
+        entry = {"id": index, "file_name": file_name, "width": side, "height": side, "scene": asdict(scene)}
+        if difficulty != "easy":  # an easy set keeps its old bytes; a reader takes a missing value as easy
+            entry["difficulty"] = "hard" if hard else "easy"
+        entries.append(entry)
         for caption in captions_for(scene, rng):
             annotations.append({"id": len(annotations), "image_id": index, "caption": caption})
     path = out / "captions.json"
-    document = {
-        "info": {"description": "captioner synthetic shapes", "seed": seed, "version": 1},
-        "images": entries,
-        "annotations": annotations,
-    }
+    info: dict[str, Any] = {"description": "captioner synthetic shapes", "seed": seed, "version": 1}
+    if difficulty != "easy":
+        info["difficulty"] = difficulty
+    document = {"info": info, "images": entries, "annotations": annotations}
     # Written last: a folder with captions.json is a complete set.
     path.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
     return path
 
 
-def add_data_commands(commands: Any) -> None:
-    """Register ``data synth`` on the top-level subparsers ``commands``."""
-    data = commands.add_parser("data", help="data set tools")
-    actions = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+def add_synth_command(actions: Any) -> None:
+    """Register ``synth`` on the ``data`` command's subparsers ``actions``."""
     synth = add_command(
         actions,
         "synth",
@@ -214,6 +257,13 @@ def add_data_commands(commands: Any) -> None:
     synth.add_argument("--images", required=True, type=int, metavar="N", help="how many images")
     synth.add_argument("--seed", type=int, default=0, help="the same seed gives the same set (default 0)")
     synth.add_argument("--side", type=int, default=128, metavar="PX", help="image width and height (default 128)")
+    synth.add_argument(
+        "--difficulty",
+        choices=DIFFICULTIES,
+        default="easy",
+        help="easy: plain scenes; hard: small, low-contrast objects on noisy ground; mixed: each image either "
+        "(default easy)",
+    )
     run: Callable[[argparse.Namespace], int] = _synth
     synth.set_defaults(run=run)
 
@@ -222,7 +272,7 @@ def _synth(args: argparse.Namespace) -> int:
     if args.images < 1 or args.side < 16:
         print("data synth: --images must be at least 1 and --side at least 16", file=sys.stderr)
         return 2
-    path = write_dataset(args.out, args.images, seed=args.seed, side=args.side)
+    path = write_dataset(args.out, args.images, seed=args.seed, side=args.side, difficulty=args.difficulty)
     print(f"wrote {args.images} images and {args.images * REFERENCES_PER_IMAGE} captions to {args.out}")
     print(f"score a model on it with: captioner eval --annotations {path} --images {args.out}")
     return 0

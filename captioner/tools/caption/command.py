@@ -143,7 +143,7 @@ async def open_backend(
 def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``caption`` and ``eval``: local batching, or a server to send the images to."""
     parser.add_argument(
-        "--batch-size", type=_positive, help="images per generate call, locally (default: batching.max_batch_size)"
+        "--batch-size", type=positive, help="images per generate call, locally (default: batching.max_batch_size)"
     )
     parser.add_argument(
         "--server", metavar="URL", help="send the images to this running server instead of loading the model here"
@@ -151,9 +151,7 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--api-key", default=default_api_key(), help="API key for --server (default: $CAPTIONER_API_KEY)"
     )
-    parser.add_argument(
-        "--concurrency", type=_positive, default=8, help="requests in flight with --server (default: 8)"
-    )
+    parser.add_argument("--concurrency", type=positive, default=8, help="requests in flight with --server (default: 8)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -161,7 +159,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", help="results file, .jsonl or .csv (default: JSON Lines on stdout); paths already in it are skipped"
     )
-    parser.add_argument("--num-captions", type=_positive, help="captions per image (default: generation.num_captions)")
+    parser.add_argument("--num-captions", type=positive, help="captions per image (default: generation.num_captions)")
     add_client_arguments(parser)
 
 
@@ -240,7 +238,8 @@ def _report(failure: Failure, write: Callable[..., Any]) -> None:
     write(f"failed: {failure.path}: {failure.code}: {failure.message}", file=sys.stderr)
 
 
-def _positive(text: str) -> int:
+def positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a usage error, exit 2, otherwise)."""
     try:
         value = int(text)
     except ValueError:

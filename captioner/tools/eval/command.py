@@ -3,8 +3,9 @@
     captioner eval --annotations captions_val2017.json --images val2017/ --out report.json
 
 The annotations file is COCO's captions format: ``images`` (each with ``id`` and ``file_name``, relative to
-``--images``) and ``annotations`` (each with ``image_id`` and ``caption``). Every image with at least one
-reference is captioned (the top caption, offline or through ``--server``, with the same batching as
+``--images``) and ``annotations`` (each with ``image_id`` and ``caption``). A Karpathy split file takes its
+place with ``--karpathy dataset_coco.json --split test --images ROOT`` (see ``references``). Every image with at
+least one reference is captioned (the top caption, offline or through ``--server``, with the same batching as
 ``captioner caption``) and scored with pycocoevalcap (see ``coco_scores``): BLEU-1..4, ROUGE-L and CIDEr
 always, METEOR when Java is installed. Without Java the report and stderr say so, and a pure-Python stand-in
 replaces the Java PTB tokenizer.
@@ -21,8 +22,6 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Hashable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,65 +31,18 @@ from captioner.tools.caption.backends import BackendUnavailable
 from captioner.tools.caption.command import Failure, add_client_arguments, caption_files, open_backend
 from captioner.tools.caption.output import CaptionRecord, path_key
 from captioner.tools.command_line import add_command, runs
+from captioner.tools.eval.annotations import AnnotationsError, EvalImage, load_annotations
+from captioner.tools.eval.references import References, add_reference_arguments, references_of
 
-
-class AnnotationsError(ValueError):
-    """The annotations file is not usable COCO captions JSON; the message says where."""
-
-
-@dataclass(frozen=True)
-class EvalImage:
-    image_id: Hashable
-    file_name: str
-    references: tuple[str, ...]
-
-
-def load_annotations(path: Path) -> tuple[list[EvalImage], list[str]]:
-    """The images that have references, and notes about anything left out."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise AnnotationsError(f"--annotations {path}: cannot read it ({exc.strerror})") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AnnotationsError(f"--annotations {path}: not valid JSON ({exc})") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise AnnotationsError(f"--annotations {path}: expected COCO captions JSON with an 'images' list")
-    if not isinstance(data.get("annotations"), list):
-        raise AnnotationsError(f"--annotations {path}: expected an 'annotations' list")
-    files: dict[Hashable, str] = {}
-    for index, image in enumerate(data["images"]):
-        if not isinstance(image, dict) or "id" not in image or not isinstance(image.get("file_name"), str):
-            raise AnnotationsError(f"--annotations {path}: images[{index}] needs 'id' and 'file_name'")
-        files[_hashable(image["id"])] = image["file_name"]
-    references: dict[Hashable, list[str]] = {}
-    orphans = 0
-    for index, annotation in enumerate(data["annotations"]):
-        if not isinstance(annotation, dict) or not isinstance(annotation.get("caption"), str):
-            raise AnnotationsError(f"--annotations {path}: annotations[{index}] needs 'image_id' and 'caption'")
-        image_id = _hashable(annotation.get("image_id"))
-        if image_id not in files:
-            orphans += 1
-            continue
-        references.setdefault(image_id, []).append(annotation["caption"])
-    notes = []
-    if orphans:
-        notes.append(f"{orphans} annotations name an image id that 'images' lacks; ignored")
-    unreferenced = len(files) - len(references)
-    if unreferenced:
-        notes.append(f"{unreferenced} images have no reference caption; left out")
-    images = [EvalImage(i, files[i], tuple(refs)) for i, refs in references.items()]
-    return images, notes
-
-
-def _hashable(value: Any) -> Hashable:
-    if isinstance(value, int | str):
-        return value
-    raise AnnotationsError(f"image ids must be integers or strings, got {value!r}")
+# load_annotations and AnnotationsError are also imported from here by other modules and tests.
+__all__ = ["AnnotationsError", "EvalImage", "add_eval_command", "evaluate_set", "load_annotations"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--annotations", required=True, type=Path, help="COCO captions JSON (images + annotations)")
-    parser.add_argument("--images", required=True, type=Path, help="folder the images' file_name values are in")
+    add_reference_arguments(parser, annotations_help="COCO captions JSON (images + annotations)")
+    parser.add_argument(
+        "--images", required=True, type=Path, help="folder the images' file_name values (Karpathy: filepaths) are in"
+    )
     parser.add_argument("--out", type=Path, help="where to write the JSON report (default: stdout)")
 
 
@@ -112,7 +64,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         report = await evaluate_set(
             settings,
-            args.annotations,
+            references_of(args),
             args.images,
             server=args.server,
             api_key=args.api_key,
@@ -132,7 +84,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 async def evaluate_set(
     settings: Settings,
-    annotations: Path,
+    annotations: Path | References,
     images_dir: Path,
     *,
     server: str | None = None,
@@ -140,7 +92,9 @@ async def evaluate_set(
     batch_size: int | None = None,
     concurrency: int = 8,
 ) -> dict[str, Any]:
-    """Caption every referenced image of a COCO-format set with ``settings``' model (or ``server``) and score it.
+    """Caption every referenced image of a set with ``settings``' model (or ``server``) and score it.
+
+    ``annotations`` is a COCO captions file, or ``References`` (either that or a Karpathy split).
 
     Returns the report that ``captioner eval`` writes; raises ``AnnotationsError`` for an unusable annotations
     file and ``BackendUnavailable`` / ``CaptionerError`` when no captions can be had at all. The deploy gate
@@ -151,9 +105,10 @@ async def evaluate_set(
     from captioner.tools.eval.coco_scores import find_java, score_captions
 
     started = time.monotonic()
-    images, notes = load_annotations(annotations)
+    source = annotations if isinstance(annotations, References) else References(annotations)
+    images, notes = source.load()
     if not images:
-        raise AnnotationsError(f"--annotations {annotations}: no image has a reference caption")
+        raise AnnotationsError(f"{source}: no image has a reference caption")
     by_path: dict[str, list[EvalImage]] = {}
     for image in images:
         by_path.setdefault(path_key(str(images_dir / image.file_name)), []).append(image)
@@ -189,7 +144,8 @@ async def evaluate_set(
 
     captioned = [(image, records[key]) for key, group in by_path.items() if key in records for image in group]
     report: dict[str, Any] = {
-        "annotations": str(annotations),
+        "annotations": str(source.path),
+        "split": source.split,  # None for a COCO captions file
         "images_dir": str(images_dir),
         "model": backend.model,
         "server": server,

@@ -23,8 +23,9 @@ from captioner.errors import CaptionerError
 from captioner.registry.aliases import now_iso
 from captioner.registry.store import Registry, Version
 from captioner.tools.caption.backends import BackendUnavailable
+from captioner.tools.eval.annotations import AnnotationsError, load_annotations
 from captioner.tools.eval.coco_scores import find_java
-from captioner.tools.eval.command import AnnotationsError, evaluate_set, load_annotations
+from captioner.tools.eval.command import evaluate_set
 
 
 class GateUnavailable(Exception):

@@ -1,7 +1,8 @@
-"""``captioner train``: fine-tune a BLIP captioner on COCO-format captions.
+"""``captioner train``: fine-tune a BLIP captioner on COCO-format captions (or a Karpathy split).
 
     captioner train --annotations train.json --images train/ \\
         --val-annotations val.json --val-images val/ --out models/blip-ft
+    captioner train --karpathy dataset_coco.json --split train --images coco/ --out models/blip-ft
 
 It starts from the config's ``model.path`` (downloading ``model.name`` there first, as ``serve`` does) or from
 ``--base PATH``, and runs transformers' ``Trainer`` (with accelerate), so mixed precision (``--precision``),
@@ -28,6 +29,7 @@ from typing import Any
 from captioner.config import Settings
 from captioner.model.weights import UNTRAINED_MARKER, WeightsUnavailable, ensure_weights, has_weights
 from captioner.tools.command_line import add_command, runs
+from captioner.tools.eval.references import add_reference_arguments, references_of
 
 # torch, transformers and the modules that import them load inside the functions: `captioner --help` stays light.
 
@@ -49,7 +51,7 @@ def add_train_commands(commands: Any) -> None:
         doc=__doc__,
     )
     data = parser.add_argument_group("data and model")
-    data.add_argument("--annotations", required=True, type=Path, help="training captions, COCO format")
+    add_reference_arguments(data, annotations_help="training captions, COCO format")
     data.add_argument("--images", required=True, type=Path, help="folder the training file_names are in")
     data.add_argument("--val-annotations", type=Path, help="validation captions, COCO format")
     data.add_argument("--val-images", type=Path, help="folder the validation file_names are in")
@@ -95,6 +97,10 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def check_arguments(args: argparse.Namespace) -> None:
+    try:
+        references_of(args)  # --split goes with --karpathy, and --karpathy needs it
+    except ValueError as exc:
+        raise TrainError(str(exc)) from exc
     if (args.val_annotations is None) != (args.val_images is None):
         raise TrainError("--val-annotations and --val-images go together")
     positive = {"--batch-size": args.batch_size, "--grad-accum": args.grad_accum, "--logging-steps": args.logging_steps}
@@ -188,12 +194,12 @@ def train(args: argparse.Namespace, settings: Settings) -> Path | None:
         raise TrainError(f"{checkpoints} holds checkpoints of an earlier run: add --resume, or choose another --out")
 
     try:
-        train_set = CaptionSet.load(args.annotations, args.images)
+        train_set = CaptionSet.load(references_of(args), args.images)
         val_set = CaptionSet.load(args.val_annotations, args.val_images) if args.val_annotations else None
     except ValueError as exc:  # AnnotationsError: names the file and what is wrong
         raise TrainError(str(exc)) from exc
     if not train_set.images:
-        raise TrainError(f"--annotations {args.annotations}: no image has a caption")
+        raise TrainError(f"{references_of(args)}: no image has a caption")
     if val_set is not None and args.max_val_images > 0:
         val_set = CaptionSet(val_set.images[: args.max_val_images], val_set.image_dir, val_set.notes)
 

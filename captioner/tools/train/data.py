@@ -1,4 +1,5 @@
-"""Training data for ``captioner train``: COCO captions -> lazily read images -> BLIP's captioning batches.
+"""Training data for ``captioner train``: COCO captions (or a Karpathy split) -> lazily read images -> BLIP's
+captioning batches.
 
 - ``CaptionDataset`` holds only (path, caption) pairs: each item reads its file from disk when the DataLoader
   (in its worker processes) asks for it, so a set of any size streams and is never held in memory.
@@ -21,7 +22,8 @@ import torch
 from torch.utils.data import Dataset
 
 from captioner.model.preprocessing import ImagePreprocessor
-from captioner.tools.eval.command import EvalImage, load_annotations
+from captioner.tools.eval.annotations import EvalImage
+from captioner.tools.eval.references import References
 
 IGNORE_INDEX = -100  # what torch's CrossEntropyLoss (and BLIP's LM head) leaves out of the loss
 # BLIP's own fine-tuning caps captions at 30 words (pre_caption's max_words); 64 tokens leave room for sub-words.
@@ -41,15 +43,17 @@ def clean_caption(caption: str) -> str:
 
 @dataclass(frozen=True)
 class CaptionSet:
-    """A COCO captions file resolved against its image folder."""
+    """A COCO captions file, or a Karpathy split, resolved against its image folder."""
 
     images: list[EvalImage]
     image_dir: Path
     notes: list[str]
 
     @classmethod
-    def load(cls, annotations: Path, image_dir: Path) -> CaptionSet:
-        images, notes = load_annotations(annotations)  # the same reader as `captioner eval`
+    def load(cls, annotations: Path | References, image_dir: Path) -> CaptionSet:
+        """``annotations``: a COCO captions file, or ``References`` (that or a Karpathy split file's split)."""
+        source = annotations if isinstance(annotations, References) else References(annotations)
+        images, notes = source.load()  # the same readers as `captioner eval`
         return cls(images, image_dir, notes)
 
     def pairs(self) -> list[tuple[str, str]]:

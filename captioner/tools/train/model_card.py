@@ -21,6 +21,7 @@ from captioner import __version__
 from captioner.config import Settings
 from captioner.model.weights import is_untrained
 from captioner.registry.store import CARD, weights_sha256  # one weights hash, shared with the registry
+from captioner.tools.eval.references import References, references_of
 from captioner.tools.train.data import CaptionSet
 
 CARD_VERSION = 1
@@ -106,8 +107,8 @@ def build_card(
             "untrained": is_untrained(base),
         },
         "data": {
-            "train": _data(train_set, args.annotations),
-            "validation": _data(val_set, args.val_annotations) if val_set is not None else None,
+            "train": _data(train_set, references_of(args)),
+            "validation": _data(val_set, References(args.val_annotations)) if val_set is not None else None,
         },
         "arguments": arguments,
         "training": {
@@ -132,10 +133,13 @@ def build_card(
     }
 
 
-def _data(captions: CaptionSet, annotations: Path) -> dict[str, Any]:
-    return data_entry(
-        annotations, captions.image_dir, num_images=len(captions.images), num_captions=captions.num_captions
+def _data(captions: CaptionSet, source: References) -> dict[str, Any]:
+    entry = data_entry(
+        source.path, captions.image_dir, num_images=len(captions.images), num_captions=captions.num_captions
     )
+    if source.split is not None:  # a Karpathy split file: which of its splits was read
+        entry["split"] = source.split
+    return entry
 
 
 def write_card(out: Path, card: Mapping[str, Any]) -> Path:

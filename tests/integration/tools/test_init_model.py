@@ -144,3 +144,24 @@ def test_base_writes_and_loads_with_blip_base_shapes(tmp_path: Path) -> None:
         assert len(processor.tokenizer) == 30524
     finally:
         shutil.rmtree(out, ignore_errors=True)  # don't leave 900 MB in pytest's kept temp folders
+
+
+def test_mini_writes_loads_and_captions_with_its_own_shape(tmp_path: Path) -> None:
+    """``--size mini``: between tiny and small, the 8 x 8 patch grid of a 128 px image, and sensible captions."""
+    out = write_untrained_model(tmp_path / "mini", size="mini", seed=0)
+    processor, model = load(out)
+    shapes = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    assert shapes["vision_model.embeddings.patch_embedding.weight"] == (192, 3, 16, 16)
+    assert shapes["vision_model.embeddings.position_embedding"] == (1, 65, 192)  # 8 x 8 patches and the class
+    assert shapes["vision_model.encoder.layers.3.mlp.fc1.weight"] == (768, 192)
+    assert shapes["text_decoder.bert.encoder.layer.3.crossattention.self.key.weight"] == (192, 192)
+    assert "text_decoder.bert.encoder.layer.4.crossattention.self.key.weight" not in shapes
+    assert model.config.text_config.num_attention_heads == model.config.vision_config.num_attention_heads == 4
+    assert processor.image_processor.size == {"height": 128, "width": 128}
+    assert len(processor.tokenizer) == len(build_vocab("mini")) + 2
+    # Several times tiny (under a million) and a fraction of small (about 18 million) in parameters.
+    assert 3_000_000 < sum(p.numel() for p in model.parameters()) < 8_000_000
+    assert json.loads((out / UNTRAINED_MARKER).read_text().splitlines()[-1]) == {"size": "mini", "seed": 0}
+    images = synthetic_images()
+    captions = caption(processor, model, images)
+    assert all(captions) and len(set(captions)) >= len(images) - 3, captions
