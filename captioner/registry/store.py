@@ -164,7 +164,9 @@ class Registry:
             "created": now_iso(),
             "command": command,
             "source": str(source.resolve()),
-            "parent": parent if parent is not None else self._parent_from_card(card),
+            "parent": parent if parent is not None else self._lineage(card.get("parent")),
+            # A distilled model's teacher (training card's distilled_from), resolved the same way as the parent.
+            "distilled_from": self._lineage(card.get("distilled_from")),
             "weights_sha256": weights_sha256(model),
             "untrained": is_untrained(model),
             "card": CARD if card else None,
@@ -177,9 +179,9 @@ class Registry:
             "rollbacks": [],
         }
 
-    def _parent_from_card(self, card: dict[str, Any]) -> str | None:
-        """The registered version whose weights the run started from, else the card's parent name or path."""
-        parent = card.get("parent")
+    def _lineage(self, parent: Any) -> str | None:
+        """The registered version whose weights a card's model entry (parent, teacher) names, else its name or
+        path."""
         if not isinstance(parent, dict):
             return None
         wanted = parent.get("weights_sha256")

@@ -40,9 +40,10 @@ class References:
         return f"--karpathy {self.path} --split {self.split}"
 
 
-def add_reference_arguments(parser: Any, *, annotations_help: str) -> None:
-    """``--annotations FILE`` or ``--karpathy FILE --split SPLIT`` (one of them is required) on ``parser``."""
-    choice = parser.add_mutually_exclusive_group(required=True)
+def add_reference_arguments(parser: Any, *, annotations_help: str, required: bool = True) -> None:
+    """``--annotations FILE`` or ``--karpathy FILE --split SPLIT`` on ``parser``; one of them is ``required``
+    (``train --teacher`` makes them optional: the caller then checks that it has captions from somewhere)."""
+    choice = parser.add_mutually_exclusive_group(required=required)
     choice.add_argument("--annotations", type=Path, metavar="FILE", help=annotations_help)
     choice.add_argument(
         "--karpathy", type=Path, metavar="FILE", help="a Karpathy split file (dataset_coco.json, ...) instead"
@@ -52,10 +53,20 @@ def add_reference_arguments(parser: Any, *, annotations_help: str) -> None:
 
 def references_of(args: argparse.Namespace) -> References:
     """The references ``args`` name; an ``AnnotationsError`` (a usage error) for ``--split`` without ``--karpathy``
-    or the other way round."""
+    or the other way round, or for neither file (see ``optional_references_of``)."""
+    found = optional_references_of(args)
+    if found is None:
+        raise AnnotationsError("give --annotations FILE or --karpathy FILE --split SPLIT")
+    return found
+
+
+def optional_references_of(args: argparse.Namespace) -> References | None:
+    """As ``references_of``, but None when neither ``--annotations`` nor ``--karpathy`` was given."""
     if args.karpathy is None:
         if args.split is not None:
             raise AnnotationsError("--split goes with --karpathy (a COCO --annotations file has no splits)")
+        if args.annotations is None:
+            return None
         return References(args.annotations)
     if args.split is None:
         raise AnnotationsError(f"--karpathy {args.karpathy}: say which split to read with --split {'|'.join(SPLITS)}")

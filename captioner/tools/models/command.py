@@ -118,6 +118,7 @@ def version_summary(version: Version, aliases: Aliases) -> dict[str, Any]:
         "version": version.number,
         "aliases": aliases.of(version.number),
         "parent": version.meta.get("parent"),
+        "distilled_from": version.meta.get("distilled_from"),  # a distilled model's teacher
         "scores": version.scores,
         "created": version.meta.get("created"),
         "untrained": bool(version.meta.get("untrained")),

@@ -3,6 +3,11 @@
     captioner train --annotations train.json --images train/ \\
         --val-annotations val.json --val-images val/ --out models/blip-ft
     captioner train --karpathy dataset_coco.json --split train --images coco/ --out models/blip-ft
+    captioner train --teacher models/blip-large --images unlabeled/ --base models/mini --out models/student
+
+With ``--teacher DIR`` it distils: the teacher's beam captions of every image under ``--images`` are the targets,
+mixed per image with the human references when ``--annotations`` (or ``--karpathy``) are given as well (see
+``distillation``); ``--annotations`` is then optional. The card names the teacher (``distilled_from``).
 
 It starts from the config's ``model.path`` (downloading ``model.name`` there first, as ``serve`` does) or from
 ``--base PATH``, and runs transformers' ``Trainer`` (with accelerate), so mixed precision (``--precision``),
@@ -24,18 +29,24 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from captioner.config import Settings
 from captioner.model.weights import UNTRAINED_MARKER, WeightsUnavailable, ensure_weights, has_weights
 from captioner.tools.command_line import add_command, runs
-from captioner.tools.eval.references import add_reference_arguments, references_of
+from captioner.tools.eval.annotations import EvalImage
+from captioner.tools.eval.references import add_reference_arguments, optional_references_of
 
 # torch, transformers and the modules that import them load inside the functions: `captioner --help` stays light.
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Files a processor's save_pretrained may leave out that older readers of a BLIP folder look for.
 _EXTRA_PROCESSOR_FILES = ("vocab.txt",)
+
+
+if TYPE_CHECKING:
+    from captioner.tools.train.data import CaptionSet
+    from captioner.tools.train.distillation import TeacherLabels
 
 
 class TrainError(RuntimeError):
@@ -51,8 +62,16 @@ def add_train_commands(commands: Any) -> None:
         doc=__doc__,
     )
     data = parser.add_argument_group("data and model")
-    add_reference_arguments(data, annotations_help="training captions, COCO format")
+    add_reference_arguments(
+        data, annotations_help="training captions, COCO format (optional with --teacher)", required=False
+    )
     data.add_argument("--images", required=True, type=Path, help="folder the training file_names are in")
+    data.add_argument(
+        "--teacher", type=Path, metavar="DIR", help="distil: train on this model's captions of every image in --images"
+    )
+    data.add_argument(
+        "--teacher-captions", type=int, default=1, metavar="K", help="with --teacher: its top K captions per image"
+    )
     data.add_argument("--val-annotations", type=Path, help="validation captions, COCO format")
     data.add_argument("--val-images", type=Path, help="folder the validation file_names are in")
     data.add_argument("--max-val-images", type=int, default=0, metavar="N", help="score at most N (0: all)")
@@ -98,9 +117,14 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
 
 def check_arguments(args: argparse.Namespace) -> None:
     try:
-        references_of(args)  # --split goes with --karpathy, and --karpathy needs it
+        references = optional_references_of(args)  # --split goes with --karpathy, and --karpathy needs it
     except ValueError as exc:
         raise TrainError(str(exc)) from exc
+    if references is None and args.teacher is None:
+        raise TrainError("give the captions to train on: --annotations FILE (or --karpathy FILE --split SPLIT), "
+                         "or --teacher DIR to train on a teacher's captions of --images")  # fmt: skip
+    if args.teacher_captions < 1:
+        raise TrainError(f"--teacher-captions must be at least 1, got {args.teacher_captions}")
     if (args.val_annotations is None) != (args.val_images is None):
         raise TrainError("--val-annotations and --val-images go together")
     positive = {"--batch-size": args.batch_size, "--grad-accum": args.grad_accum, "--logging-steps": args.logging_steps}
@@ -183,9 +207,13 @@ def train(args: argparse.Namespace, settings: Settings) -> Path | None:
     from captioner.tools.train.evaluation import CaptioningTrainer, CaptionScorer
 
     base = _base_model(args, settings)
+    if args.teacher is not None and not has_weights(args.teacher):
+        raise TrainError(f"--teacher {args.teacher}: no model there (config.json and weights)")
     out: Path = args.out
     if out.resolve() == base.resolve():
         raise TrainError(f"--out {out} is the base model's folder; write the trained model somewhere else")
+    if args.teacher is not None and out.resolve() == args.teacher.resolve():
+        raise TrainError(f"--out {out} is the teacher's folder; write the trained model somewhere else")
     checkpoints = out / "checkpoints"
     earlier = sorted(checkpoints.glob("checkpoint-*"))
     if args.resume and not earlier:
@@ -194,12 +222,10 @@ def train(args: argparse.Namespace, settings: Settings) -> Path | None:
         raise TrainError(f"{checkpoints} holds checkpoints of an earlier run: add --resume, or choose another --out")
 
     try:
-        train_set = CaptionSet.load(references_of(args), args.images)
+        train_set, teacher_labels = _training_captions(args, settings)
         val_set = CaptionSet.load(args.val_annotations, args.val_images) if args.val_annotations else None
-    except ValueError as exc:  # AnnotationsError: names the file and what is wrong
+    except ValueError as exc:  # AnnotationsError, DistillationError: names the file and what is wrong
         raise TrainError(str(exc)) from exc
-    if not train_set.images:
-        raise TrainError(f"{references_of(args)}: no image has a caption")
     if val_set is not None and args.max_val_images > 0:
         val_set = CaptionSet(val_set.images[: args.max_val_images], val_set.image_dir, val_set.notes)
 
@@ -238,11 +264,45 @@ def train(args: argparse.Namespace, settings: Settings) -> Path | None:
     _finish_folder(out, base, processor)
     from captioner.tools.train.model_card import build_card, write_card
 
-    card = build_card(args, settings, base=base, out=out, trainer=trainer, train_set=train_set, val_set=val_set)
+    card = build_card(
+        args,
+        settings,
+        base=base,
+        out=out,
+        trainer=trainer,
+        train_set=train_set,
+        val_set=val_set,
+        teacher_labels=teacher_labels,
+    )
     write_card(out, card)
     if not args.keep_checkpoints:
         shutil.rmtree(checkpoints, ignore_errors=True)
     return out
+
+
+def _training_captions(args: argparse.Namespace, settings: Settings) -> tuple[CaptionSet, TeacherLabels | None]:
+    """The training set: the human references, the teacher's captions of ``--images``, or both mixed per image."""
+    from captioner.tools.train.data import CaptionSet
+    from captioner.tools.train.distillation import TEACHER_CAPTIONS, label_with_teacher, mix_references
+
+    references = optional_references_of(args)
+    human: CaptionSet | None = CaptionSet.load(references, args.images) if references is not None else None
+    if args.teacher is None:
+        assert human is not None and references is not None  # check_arguments: one of the two is given
+        if not human.images:
+            raise TrainError(f"{references}: no image has a caption")
+        return human, None
+    labels = label_with_teacher(
+        settings,
+        args.teacher,
+        args.images,
+        args.out / TEACHER_CAPTIONS,
+        captions_per_image=args.teacher_captions,
+        batch_size=args.eval_batch_size or args.batch_size,
+    )
+    human_images: list[EvalImage] = human.images if human is not None else []
+    notes = human.notes if human is not None else []
+    return CaptionSet(mix_references(labels.images, human_images), args.images, notes), labels
 
 
 def _base_model(args: argparse.Namespace, settings: Settings) -> Path:

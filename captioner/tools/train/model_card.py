@@ -3,6 +3,9 @@
 It says where a model came from, so that a registry, a deploy gate or a person can trust or reproduce it:
 the parent model (path, name, weights hash), the data (annotation files' SHA-256), the arguments, the steps,
 the loss curve, the validation scores at every evaluation, the best step, the code revision and the time.
+A distilled model's card also names its teacher (``distilled_from``: path, weights hash, captions per image) and
+the teacher's labels it trained on (``data.train.teacher_labels``); the registry turns the teacher's weights hash
+into its registered version, as it does for the parent.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from captioner import __version__
 from captioner.config import Settings
 from captioner.model.weights import is_untrained
 from captioner.registry.store import CARD, weights_sha256  # one weights hash, shared with the registry
-from captioner.tools.eval.references import References, references_of
+from captioner.tools.eval.references import References, optional_references_of
 from captioner.tools.train.data import CaptionSet
+from captioner.tools.train.distillation import TeacherLabels
 
 CARD_VERSION = 1
 _CHUNK = 1 << 20
@@ -90,6 +94,7 @@ def build_card(
     trainer: Any,
     train_set: CaptionSet,
     val_set: CaptionSet | None,
+    teacher_labels: TeacherLabels | None = None,
 ) -> dict[str, Any]:
     """The card of a finished run, from its arguments, its data and the Trainer's state."""
     state, targs = trainer.state, trainer.args
@@ -107,9 +112,10 @@ def build_card(
             "untrained": is_untrained(base),
         },
         "data": {
-            "train": _data(train_set, references_of(args)),
+            "train": _train_data(train_set, optional_references_of(args), teacher_labels),
             "validation": _data(val_set, References(args.val_annotations)) if val_set is not None else None,
         },
+        "distilled_from": None if teacher_labels is None else distilled_from(teacher_labels, settings),
         "arguments": arguments,
         "training": {
             "prompt": settings.model.prompt,
@@ -131,6 +137,47 @@ def build_card(
         if state.best_global_step is None
         else {"step": state.best_global_step, "metric": targs.metric_for_best_model, "value": state.best_metric},
     }
+
+
+def distilled_from(labels: TeacherLabels, settings: Settings) -> dict[str, Any]:
+    """The teacher of a distilled model: which weights, and how its targets were generated."""
+    generation = settings.generation
+    return {
+        "path": str(labels.teacher),
+        "weights_sha256": weights_sha256(labels.teacher),
+        "untrained": is_untrained(labels.teacher),
+        "captions_per_image": labels.captions_per_image,
+        "num_beams": max(generation.num_beams, labels.captions_per_image),
+        "max_length": generation.max_length,
+        "min_length": generation.min_length,
+    }
+
+
+def _train_data(captions: CaptionSet, human: References | None, labels: TeacherLabels | None) -> dict[str, Any]:
+    if labels is None:
+        assert human is not None  # train: without a teacher the references are required
+        return _data(captions, human)
+    return {
+        "images": str(captions.image_dir),
+        "num_images": len(captions.images),
+        "num_captions": captions.num_captions,
+        "targets": "teacher" if human is None else "teacher+human",
+        "teacher_labels": data_entry(
+            labels.file,
+            captions.image_dir,
+            num_images=len(labels.images),
+            num_captions=sum(len(i.references) for i in labels.images),
+        )
+        | {"num_failed": labels.num_failed},
+        "human": None if human is None else _human_entry(human),
+    }
+
+
+def _human_entry(source: References) -> dict[str, Any]:
+    entry = {"annotations": str(source.path), "annotations_sha256": sha256_file(source.path)}
+    if source.split is not None:
+        entry["split"] = source.split
+    return entry
 
 
 def _data(captions: CaptionSet, source: References) -> dict[str, Any]:

@@ -65,6 +65,18 @@ def test_lineage_and_data_hashes_come_from_the_training_card(tmp_path: Path) -> 
     assert base.meta["parent"] is None
 
 
+def test_a_distilled_models_teacher_is_resolved_to_its_registered_version(tmp_path: Path) -> None:
+    registry = Registry(tmp_path / "reg")
+    teacher = registry.register(fake_model(tmp_path / "teacher", 5), "teacher", command="test")
+    card = {"distilled_from": {"path": str(tmp_path / "teacher"), "weights_sha256": teacher.meta["weights_sha256"]}}
+    student = registry.register(fake_model(tmp_path / "student", 6, card=card), "student", command="test")
+    assert student.meta["distilled_from"] == "models:/teacher/1"
+    unregistered = {"distilled_from": {"path": "/models/big", "weights_sha256": "0" * 64}}
+    other = registry.register(fake_model(tmp_path / "other", 7, card=unregistered), "student", command="test")
+    assert other.meta["distilled_from"] == "/models/big"
+    assert teacher.meta["distilled_from"] is None  # no card: not distilled
+
+
 def test_alias_transitions_keep_a_rollback_stack_and_a_history() -> None:
     aliases = Aliases().promoted(1, by="t").promoted(2, by="t").with_canary(3, 10, by="t", forced=True)
     assert (aliases.production, aliases.canary, aliases.previous) == (2, Canary(3, 10.0), (1,))
