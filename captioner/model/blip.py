@@ -26,6 +26,7 @@ from transformers import BlipForConditionalGeneration, BlipProcessor
 
 from captioner.config import GenerationSettings, ModelSettings
 from captioner.model import acceleration, budgets, device_jpeg, static_decoding
+from captioner.model.folder_quantization import folder_quantization
 from captioner.model.preprocessing import ImagePreprocessor, PreparedImage
 from captioner.model.protocol import Caption, CaptionJob
 from captioner.model.weights import is_untrained
@@ -105,7 +106,7 @@ class BlipCaptioner(Preprocessing):
         acceleration.set_threads(model.num_threads, self._device)
         loaded: Any = BlipForConditionalGeneration.from_pretrained(model_dir, dtype=self._dtype)
         self._model: Any = loaded.to(self._device).eval()
-        self._apply_speedups(model)
+        self._apply_speedups(model, folder_quantization(model_dir))
         self._preprocessor = ImagePreprocessor.from_pretrained(model_dir, max_pixels=max_pixels)
         self._jpeg = None
         if model.jpeg_decode == "device":
@@ -117,10 +118,19 @@ class BlipCaptioner(Preprocessing):
         self._prompt_mask: torch.Tensor = prompt["attention_mask"].to(self._device)
         self._prompt_len = int(self._prompt_ids.shape[1]) - 1
 
-    def _apply_speedups(self, model: ModelSettings) -> None:
+    def _apply_speedups(self, model: ModelSettings, folder_quantize: str = "none") -> None:
         if model.attention == "sdpa":
             acceleration.use_sdpa_attention(self._model, text=self._device.type != "cpu")
-        if model.quantize == "int8":
+        quantize = model.quantize
+        if quantize == "none" and folder_quantize == "int8":  # `captioner optimize --int8` wrote this folder
+            if self._device.type == "cpu" and self._dtype == torch.float32 and self._autocast is None:
+                quantize = "int8"
+            else:
+                logger.warning(
+                    "the model folder asks for INT8 (quantization.json), which runs on the CPU in float32 only: "
+                    "serving its float32 weights on %s in %s", self._device, self.dtype
+                )  # fmt: skip
+        if quantize == "int8":
             if self._device.type != "cpu" or self._dtype != torch.float32:
                 raise ValueError(
                     f"model.quantize: int8 runs on the CPU in float32 only; this model is on {self._device} "
