@@ -15,6 +15,7 @@ from captioner.tools.drift_reference import add_drift_commands
 from captioner.tools.eval.command import add_eval_command
 from captioner.tools.feedback_export import add_feedback_commands
 from captioner.tools.models.command import add_models_command
+from captioner.tools.optimize.command import add_optimize_command
 from captioner.tools.train.command import add_train_commands
 
 
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_eval_command,
         add_data_commands,
         add_train_commands,
+        add_optimize_command,
         add_models_command,
         add_feedback_commands,
         add_drift_commands,

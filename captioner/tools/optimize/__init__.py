@@ -1,0 +1,1 @@
+"""``captioner optimize``: cheaper versions of a model folder (INT8, structured pruning) as registry candidates."""
