@@ -7,6 +7,7 @@ Mechanics only: the tiny model is untrained, so nothing here measures speed or c
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from captioner.model.loader import load_captioner
 from captioner.model.protocol import CaptionJob
 from captioner.registry.store import Registry
 from captioner.tools.synth import write_dataset
-from tests.support.model import tiny_settings
+from tests.support.model import tiny_blip, tiny_settings
 
 
 @pytest.fixture
@@ -63,6 +64,17 @@ def test_int8_folder_is_quantised_by_the_loader_and_registers(workdir: Path, tin
     candidate = registry.register(out, "captioner", command="test")
     assert candidate.meta["parent"] == "models:/captioner/1"  # the registry's lineage, from the card
     assert (candidate.model_dir / "quantization.json").is_file()  # registered as INT8, served as INT8
+
+
+def test_an_int8_folder_where_int8_cannot_run_is_served_as_it_is_with_a_warning(
+    workdir: Path, tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = workdir / "int8"
+    assert main(["optimize", "--model", str(tiny_model_dir), "--out", str(out), "--int8"]) == 0
+    with caplog.at_level(logging.WARNING, logger="captioner.model"):
+        captioner = tiny_blip(out, dtype="bfloat16")  # dynamic INT8 needs float32: as a GPU would load it
+    assert captioner.dtype == "bfloat16"
+    assert "asks for INT8" in caplog.text
 
 
 def test_prune_half_gives_a_smaller_plain_blip(workdir: Path, tiny_model_dir: Path) -> None:
