@@ -162,3 +162,12 @@ async def test_a_drain_lets_an_escalation_in_the_first_model_reach_the_main_mode
     finally:
         fake.gate.set()
         await close(first)
+
+
+def test_the_shared_cache_keeps_whose_answer_it_is() -> None:
+    from captioner.serving.service import _Computed, _decode, _encode
+
+    stored = _decode(_encode(_Computed([Caption("a cat", 0.7)], None, model="student", cascade="accepted")))
+    assert (stored.model, stored.cascade, stored.captions) == ("student", "accepted", [Caption("a cat", 0.7)])
+    plain = _decode(_encode(_Computed([Caption("a cat", 0.7)], None)))  # as written before the cascade existed
+    assert (plain.model, plain.cascade) == ("", None)
