@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from captioner import __version__
 from captioner.config import ROLES, ConfigError, Settings
 from captioner.tools.caption.command import add_caption_command
+from captioner.tools.cascade.command import add_cascade_commands
 from captioner.tools.command_line import add_config_argument, settings_of
 from captioner.tools.data_command import add_data_commands
 from captioner.tools.drift_reference import add_drift_commands
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_models_command,
         add_feedback_commands,
         add_drift_commands,
+        add_cascade_commands,
     ):
         add_tool_commands(commands)
     return parser

@@ -242,6 +242,19 @@ class CanarySettings:
 
 
 @dataclass(frozen=True)
+class CascadeSettings:
+    """A confidence cascade: a first (small) model captions every cache miss; an answer whose top caption's
+    confidence is below ``threshold`` goes on to the main model (serving/cascade.py)."""
+
+    enabled: bool = False
+    # A model folder, or "registry:<name>" (that registry name's production version; "registry:<name>@<alias or
+    # version>" for another) in registry.path.
+    first: str = ""
+    # In [0, 1]: 0 accepts every first answer, 1 escalates every image. `captioner cascade calibrate` chooses it.
+    threshold: float = setting(0.0, ge=0)
+
+
+@dataclass(frozen=True)
 class FeedbackSettings:
     enabled: bool = True
     # Images sent with feedback are kept only when this is on, and never longer than retention_s.

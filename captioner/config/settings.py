@@ -16,6 +16,7 @@ from captioner.config.sections import (
     BatchingSettings,
     CacheSettings,
     CanarySettings,
+    CascadeSettings,
     DriftSettings,
     FeedbackSettings,
     GateSettings,
@@ -52,6 +53,7 @@ class Settings:
     gate: GateSettings = field(default_factory=GateSettings)
     canary: CanarySettings = field(default_factory=CanarySettings)
     feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
+    cascade: CascadeSettings = field(default_factory=CascadeSettings)
     # A/B variants (top-level `models:` list); empty means one variant, "default", made of `model`.
     models: tuple[VariantSettings, ...] = ()
     # Where the settings came from, for the start-up log line; not a config key.
@@ -161,6 +163,7 @@ def _check_cross_field(settings: Settings) -> None:
                 raise ConfigError(
                     f"config: server.forwarded_allow_ips entries must be IP addresses or networks, got {entry!r}"
                 ) from None
+    _check_cascade(settings)
     _check_model("model", settings.model)
     for index, variant in enumerate(settings.models):
         _check_model(f"models[{index}]", variant.model)
@@ -186,6 +189,27 @@ def _check_cross_field(settings: Settings) -> None:
         raise ConfigError(
             f"config: generation.min_length must be <= generation.max_length ({gen.max_length}), got {gen.min_length}"
         )
+
+
+REGISTRY_PREFIX = "registry:"
+
+
+def _check_cascade(settings: Settings) -> None:
+    cascade = settings.cascade
+    if cascade.threshold > 1:
+        raise ConfigError(f"config: cascade.threshold must be a number in [0, 1], got {cascade.threshold:g}")
+    first = cascade.first.strip()
+    if cascade.enabled and not first:
+        raise ConfigError("config: cascade.first must name the first model (a folder, or registry:<name>) when "
+                          "cascade.enabled is true")  # fmt: skip
+    if first.startswith(REGISTRY_PREFIX):
+        name, _, alias = first[len(REGISTRY_PREFIX) :].partition("@")
+        if not name or ("@" in first and not (alias in ("production", "canary") or alias.isdigit())):
+            raise ConfigError(
+                f"config: cascade.first must be registry:<name>[@production|@canary|@<version>], got {first!r}"
+            )
+        if not settings.registry.path:
+            raise ConfigError(f"config: cascade.first {first!r} needs registry.path (the registry to read it from)")
 
 
 def _check_model(where: str, model: ModelSettings) -> None:

@@ -24,6 +24,8 @@ def component_schemas(error_codes: list[str]) -> dict[str, Any]:
                 "model": {"type": "string"},
                 "cached": {"type": "boolean"},
                 "image_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                # Only behind a confidence cascade (config `cascade`): whose captions these are; `model` names it.
+                "cascade": {"enum": ["accepted", "escalated"]},
             },
             "required": ["status", "captions", "model", "cached", "image_sha256"],
         },

@@ -76,6 +76,13 @@ class Metrics:
             buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
             registry=r,
         )
+        self.cascade = Counter(
+            "captioner_cascade",
+            "Computed answers behind a confidence cascade, by outcome: accepted (the first model's), escalated "
+            "(the main model's) or first_unavailable (the first model gave none; the main model's).",
+            ["outcome"],
+            registry=r,
+        )
         self.cache_hits = Counter("captioner_cache_hits", "Caption cache hits.", registry=r)
         self.cache_misses = Counter("captioner_cache_misses", "Caption cache misses.", registry=r)
         # Kept apart from captioner_cache_hits_total so that series stays unlabelled, as the contract names it.

@@ -17,6 +17,7 @@ over; requests already routed finish where they are.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from captioner.config import Settings
+from captioner.config.settings import REGISTRY_PREFIX
+from captioner.model.weights import WeightsUnavailable, has_weights
 from captioner.observability.metrics import Metrics
 from captioner.registry.aliases import CANARY, PRODUCTION, AliasError, Aliases, now_iso
 from captioner.registry.store import MODEL_DIR, Registry, RegistryError
@@ -140,3 +143,41 @@ class RegistrySource:
         record = {"time": now_iso(), "reason": verdict.reason, "detail": verdict.detail, "by": by, "automatic": True}
         self.registry.update_meta(self.name, version, lambda meta: meta.setdefault("rollbacks", []).append(record))
         logger.warning("registry: %s version %d is no longer the canary (%s)", self.name, version, verdict.reason)
+
+
+def cascade_first(settings: Settings) -> Settings | None:
+    """The settings a confidence cascade's first model is served with; None without a cascade (blocking: it may read
+    the registry). Its ``model`` section is the main one's (device, dtype, worker...) with the first model's folder
+    and name: ``registry:<name>[@alias|@version]`` is that version's folder in ``registry.path``, named
+    ``<name>:<version>`` like a served version; a folder is named by its last part. Resolved once, at start-up: a
+    registry alias that moves later takes effect at the next restart.
+
+    Raises ``RegistryError`` for a registry alias that points nowhere and ``WeightsUnavailable`` for a folder that
+    holds no model (never downloaded: a first model is one you made)."""
+    cascade = settings.cascade
+    if not cascade.enabled:
+        return None
+    first = cascade.first.strip()
+    if first.startswith(REGISTRY_PREFIX):
+        name, _, alias = first[len(REGISTRY_PREFIX) :].partition("@")
+        registry = Registry(settings.registry.path)
+        if alias.isdigit():
+            number: int | None = int(alias)
+        else:
+            aliases = registry.aliases(name)
+            canary = aliases.canary.version if aliases.canary is not None else None
+            number = canary if alias == CANARY else aliases.production
+        if number is None:
+            raise RegistryError(
+                f"cascade.first {first}: {name} has no {alias or PRODUCTION} version in {registry.root}"
+            )
+        folder = registry.version(name, number).model_dir
+        model = dataclasses.replace(settings.model, path=str(folder), name=f"{name}:{number}", revision=str(number))
+    else:
+        folder = Path(first)
+        model = dataclasses.replace(settings.model, path=first, name=folder.resolve().name)
+    if not has_weights(folder):
+        raise WeightsUnavailable(f"cascade.first: {folder} holds no model weights (write one with captioner train)")
+    # Its answers are cached only as a variant's (the cascade's key): no cache, no Redis of its own.
+    cache = dataclasses.replace(settings.cache, max_entries=0, redis_url="")
+    return dataclasses.replace(settings, model=model, models=(), cache=cache)

@@ -19,6 +19,7 @@ from captioner.errors import Overloaded
 from captioner.jobs.queue import JobRequest
 from captioner.jobs.worker import RETRYABLE
 from captioner.rollout.canary import CANARY_VARIANT
+from captioner.rollout.registry_source import cascade_first
 from captioner.runtime.components import canary_fleet
 from captioner.runtime.state import Runtime
 from captioner.serving.outcome import outcome_body
@@ -90,6 +91,7 @@ async def _load(
         if registry is not None:
             await asyncio.to_thread(registry.refresh)
         variants = registry.resolve(settings) if registry is not None else settings
+        first = await asyncio.to_thread(cascade_first, settings)  # the cascade's first model, if any
         pool = VariantPool(
             variants,
             runtime.metrics,
@@ -97,6 +99,7 @@ async def _load(
             observer=runtime.drift,
             on_fatal=lambda reason: _model_failed(runtime, on_fatal, reason),
             optional={CANARY_VARIANT},  # a broken canary is rolled back, never takes the replica out
+            first=first,
         )
         runtime.pool = pool
         await pool.start()

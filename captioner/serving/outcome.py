@@ -26,12 +26,13 @@ class CaptionOutcome:
     info: ImageInfo | None  # None on a cache hit, or when the image was captioned on another replica
     batch_size: int | None = None  # images in the generate() call that captioned it; None on a cache hit
     variant: str = DEFAULT_VARIANT  # the A/B variant that answered
-    model: str = ""  # its model name
+    model: str = ""  # the name of the model that produced the captions
+    cascade: str | None = None  # behind a confidence cascade: "accepted" or "escalated" (serving/cascade.py)
 
 
 def outcome_body(outcome: CaptionOutcome, default_model: str) -> dict[str, Any]:
     """The contract's success body; ``default_model`` names the model when the outcome doesn't."""
-    return {
+    body = {
         "status": "success",
         "captions": [{"text": c.text, "confidence": c.confidence} for c in outcome.captions],
         "model": outcome.model or default_model,
@@ -39,6 +40,9 @@ def outcome_body(outcome: CaptionOutcome, default_model: str) -> dict[str, Any]:
         "cached": outcome.cached,
         "image_sha256": outcome.image_sha256,
     }
+    if outcome.cascade is not None:
+        body["cascade"] = outcome.cascade
+    return body
 
 
 def outcome_from_body(body: Mapping[str, Any]) -> CaptionOutcome:
@@ -50,4 +54,5 @@ def outcome_from_body(body: Mapping[str, Any]) -> CaptionOutcome:
         info=None,
         variant=str(body.get("variant", DEFAULT_VARIANT)),
         model=str(body.get("model", "")),
+        cascade=str(body["cascade"]) if body.get("cascade") is not None else None,
     )

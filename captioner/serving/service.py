@@ -10,11 +10,12 @@ whose deadline passes while it waits is answered 504 without being decoded at al
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
 import orjson
@@ -28,6 +29,7 @@ from captioner.model.protocol import Caption, Captioner, CaptionJob
 from captioner.observability.metrics import Metrics
 from captioner.serving.batcher import Batcher, BatchInfo
 from captioner.serving.cache import CaptionCache, Lookup, cache_key
+from captioner.serving.cascade import ACCEPTED, FIRST_UNAVAILABLE, OUTCOMES, answered, decide, key_part
 from captioner.serving.hashing import INLINE_HASH_BYTES, sha256_hex, sha256_off_loop
 from captioner.serving.health import ModelHealth, OnFatal
 from captioner.serving.live_stats import VariantStats
@@ -63,6 +65,8 @@ class _Computed:
     captions: list[Caption]
     info: ImageInfo | None  # None when read back from the shared cache
     batch_size: int | None = None
+    model: str = ""  # the model that produced the captions, when not the variant's own (a cascade's first)
+    cascade: str | None = None  # behind a cascade: "accepted" or "escalated" (serving/cascade.py)
 
 
 @dataclass(frozen=True)
@@ -72,14 +76,23 @@ class _Inferred:
 
 
 def _encode(value: _Computed) -> bytes:
-    return orjson.dumps({"captions": [[c.text, c.confidence] for c in value.captions]})
+    body: dict[str, Any] = {"captions": [[c.text, c.confidence] for c in value.captions]}
+    if value.model:
+        body["model"] = value.model
+    if value.cascade is not None:
+        body["cascade"] = value.cascade
+    return orjson.dumps(body)
 
 
 def _decode(raw: bytes) -> _Computed:
-    captions = [Caption(str(text), float(confidence)) for text, confidence in orjson.loads(raw)["captions"]]
+    body = orjson.loads(raw)
+    captions = [Caption(str(text), float(confidence)) for text, confidence in body["captions"]]
     if not captions:
         raise ValueError("no captions")
-    return _Computed(captions, info=None)
+    cascade = body.get("cascade")
+    return _Computed(
+        captions, info=None, model=str(body.get("model", "")), cascade=None if cascade is None else str(cascade)
+    )
 
 
 class _VariantSeries:
@@ -100,6 +113,7 @@ class _VariantSeries:
         self._variant = variant
         self._level_hits = metrics.cache_level_hits
         self._level_children: dict[str, Any] = {}
+        self.cascade = {outcome: metrics.cascade.labels(outcome) for outcome in OUTCOMES}
 
     def errors(self, code: str) -> Any:
         return self._errors.labels(self._variant, code)
@@ -121,7 +135,10 @@ class CaptionService:
         observer: ImageObserver | None = None,
         variant: str = DEFAULT_VARIANT,
         on_fatal: OnFatal | None = None,
+        first: CaptionService | None = None,
     ) -> None:
+        """``first``: the cascade's first model (serving/cascade.py), which screens every cache miss; None: no
+        cascade. It is shared by the variants and owned by their pool: this service never starts or closes it."""
         self.settings = settings
         self.variant = variant
         self._series = _VariantSeries(metrics, variant)
@@ -131,7 +148,7 @@ class CaptionService:
         self.observer = observer if observer is not None else Unobserved()
         self.stats = VariantStats()  # live signals for the canary analysis (rollout/canary.py)
         gen = settings.generation
-        self._model_id = {
+        self._model_id: dict[str, Any] = {
             "variant": variant,
             "name": captioner.name,
             "revision": captioner.revision,
@@ -140,6 +157,13 @@ class CaptionService:
             "dtype": captioner.dtype,
         }
         self._generation = {k: v for k, v in asdict(gen).items() if k not in ("num_captions", "max_num_captions")}
+        self._first = first
+        self._threshold = settings.cascade.threshold
+        self._cascading = 0  # requests in the cascade now: close() lets them finish before its batcher stops
+        self._cascade_idle = asyncio.Event()
+        self._cascade_idle.set()
+        if first is not None:
+            self._model_id["cascade"] = key_part(first.model_identity, self._threshold)
         self._model_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captioner-model")
         self._preprocess_pool = ThreadPoolExecutor(
             max_workers=settings.server.preprocess_workers, thread_name_prefix="captioner-preprocess"
@@ -185,9 +209,22 @@ class CaptionService:
         """The health probe: the warm-up image through the model, on the model thread, nothing else."""
         await asyncio.get_running_loop().run_in_executor(self._model_pool, self.captioner.warm_up)
 
+    @property
+    def model_identity(self) -> dict[str, Any]:
+        """What names this service's answers in a cache key (the variant aside): model, revision, folder, dtype."""
+        identity = {k: v for k, v in self._model_id.items() if k != "variant"}
+        return {**identity, "path": self.settings.model.path}
+
     async def close(self, timeout_s: float) -> bool:
-        """Finish everything accepted (up to ``timeout_s``), then stop the threads."""
-        finished = await self.batcher.drain(timeout_s)
+        """Finish everything accepted (up to ``timeout_s``), then stop the threads.
+
+        Behind a cascade, requests in it (with the first model, or escalated on their way here) finish before this
+        batcher stops taking work: an escalation accepted before the drain is answered, not refused."""
+        started = time.monotonic()
+        if self._first is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._cascade_idle.wait(), timeout_s)
+        finished = await self.batcher.drain(max(0.0, timeout_s - (time.monotonic() - started)))
         await self.health.close()
         self._preprocess_pool.shutdown(wait=False, cancel_futures=True)
         self._model_pool.shutdown(wait=False, cancel_futures=True)
@@ -280,29 +317,83 @@ class CaptionService:
             info=None if lookup.cached else lookup.value.info,
             batch_size=None if lookup.cached else lookup.value.batch_size,
             variant=self.variant,
-            model=self.settings.model.name,
+            model=lookup.value.model or self.settings.model.name,
+            cascade=lookup.value.cascade,
         )
 
     async def _compute(self, data: bytes, num_captions: int, deadline: float | None) -> _Computed:
+        first = self._first
+        if first is None:
+            computed = await self.infer(data, num_captions, deadline)
+        else:
+            computed = await self._cascade(first, data, num_captions, deadline)
+        self.observer.observe_output(computed.captions)
+        return computed
+
+    async def _cascade(
+        self, first: CaptionService, data: bytes, num_captions: int, deadline: float | None
+    ) -> _Computed:
+        """The first model's answer if it is confident enough, else this variant's model's (serving/cascade.py)."""
+        self._cascading += 1
+        self._cascade_idle.clear()
+        try:
+            screened = await self._screen(first, data, num_captions, deadline)
+            top = screened.captions[0].confidence if screened is not None and screened.captions else None
+            outcome = decide(top, self._threshold)
+            self._series.cascade[outcome].inc()
+            if outcome == ACCEPTED and screened is not None:
+                return replace(screened, model=first.settings.model.name, cascade=answered(outcome))
+            # The first model looked at the image already (the drift features) unless it gave nothing.
+            computed = await self.infer(data, num_captions, deadline, observe_input=outcome == FIRST_UNAVAILABLE)
+            return replace(computed, cascade=answered(outcome))
+        finally:
+            self._cascading -= 1
+            if not self._cascading:
+                self._cascade_idle.set()
+
+    async def _screen(
+        self, first: CaptionService, data: bytes, num_captions: int, deadline: float | None
+    ) -> _Computed | None:
+        """The first model's captions; None when it gives none (down, full, failing, timed out): the main model
+        answers instead. A 4xx (a bad image) is the caller's and fails the request."""
+        try:
+            return await first.infer(data, num_captions, deadline)
+        except CaptionerError as exc:
+            if exc.status_code < 500:
+                raise
+            logger.info(
+                "cascade: the first model gave no answer (%s); escalating", exc.code,
+                extra={"variant": self.variant, "event": "cascade_first_unavailable", "code": exc.code},
+            )  # fmt: skip
+            return None
+        except Exception:
+            logger.exception("cascade: the first model failed; escalating", extra={"variant": self.variant})
+            return None
+
+    async def infer(
+        self, data: bytes, num_captions: int, deadline: float | None, *, observe_input: bool = True
+    ) -> _Computed:
+        """This model's captions for one image, without the cache: preprocessing, the batcher, the model. A
+        cascade's main service calls its first model's through here."""
         self.health.admit()  # a model that can't take work: 503 now, before any decoding
         loop = asyncio.get_running_loop()
         async with self._preprocess_slots:
             if deadline is not None and time.monotonic() >= deadline:
                 raise RequestTimeout()  # waited out its deadline in line: decoding it now would be wasted
-            prepared = await loop.run_in_executor(self._preprocess_pool, self._preprocess, data)
+            prepared = await loop.run_in_executor(self._preprocess_pool, self._preprocess, data, observe_input)
         timeout_s = None
         if deadline is not None:
             timeout_s = deadline - time.monotonic()
             if timeout_s <= 0:
                 raise RequestTimeout()
         inferred = await self.batcher(CaptionJob.of(prepared, num_captions), timeout_s=timeout_s)
-        self.observer.observe_output(inferred.captions)
         return _Computed(inferred.captions, prepared.info, inferred.batch_size)
 
-    def _preprocess(self, data: bytes) -> PreparedImage:
+    def _preprocess(self, data: bytes, observe: bool = True) -> PreparedImage:
         """On a preprocessing thread: decode, then the observer's look (the drift features: ~0.5 ms more)."""
         prepared = self.captioner.preprocess(data)
-        self.observer.observe_input(prepared, len(data))
+        if observe:
+            self.observer.observe_input(prepared, len(data))
         return prepared
 
     async def _run_batch(self, jobs: Sequence[CaptionJob]) -> list[_Inferred]:

@@ -28,6 +28,7 @@ from captioner.errors import Overloaded
 from captioner.model import heap
 from captioner.model.protocol import Captioner
 from captioner.observability.metrics import Metrics
+from captioner.serving.cascade import FIRST_VARIANT
 from captioner.serving.health import OnFatal
 from captioner.serving.service import CaptionService, ImageObserver
 
@@ -165,7 +166,10 @@ class VariantPool:
         observer: ImageObserver | None = None,
         on_fatal: OnFatal | None = None,
         optional: Collection[str] = (),
+        first: Settings | None = None,
     ) -> None:
+        """``first``: the settings of a confidence cascade's first model (``model`` is its folder), shared by every
+        variant; None without a cascade (serving/cascade.py)."""
         self.settings = settings
         self.metrics = metrics
         self._on_fatal = on_fatal
@@ -176,9 +180,15 @@ class VariantPool:
         self._observer = observer
         self._retired: set[asyncio.Task[bool]] = set()
         self._reloading = asyncio.Lock()
+        self._first_settings = first
+        self.first: CaptionService | None = None  # the cascade's first model, once started
 
     async def start(self) -> None:
-        """Load and warm up every configured variant (one after the other: they share the device)."""
+        """Load and warm up every configured variant (one after the other: they share the device), after the
+        cascade's first model if there is one (a first model that can't load stops the start, like a variant)."""
+        if self._first_settings is not None:
+            # Its failures later only escalate, so it never makes the replica unready, nor exit (no on_fatal).
+            self.first = await self._start_service(FIRST_VARIANT, self._first_settings, on_fatal=None)
         for name, weight, variant_settings in self.settings.variants():
             await self._load(name, weight, variant_settings)
         if not len(self.router):  # only optional variants, all failed: nothing to serve with
@@ -207,6 +217,20 @@ class VariantPool:
         self._install(variant)
 
     async def _start_variant(self, name: str, weight: float, settings: Settings) -> Variant:
+        service = await self._start_service(name, settings, on_fatal=self._on_fatal, first=self.first)
+        logger.info(
+            "variant %s ready: model %s on %s (%s), weight %g", name, service.captioner.name,
+            service.captioner.device, service.captioner.dtype, weight,
+            extra={"model": service.captioner.name, "revision": service.captioner.revision,
+                   "device": service.captioner.device, "dtype": service.captioner.dtype, "variant": name,
+                   "weight": weight, "untrained": service.captioner.untrained,
+                   "cascade_first": self.first.settings.model.name if self.first is not None else None},
+        )  # fmt: skip
+        return Variant(name=name, weight=weight, settings=settings, service=service)
+
+    async def _start_service(
+        self, name: str, settings: Settings, *, on_fatal: OnFatal | None, first: CaptionService | None = None
+    ) -> CaptionService:
         model = await asyncio.to_thread(self._load_model, settings)
         labels = {"name": model.name, "revision": model.revision, "device": model.device, "dtype": model.dtype}
         self.metrics.model_info.labels(name).info(labels)
@@ -217,7 +241,7 @@ class VariantPool:
                 extra={"variant": name, "untrained": True},
             )  # fmt: skip
         service = CaptionService(
-            settings, model, self.metrics, observer=self._observer, variant=name, on_fatal=self._on_fatal
+            settings, model, self.metrics, observer=self._observer, variant=name, on_fatal=on_fatal, first=first
         )
         service.start()
         try:
@@ -226,12 +250,7 @@ class VariantPool:
             await service.close(0)
             raise
         heap.settle()  # the model's objects are long-lived: out of the GC's full passes (model/heap.py)
-        logger.info(
-            "variant %s ready: model %s on %s (%s), weight %g", name, model.name, model.device, model.dtype, weight,
-            extra={"model": model.name, "revision": model.revision, "device": model.device, "dtype": model.dtype,
-                   "variant": name, "weight": weight, "untrained": model.untrained},
-        )  # fmt: skip
-        return Variant(name=name, weight=weight, settings=settings, service=service)
+        return service
 
     def _install(self, variant: Variant) -> None:
         replaced = self.router.add(variant)
@@ -329,12 +348,18 @@ class VariantPool:
         return self.overload()
 
     def expedite(self) -> None:
-        """Draining: every variant dispatches what it has queued without waiting for its batch deadline."""
+        """Draining: every variant (and the cascade's first model) dispatches what it has queued without waiting
+        for its batch deadline."""
         for variant in self.router:
             variant.service.batcher.expedite()
+        if self.first is not None:
+            self.first.batcher.expedite()
 
     async def close(self, timeout_s: float) -> bool:
-        """Drain every variant (in parallel) and any still retiring; True if all finished in time."""
+        """Drain every variant (in parallel) and any still retiring, and the cascade's first model; True if all
+        finished in time. A variant lets what is still with the first model through before it drains."""
         closing = [v.service.close(timeout_s) for v in self.router]
+        if self.first is not None:
+            closing.append(self.first.close(timeout_s))
         results = await asyncio.gather(*closing, *self._retired)
         return all(results)

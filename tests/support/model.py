@@ -74,3 +74,23 @@ def fake_model(folder: Path, seed: int = 0, card: dict[str, object] | None = Non
     if card is not None:
         (folder / "training.json").write_text(json.dumps(card))
     return folder
+
+
+def annotated_by(model_dir: Path, out: Path, count: int = 6) -> Path:
+    """A COCO captions file over ``count`` photos in ``out``, whose references are the captions ``model_dir`` gives
+    them (in this process): that model scores high on it, any other low. Returns the annotations file."""
+    from captioner.model.protocol import CaptionJob
+    from tests.support.images import photo
+
+    out.mkdir(parents=True, exist_ok=True)
+    model = tiny_blip(model_dir)
+    images = [photo(700 + i) for i in range(count)]
+    captions = model.caption_batch([CaptionJob(model.preprocess(data).pixel_values) for data in images])
+    document: dict[str, list[dict[str, Any]]] = {"images": [], "annotations": []}
+    for index, (data, found) in enumerate(zip(images, captions, strict=True)):
+        (out / f"{index}.png").write_bytes(data)
+        document["images"].append({"id": index, "file_name": f"{index}.png"})
+        document["annotations"].append({"id": index, "image_id": index, "caption": found[0].text})
+    annotations = out / "captions.json"
+    annotations.write_text(json.dumps(document))
+    return annotations

@@ -102,9 +102,14 @@ def tokenize(
 
 
 def score_captions(
-    references: Mapping[Hashable, Sequence[str]], candidates: Mapping[Hashable, str], *, java: str | None
+    references: Mapping[Hashable, Sequence[str]],
+    candidates: Mapping[Hashable, str],
+    *,
+    java: str | None,
+    meteor: bool = True,
 ) -> CaptionScores:
-    """Corpus and per-image scores of ``candidates`` (one caption per image) against ``references``."""
+    """Corpus and per-image scores of ``candidates`` (one caption per image) against ``references``;
+    ``meteor=False`` leaves METEOR out (its JVM) for a caller that needs CIDEr only (cascade calibration)."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
@@ -131,8 +136,10 @@ def score_captions(
         bleu, bleu_each = Bleu(4).compute_score(gts, res, verbose=0)
         for n in range(4):
             record(f"Bleu_{n + 1}", bleu[n], bleu_each[n])
-        if java is not None:
+        if java is not None and meteor:
             _meteor(gts, res, record, result.notes)
+        elif java is not None:
+            result.notes.append("METEOR not computed: not asked for")
         else:
             result.notes.append("METEOR not computed: it needs Java (`java` not found on PATH)")
         rouge, rouge_each = Rouge().compute_score(gts, res)

@@ -154,3 +154,39 @@ def test_forwarded_allow_ips_must_be_addresses_or_networks() -> None:
     assert load_settings(None, {}).server.forwarded_allow_ips == ["127.0.0.1", "::1"]
     with pytest.raises(ConfigError, match="forwarded_allow_ips"):
         load_settings(None, {"CAPTIONER_SERVER__FORWARDED_ALLOW_IPS": "[nginx]"})
+
+
+def test_cascade_defaults_off_and_reads_the_environment() -> None:
+    assert (Settings().cascade.enabled, Settings().cascade.first, Settings().cascade.threshold) == (False, "", 0.0)
+    env = {"CAPTIONER_CASCADE__ENABLED": "true", "CAPTIONER_CASCADE__FIRST": "models/student",
+           "CAPTIONER_CASCADE__THRESHOLD": "0.35"}  # fmt: skip
+    cascade = load_settings(None, env).cascade
+    assert (cascade.enabled, cascade.first, cascade.threshold) == (True, "models/student", 0.35)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"CAPTIONER_CASCADE__ENABLED": "true"}, "config: cascade.first must name the first model"),
+        ({"CAPTIONER_CASCADE__THRESHOLD": "1.5"}, "config: cascade.threshold must be a number in [0, 1], got 1.5"),
+        ({"CAPTIONER_CASCADE__THRESHOLD": "-0.1"}, "config: cascade.threshold must be a number >= 0"),
+        (
+            {"CAPTIONER_CASCADE__FIRST": "registry:student"},
+            "config: cascade.first 'registry:student' needs registry.path",
+        ),
+        (
+            {"CAPTIONER_CASCADE__FIRST": "registry:student@latest", "CAPTIONER_REGISTRY__PATH": "reg"},
+            "config: cascade.first must be registry:<name>[@production|@canary|@<version>]",
+        ),
+        ({"CAPTIONER_CASCADE__FIRST": "registry:", "CAPTIONER_REGISTRY__PATH": "reg"}, "config: cascade.first must be"),
+    ],
+)
+def test_bad_cascade_settings_are_refused_naming_the_key(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(None, env)
+    assert str(refused.value).startswith(message)
+
+
+def test_a_cascade_first_model_from_the_registry_is_accepted() -> None:
+    env = {"CAPTIONER_CASCADE__FIRST": "registry:student@3", "CAPTIONER_REGISTRY__PATH": "reg"}
+    assert load_settings(None, env).cascade.first == "registry:student@3"

@@ -96,3 +96,33 @@ def test_registry_and_a_models_list_are_exclusive_and_the_webhook_must_be_http(t
     assert "secret-token" not in str(refused.value)
     settings = load_settings(None, {"CAPTIONER_REGISTRY__POLL_S": "0.5", "CAPTIONER_CANARY__INTERVAL_S": "1"})
     assert (settings.registry.poll_s, settings.canary.interval_s) == (0.5, 1.0)
+
+
+def test_the_cascade_first_model_comes_from_a_folder_or_a_registry_alias(registry: Registry, tmp_path: Path) -> None:
+    from captioner.model.weights import WeightsUnavailable
+    from captioner.registry.store import RegistryError
+    from captioner.rollout.registry_source import cascade_first
+
+    registry.update_aliases("cap", lambda a: a.promoted(2, by="t").with_canary(3, 10, by="t"))
+    settings = settings_for(registry.root)
+    assert cascade_first(settings) is None  # no cascade
+    on = settings.replace("cascade", enabled=True, first="registry:cap")
+    first = cascade_first(on)
+    assert first is not None
+    assert (first.model.name, first.model.revision) == ("cap:2", "2")
+    assert first.model.path == str(registry.version("cap", 2).model_dir)
+    assert (first.cache.max_entries, first.cache.redis_url, first.models) == (0, "", ())  # no cache of its own
+    assert first.model.device == on.model.device  # the rest of `model` is the main model's
+    for alias, version in (("@canary", 3), ("@1", 1), ("@production", 2)):
+        resolved = cascade_first(on.replace("cascade", first="registry:cap" + alias))
+        assert resolved is not None and resolved.model.name == f"cap:{version}"
+    folder = fake_model(tmp_path / "student")
+    resolved = cascade_first(on.replace("cascade", first=str(folder)))
+    assert resolved is not None and (resolved.model.path, resolved.model.name) == (str(folder), "student")
+    with pytest.raises(RegistryError):
+        cascade_first(on.replace("cascade", first="registry:cap@9"))
+    with pytest.raises(RegistryError, match="no canary version"):
+        registry.update_aliases("cap", lambda a: a.canary_cleared(by="t", reason="test"))
+        cascade_first(on.replace("cascade", first="registry:cap@canary"))
+    with pytest.raises(WeightsUnavailable, match="holds no model weights"):
+        cascade_first(on.replace("cascade", first=str(tmp_path / "nothing")))

@@ -1,0 +1,1 @@
+"""`captioner cascade`: calibrate a confidence cascade (a first, cheaper model in front of the main one)."""
