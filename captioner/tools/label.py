@@ -34,7 +34,7 @@ from captioner.config import Settings
 from captioner.errors import CaptionerError
 from captioner.model.weights import has_weights
 from captioner.tools.caption.backends import BackendUnavailable
-from captioner.tools.caption.command import Failure, caption_files, find_images, open_backend, positive
+from captioner.tools.caption.command import Failure, collect_captions, find_images, open_backend, positive
 from captioner.tools.caption.output import CaptionRecord, path_key
 from captioner.tools.command_line import add_command, runs
 
@@ -94,23 +94,15 @@ async def label_folder(
         batch_size=batch_size,
         concurrency=1,  # ignored offline: the local backend keeps two batches in flight
     )
-    records: dict[str, CaptionRecord] = {}
-    failures: list[Failure] = []
+    try:
+        records, failures = await collect_captions(paths, backend, on_failure=on_failure, on_progress=on_progress)
+    finally:
+        await backend.aclose()
 
-    def failed(failure: Failure) -> None:
+    def failed(failure: Failure) -> None:  # an image the model gave no caption: a failure like the rest
         failures.append(failure)
         on_failure(failure)
 
-    try:
-        await caption_files(
-            paths,
-            backend,
-            on_record=lambda record: records.__setitem__(path_key(record.path), record),
-            on_failure=failed,
-            on_progress=on_progress,
-        )
-    finally:
-        await backend.aclose()
     document = await asyncio.to_thread(_coco, images, paths, records, failed)
     document["info"] = {
         "description": "captions by a teacher model (captioner data label)",

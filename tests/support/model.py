@@ -79,12 +79,17 @@ def fake_model(folder: Path, seed: int = 0, card: dict[str, object] | None = Non
 def annotated_by(model_dir: Path, out: Path, count: int = 6) -> Path:
     """A COCO captions file over ``count`` photos in ``out``, whose references are the captions ``model_dir`` gives
     them (in this process): that model scores high on it, any other low. Returns the annotations file."""
-    from captioner.model.protocol import CaptionJob
     from tests.support.images import photo
 
     out.mkdir(parents=True, exist_ok=True)
-    model = tiny_blip(model_dir)
-    images = [photo(700 + i) for i in range(count)]
+    return write_self_annotated(tiny_blip(model_dir), [photo(700 + i) for i in range(count)], out)
+
+
+def write_self_annotated(model: Any, images: list[bytes], out: Path) -> Path:
+    """``images`` as ``out/<n>.png`` and ``out/captions.json``, each image's reference the top caption ``model`` (a
+    loaded captioner) gives it. Returns the annotations file."""
+    from captioner.model.protocol import CaptionJob
+
     captions = model.caption_batch([CaptionJob(model.preprocess(data).pixel_values) for data in images])
     document: dict[str, list[dict[str, Any]]] = {"images": [], "annotations": []}
     for index, (data, found) in enumerate(zip(images, captions, strict=True)):

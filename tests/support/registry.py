@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -123,18 +122,9 @@ def gate_set_from(model_dir: Path, out: Path, count: int = 6) -> tuple[Path, Pat
     """A gate set whose references are what ``model_dir`` says: that model scores high on it, any other low."""
     from captioner.config import load_settings
     from captioner.model.loader import load_captioner
-    from captioner.model.protocol import CaptionJob
+    from tests.support.model import write_self_annotated
 
     out.mkdir(parents=True)
-    settings = load_settings(None, {}).replace("model", path=str(model_dir))
-    model = load_captioner(settings)
-    images = [photo(900 + i) for i in range(count)]
-    captions = model.caption_batch([CaptionJob(model.preprocess(data).pixel_values) for data in images])
-    document: dict[str, list[dict[str, Any]]] = {"images": [], "annotations": []}
-    for index, (data, found) in enumerate(zip(images, captions, strict=True)):
-        (out / f"{index}.png").write_bytes(data)
-        document["images"].append({"id": index, "file_name": f"{index}.png"})
-        document["annotations"].append({"id": index, "image_id": index, "caption": found[0].text})
-    annotations = out / "captions.json"
-    annotations.write_text(json.dumps(document))
-    return annotations, out
+    # The default settings, as the gate's evaluation captions with them: the model scores high on its own answers.
+    model = load_captioner(load_settings(None, {}).replace("model", path=str(model_dir)))
+    return write_self_annotated(model, [photo(900 + i) for i in range(count)], out), out

@@ -84,6 +84,27 @@ def find_images(arguments: Sequence[str]) -> tuple[list[Path], list[Failure]]:
     return found, missing
 
 
+async def collect_captions(
+    paths: Sequence[Path],
+    backend: CaptionBackend,
+    *,
+    on_failure: Callable[[Failure], None] = lambda failure: None,
+    on_progress: Callable[[], None] = lambda: None,
+) -> tuple[dict[str, CaptionRecord], list[Failure]]:
+    """``caption_files`` kept in memory: each path's record (keyed by ``path_key``) and the failures, each of which
+    is also passed to ``on_failure`` as it happens."""
+    records: dict[str, CaptionRecord] = {}
+    failures: list[Failure] = []
+
+    def failed(failure: Failure) -> None:
+        failures.append(failure)
+        on_failure(failure)
+
+    await caption_files(paths, backend, on_record=lambda record: records.__setitem__(path_key(record.path), record),
+                        on_failure=failed, on_progress=on_progress)  # fmt: skip
+    return records, failures
+
+
 async def caption_files(
     paths: Sequence[Path],
     backend: CaptionBackend,

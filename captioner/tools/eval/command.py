@@ -28,7 +28,7 @@ from typing import Any
 from captioner.config import Settings
 from captioner.errors import CaptionerError
 from captioner.tools.caption.backends import BackendUnavailable
-from captioner.tools.caption.command import Failure, add_client_arguments, caption_files, open_backend
+from captioner.tools.caption.command import add_client_arguments, collect_captions, open_backend
 from captioner.tools.caption.output import CaptionRecord, path_key
 from captioner.tools.command_line import add_command, runs
 from captioner.tools.eval.annotations import AnnotationsError, EvalImage, load_annotations
@@ -122,20 +122,12 @@ async def evaluate_set(
         batch_size=batch_size,
         concurrency=concurrency,
     )
-    records: dict[str, CaptionRecord] = {}
-    failures: list[Failure] = []
     progress: Any = tqdm(total=len(paths), unit="img", desc="captioning", file=sys.stderr, disable=None)
-
-    def failed(failure: Failure) -> None:
-        failures.append(failure)
-        progress.write(f"failed: {failure.path}: {failure.code}: {failure.message}", file=sys.stderr)
-
     try:
-        await caption_files(
+        records, failures = await collect_captions(
             paths,
             backend,
-            on_record=lambda record: records.__setitem__(path_key(record.path), record),
-            on_failure=failed,
+            on_failure=lambda f: progress.write(f"failed: {f.path}: {f.code}: {f.message}", file=sys.stderr),
             on_progress=progress.update,
         )
     finally:
