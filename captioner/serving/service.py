@@ -159,9 +159,11 @@ class CaptionService:
         self._generation = {k: v for k, v in asdict(gen).items() if k not in ("num_captions", "max_num_captions")}
         self._first = first
         self._threshold = settings.cascade.threshold
-        self._cascading = 0  # requests in the cascade now: close() lets them finish before its batcher stops
-        self._cascade_idle = asyncio.Event()
-        self._cascade_idle.set()
+        # Requests in caption() now: close() lets them reach the batcher (and finish) before it stops taking work,
+        # so one routed here just before a switch retired this variant is answered, not refused.
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         if first is not None:
             self._model_id["cascade"] = key_part(first.model_identity, self._threshold)
         self._model_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captioner-model")
@@ -218,12 +220,12 @@ class CaptionService:
     async def close(self, timeout_s: float) -> bool:
         """Finish everything accepted (up to ``timeout_s``), then stop the threads.
 
-        Behind a cascade, requests in it (with the first model, or escalated on their way here) finish before this
-        batcher stops taking work: an escalation accepted before the drain is answered, not refused."""
+        Every request already in ``caption`` finishes before the batcher stops taking work: one still hashing or
+        decoding when its variant was retired, or (behind a cascade) with the first model or escalated on its way
+        here, is answered, not refused. The caller has stopped routing new requests here."""
         started = time.monotonic()
-        if self._first is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._cascade_idle.wait(), timeout_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
         finished = await self.batcher.drain(max(0.0, timeout_s - (time.monotonic() - started)))
         await self.health.close()
         self._preprocess_pool.shutdown(wait=False, cancel_futures=True)
@@ -275,9 +277,11 @@ class CaptionService:
         ``image_sha256`` saves hashing again when the caller already has it (the A/B router does).
         """
         started = time.perf_counter()
-        digest = image_sha256 or await self.sha256(data)
-        key = self.key_for(digest, num_captions)
+        self._in_flight += 1
+        self._idle.clear()
         try:
+            digest = image_sha256 or await self.sha256(data)
+            key = self.key_for(digest, num_captions)
             lookup = await self.cache.get_or_compute(key, lambda: self._compute(data, num_captions, deadline))
         except CaptionerError as exc:
             if exc.status_code >= 500:  # the variant's failure; a 4xx is the caller's
@@ -286,6 +290,10 @@ class CaptionService:
         except Exception:
             self._failed("internal_error", started)
             raise
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
         return self._outcome(lookup, digest, started)
 
     def _failed(self, code: str, started: float) -> None:
@@ -334,22 +342,15 @@ class CaptionService:
         self, first: CaptionService, data: bytes, num_captions: int, deadline: float | None
     ) -> _Computed:
         """The first model's answer if it is confident enough, else this variant's model's (serving/cascade.py)."""
-        self._cascading += 1
-        self._cascade_idle.clear()
-        try:
-            screened = await self._screen(first, data, num_captions, deadline)
-            top = screened.captions[0].confidence if screened is not None and screened.captions else None
-            outcome = decide(top, self._threshold)
-            self._series.cascade[outcome].inc()
-            if outcome == ACCEPTED and screened is not None:
-                return replace(screened, model=first.settings.model.name, cascade=answered(outcome))
-            # The first model looked at the image already (the drift features) unless it gave nothing.
-            computed = await self.infer(data, num_captions, deadline, observe_input=outcome == FIRST_UNAVAILABLE)
-            return replace(computed, cascade=answered(outcome))
-        finally:
-            self._cascading -= 1
-            if not self._cascading:
-                self._cascade_idle.set()
+        screened = await self._screen(first, data, num_captions, deadline)
+        top = screened.captions[0].confidence if screened is not None and screened.captions else None
+        outcome = decide(top, self._threshold)
+        self._series.cascade[outcome].inc()
+        if outcome == ACCEPTED and screened is not None:
+            return replace(screened, model=first.settings.model.name, cascade=answered(outcome))
+        # The first model looked at the image already (the drift features) unless it gave nothing.
+        computed = await self.infer(data, num_captions, deadline, observe_input=outcome == FIRST_UNAVAILABLE)
+        return replace(computed, cascade=answered(outcome))
 
     async def _screen(
         self, first: CaptionService, data: bytes, num_captions: int, deadline: float | None
