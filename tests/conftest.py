@@ -28,6 +28,7 @@ TIER_MARKERS = {TESTS / "system": pytest.mark.system, TESTS / "integration": pyt
 # alone at the end while the other workers idle. Measured in CPU seconds on the 2-core machine (docs/testing.md);
 # a file missing here is only scheduled in collection order.
 LONG_FIRST = [  # by measured time per file (--durations), longest first
+    "system/test_cheaper_models.py",
     "system/test_lifecycle.py",
     "system/test_registry.py",
     "integration/tools/train/test_train.py",
