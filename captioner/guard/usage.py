@@ -1,0 +1,151 @@
+"""Usage per tenant: the daily image quota (429 ``quota_exceeded`` until UTC midnight) and the counters billing reads.
+
+Each image a tenant sends (a sync caption, ``POST /``, an async job) is counted against its ``max_images_per_day``
+when it is admitted, before its body is read; past the quota it is refused with ``Retry-After`` = the seconds until
+the day (UTC) ends, when the count starts again. How it then went is counted too: ``captioned`` (the model made the
+captions), ``cached``, ``rejected`` (a 4xx: the caller's image or request) or ``failed`` (a 5xx: the server's fault;
+such an image is given back to the quota). ``quota_exceeded`` counts the refusals.
+
+The counts live in Redis when the replicas have one (``rate_limit.redis_url``, else ``cache.redis_url``, else
+``jobs.redis_url``): one quota per tenant for the whole fleet, and ``captioner usage export`` reads them. Without
+Redis, or while it can't answer, each replica counts on its own (a tenant may then get up to N quotas over N
+replicas). ``captioner_tenant_images_total{tenant,outcome}`` counts the same, per replica, by tenant name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from captioner.config import Settings
+from captioner.errors import QuotaExceeded
+from captioner.guard.tenants import Tenant
+from captioner.observability.metrics import Metrics
+from captioner.shared_state.redis_client import RedisClient, RedisUnavailable
+from captioner.shared_state.redis_usage import RedisUsage
+
+IMAGES = "images"  # the counter the quota is kept on: images admitted, less those the server failed
+CAPTIONED, CACHED, REJECTED, FAILED, REFUSED = "captioned", "cached", "rejected", "failed", "quota_exceeded"
+OUTCOMES = (CAPTIONED, CACHED, REJECTED, FAILED, REFUSED)
+COUNTERS = (IMAGES, *OUTCOMES)
+# How long a day's counts are kept in Redis: a year and a bit, so that last year's same month can still be billed.
+RETENTION_S = 400 * 86400
+
+
+def utc_day(now: float) -> str:
+    """The UTC day of the wall-clock time ``now`` (seconds since the epoch), as YYYY-MM-DD."""
+    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")
+
+
+def seconds_until_reset(now: float) -> float:
+    """Seconds from ``now`` until the next UTC midnight, when every daily quota starts again (in (0, 86400])."""
+    today = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return (today + timedelta(days=1)).timestamp() - now
+
+
+def quota_refusal(tenant: str, limit: int, now: float) -> QuotaExceeded:
+    return QuotaExceeded(
+        f"tenant {tenant} has sent its {limit} images of today (UTC); the quota resets at midnight UTC",
+        retry_after_s=seconds_until_reset(now),
+    )
+
+
+def usage_redis_url(settings: Settings) -> str:
+    """The Redis the usage counters live in ("" when the replicas share none)."""
+    return settings.rate_limit.redis_url or settings.cache.redis_url or settings.jobs.redis_url
+
+
+@dataclass
+class LocalUsage:
+    """This replica's own counts: the quota without Redis. Only today's are kept."""
+
+    day: str = ""
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def _today(self, day: str) -> dict[tuple[str, str], int]:
+        if day != self.day:
+            self.day, self.counts = day, {}
+        return self.counts
+
+    def take(self, day: str, tenant: str, counter: str, limit: int) -> int | None:
+        counts = self._today(day)
+        count = counts.get((tenant, counter), 0) + 1
+        if limit > 0 and count > limit:
+            return None
+        counts[(tenant, counter)] = count
+        return count
+
+    def add(self, day: str, tenant: str, counter: str, delta: int = 1) -> None:
+        counts = self._today(day)
+        counts[(tenant, counter)] = max(0, counts.get((tenant, counter), 0) + delta)
+
+
+class TenantUsage:
+    def __init__(
+        self,
+        metrics: Metrics,
+        shared: RedisUsage | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._metrics = metrics
+        self.shared = shared
+        self.local = LocalUsage()
+        self._clock = clock
+
+    @classmethod
+    def from_settings(cls, settings: Settings, metrics: Metrics) -> TenantUsage:
+        url = usage_redis_url(settings)
+        if not url:
+            return cls(metrics)
+        errors = metrics.usage_backend_errors
+        client = RedisClient(
+            url, name="usage", timeout_s=settings.rate_limit.redis_timeout_s, on_error=lambda op: errors.inc()
+        )
+        return cls(metrics, RedisUsage(client, ttl_s=RETENTION_S))
+
+    async def admit(self, tenant: Tenant | None) -> None:
+        """Count one image of ``tenant`` against its daily quota, or raise ``QuotaExceeded`` (429). None (auth
+        off): nothing is counted."""
+        if tenant is None:
+            return
+        now = self._clock()
+        limit = tenant.max_images_per_day
+        if await self._take(utc_day(now), tenant.name, limit) is None:
+            await self.record(tenant.name, REFUSED)
+            raise quota_refusal(tenant.name, limit, now)
+
+    async def _take(self, day: str, tenant: str, limit: int) -> int | None:
+        if self.shared is not None:
+            try:
+                return await self.shared.take(day, tenant, IMAGES, limit)
+            except RedisUnavailable:
+                pass  # counted in captioner_usage_backend_errors_total; this replica's own counts decide
+        return self.local.take(day, tenant, IMAGES, limit)
+
+    async def record(self, tenant: str | None, outcome: str) -> None:
+        """How an admitted image went (or a refusal): the metric, and the day's counter; a server failure gives the
+        image back to the quota."""
+        if tenant is None:
+            return
+        self._metrics.tenant_images.labels(tenant, outcome).inc()
+        day = utc_day(self._clock())
+        changes = [(outcome, 1)] + ([(IMAGES, -1)] if outcome == FAILED else [])
+        for counter, delta in changes:
+            self.local.add(day, tenant, counter, delta)
+            if self.shared is not None:
+                # A failure is counted in captioner_usage_backend_errors_total; the quota falls back to local counts.
+                with contextlib.suppress(RedisUnavailable):
+                    await self.shared.add(day, tenant, counter, delta)
+
+    async def aclose(self) -> None:
+        if self.shared is not None:
+            await self.shared.aclose()
+
+
+def outcome_of(status_code: int) -> str:
+    """The usage outcome of an error answer: the caller's (4xx) or the server's (5xx)."""
+    return FAILED if status_code >= 500 else REJECTED
