@@ -76,7 +76,10 @@ def _tenant(raw: Any, where: str, reserved: Sequence[str]) -> tuple[Tenant, list
     keys = raw.get("keys")
     if not isinstance(keys, list) or not keys:
         raise KeysFileError(f"{where}.keys must be a non-empty list of 'sha256:<hex>'")
-    digests = [parse_digest(key, f"{where}.keys[{i}]", plain_allowed=False) for i, key in enumerate(keys)]
+    try:
+        digests = [parse_digest(key, f"{where}.keys[{i}]", plain_allowed=False) for i, key in enumerate(keys)]
+    except ConfigError as exc:
+        raise KeysFileError(str(exc)) from None
     scopes = raw.get("scopes")
     if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
         raise KeysFileError(f"{where}.scopes must be a list of {', '.join(SCOPES)}")
