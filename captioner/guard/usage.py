@@ -6,8 +6,8 @@ the day (UTC) ends, when the count starts again. How it then went is counted too
 captions), ``cached``, ``rejected`` (a 4xx: the caller's image or request) or ``failed`` (a 5xx: the server's fault;
 such an image is given back to the quota). ``quota_exceeded`` counts the refusals.
 
-The counts live in Redis when the replicas have one (``rate_limit.redis_url``, else ``cache.redis_url``, else
-``jobs.redis_url``): one quota per tenant for the whole fleet, and ``captioner usage export`` reads them. Without
+The counts live in Redis when the replicas have one (``jobs.redis_url``, else ``rate_limit.redis_url``, else
+``cache.redis_url``): one quota per tenant for the whole fleet, and ``captioner usage export`` reads them. Without
 Redis, or while it can't answer, each replica counts on its own (a tenant may then get up to N quotas over N
 replicas). ``captioner_tenant_images_total{tenant,outcome}`` counts the same, per replica, by tenant name.
 """
@@ -54,8 +54,9 @@ def quota_refusal(tenant: str, limit: int, now: float) -> QuotaExceeded:
 
 
 def usage_redis_url(settings: Settings) -> str:
-    """The Redis the usage counters live in ("" when the replicas share none)."""
-    return settings.rate_limit.redis_url or settings.cache.redis_url or settings.jobs.redis_url
+    """The Redis the usage counters live in ("" when the replicas share none): the jobs' first, which the fleet runs
+    persistent and never evicting (billing data must not be an LRU's to drop), then the rate limits', the cache's."""
+    return settings.jobs.redis_url or settings.rate_limit.redis_url or settings.cache.redis_url
 
 
 @dataclass

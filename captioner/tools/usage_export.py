@@ -4,8 +4,8 @@ tenant per day, for billing, from the counters every replica keeps in Redis (gua
 One row per day (UTC) and tenant that sent anything, oldest first: ``date``, ``tenant``, ``images`` (counted against
 the daily quota: admitted, less those the server failed), then how they went: ``captioned``, ``cached``,
 ``rejected`` (4xx), ``failed`` (5xx), ``quota_exceeded`` (refused at the door, not in ``images``). Days are kept
-400 days. The Redis is the one the servers use, per the same config (``rate_limit.redis_url``, else
-``cache.redis_url``, else ``jobs.redis_url``); without one there is nothing to export (each replica counted alone).
+400 days. The Redis is the one the servers use, per the same config (``jobs.redis_url``, else
+``rate_limit.redis_url``, else ``cache.redis_url``); without one there is nothing to export (each replica counted alone).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ async def read_usage(settings: Settings, since: date, until: date) -> dict[str, 
     url = usage_redis_url(settings)
     if not url:
         raise ConfigError(
-            "config: usage export reads the servers' Redis (rate_limit.redis_url, cache.redis_url or jobs.redis_url), "
+            "config: usage export reads the servers' Redis (jobs.redis_url, rate_limit.redis_url or cache.redis_url), "
             "and none is set"
         )
     store = RedisUsage(RedisClient(url, name="usage", timeout_s=5.0), ttl_s=RETENTION_S)
