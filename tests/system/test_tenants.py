@@ -3,7 +3,8 @@
 - Two tenants with different rates, hammered over both replicas at once, each get their own limit (shared through
   Redis: the slow one is refused on both replicas).
 - A key added to the file works on both replicas within seconds, and one removed stops working as fast, while a
-  third tenant's requests go on throughout without a single failure; a bad file changes nothing.
+  third tenant's requests go on throughout without a single failure; a bad file changes nothing. SIGHUP re-reads
+  the file at once.
 - A caption-scope key gets 403 ``forbidden`` on every admin endpoint (variants, drift, drift reference), and on the
   job and feedback endpoints it has no scope for; an admin key reads them.
 - Tenant B is not told that tenant A's image was cached (though it was served from the cache), on either replica.
@@ -17,6 +18,7 @@ import hashlib
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import threading
@@ -339,3 +341,23 @@ def test_the_daily_quota_is_shared_by_the_replicas_and_usage_export_reads_it(
     lines = csv_out.stdout.splitlines()
     assert lines[0] == "date,tenant,images,captioned,cached,rejected,failed,quota_exceeded"
     assert f"{today},quota,2,0,0,2,0,1" in lines
+
+
+# ---------------------------------------------------------------------------------------------- SIGHUP
+
+
+def test_sighup_re_reads_the_keys_file_at_once(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A replica that would not look at the file for an hour takes a new key on SIGHUP (``kill -HUP``)."""
+    keys_path = tmp_path / "keys.yaml"
+    keys_path.write_text("tenants:\n" + tenant("rotating", [KEYS["rot1"]], ["caption"]))
+    env = {"CAPTIONER_AUTH__KEYS_FILE": str(keys_path), "CAPTIONER_AUTH__KEYS_FILE_POLL_S": "3600",
+           "CAPTIONER_LOGGING__LEVEL": "info"}  # fmt: skip
+    with ServerProcess(tiny_model_dir, env=env) as server:
+        assert status_for(server.url, "rot1") == 400 and status_for(server.url, "rot2") == 401
+        write_atomically(keys_path, "tenants:\n" + tenant("rotating", [KEYS["rot2"]], ["caption"]))
+        assert status_for(server.url, "rot2") == 401  # not polled for an hour
+        assert server.process is not None
+        server.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: status_for(server.url, "rot2") == 400, "the new key to work after SIGHUP")
+        assert status_for(server.url, "rot1") == 401
+        assert server.alive()
