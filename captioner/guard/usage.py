@@ -14,6 +14,7 @@ replicas). ``captioner_tenant_images_total{tenant,outcome}`` counts the same, pe
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Callable
@@ -33,6 +34,7 @@ OUTCOMES = (CAPTIONED, CACHED, REJECTED, FAILED, REFUSED)
 COUNTERS = (IMAGES, *OUTCOMES)
 # How long a day's counts are kept in Redis: a year and a bit, so that last year's same month can still be billed.
 RETENTION_S = 400 * 86400
+_MAX_PENDING_WRITES = 10_000
 
 
 def utc_day(now: float) -> str:
@@ -85,6 +87,9 @@ class LocalUsage:
 
 
 class TenantUsage:
+    """The quota decision, and the counts. Only a tenant with a quota waits for Redis (one atomic call per image);
+    every other count is written in the background, off the request's path."""
+
     def __init__(
         self,
         metrics: Metrics,
@@ -96,6 +101,7 @@ class TenantUsage:
         self.shared = shared
         self.local = LocalUsage()
         self._clock = clock
+        self._writes: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_settings(cls, settings: Settings, metrics: Metrics) -> TenantUsage:
@@ -114,9 +120,12 @@ class TenantUsage:
         if tenant is None:
             return
         now = self._clock()
-        limit = tenant.max_images_per_day
-        if await self._take(utc_day(now), tenant.name, limit) is None:
-            await self.record(tenant.name, REFUSED)
+        day, limit = utc_day(now), tenant.max_images_per_day
+        if not limit:  # nothing to decide: counted for the usage export only
+            self._count(day, tenant.name, IMAGES, 1)
+            return
+        if await self._take(day, tenant.name, limit) is None:
+            self.record(tenant.name, REFUSED)
             raise quota_refusal(tenant.name, limit, now)
 
     async def _take(self, day: str, tenant: str, limit: int) -> int | None:
@@ -127,22 +136,37 @@ class TenantUsage:
                 pass  # counted in captioner_usage_backend_errors_total; this replica's own counts decide
         return self.local.take(day, tenant, IMAGES, limit)
 
-    async def record(self, tenant: str | None, outcome: str) -> None:
+    def record(self, tenant: str | None, outcome: str) -> None:
         """How an admitted image went (or a refusal): the metric, and the day's counter; a server failure gives the
         image back to the quota."""
         if tenant is None:
             return
         self._metrics.tenant_images.labels(tenant, outcome).inc()
         day = utc_day(self._clock())
-        changes = [(outcome, 1)] + ([(IMAGES, -1)] if outcome == FAILED else [])
-        for counter, delta in changes:
-            self.local.add(day, tenant, counter, delta)
-            if self.shared is not None:
-                # A failure is counted in captioner_usage_backend_errors_total; the quota falls back to local counts.
-                with contextlib.suppress(RedisUnavailable):
-                    await self.shared.add(day, tenant, counter, delta)
+        self._count(day, tenant, outcome, 1)
+        if outcome == FAILED:
+            self._count(day, tenant, IMAGES, -1)
+
+    def _count(self, day: str, tenant: str, counter: str, delta: int) -> None:
+        self.local.add(day, tenant, counter, delta)
+        if self.shared is None:
+            return
+        if len(self._writes) >= _MAX_PENDING_WRITES:  # Redis this slow is failing: don't pile up tasks
+            self._metrics.usage_backend_errors.inc()
+            return
+        write = asyncio.get_running_loop().create_task(self._write(day, tenant, counter, delta))
+        self._writes.add(write)
+        write.add_done_callback(self._writes.discard)
+
+    async def _write(self, day: str, tenant: str, counter: str, delta: int) -> None:
+        assert self.shared is not None
+        # A failure is counted in captioner_usage_backend_errors_total; the quota falls back to local counts.
+        with contextlib.suppress(RedisUnavailable):
+            await self.shared.add(day, tenant, counter, delta)
 
     async def aclose(self) -> None:
+        if self._writes:  # the last counts: each bounded by the client's timeout
+            await asyncio.wait(set(self._writes), timeout=5)
         if self.shared is not None:
             await self.shared.aclose()
 

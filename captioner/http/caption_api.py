@@ -58,14 +58,14 @@ async def caption_sync(request: Request, parse: RequestParser) -> CaptionOutcome
     try:
         outcome = await _caption(request, parse, started, key, assignment, tenant_name)
     except CaptionerError as exc:
-        await runtime.usage.record(tenant_name, outcome_of(exc.status_code))
+        runtime.usage.record(tenant_name, outcome_of(exc.status_code))
         raise
     except ClientDisconnect:
         raise  # nobody to answer, nothing to count
     except Exception:
-        await runtime.usage.record(tenant_name, outcome_of(500))
+        runtime.usage.record(tenant_name, outcome_of(500))
         raise
-    await runtime.usage.record(tenant_name, CACHED if outcome.cached else CAPTIONED)
+    runtime.usage.record(tenant_name, CACHED if outcome.cached else CAPTIONED)
     if runtime.settings.feedback.enabled:  # a rating of this image by this caller may count (feedback/served.py)
         runtime.feedback.served.remember(principal_of(request.scope), outcome.image_sha256, outcome.variant)
     return outcome

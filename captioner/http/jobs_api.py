@@ -105,7 +105,7 @@ async def accept_job(request: Request, runtime: Runtime) -> Response:
     except BaseException as exc:
         place.cancel()
         if counted and isinstance(exc, CaptionerError):
-            await runtime.usage.record(tenant.name if tenant else None, outcome_of(exc.status_code))
+            runtime.usage.record(tenant.name if tenant else None, outcome_of(exc.status_code))
         raise
     job = submitted.job
     if submitted.replayed:

@@ -160,10 +160,10 @@ def _start_worker(runtime: Runtime) -> None:
             raise
         except BaseException as exc:
             runtime.job_quota.ended(request.job_id)
-            await runtime.usage.record(tenant, outcome_of(getattr(exc, "status_code", 500)))
+            runtime.usage.record(tenant, outcome_of(getattr(exc, "status_code", 500)))
             raise
         runtime.job_quota.ended(request.job_id)
-        await runtime.usage.record(tenant, CACHED if outcome.cached else CAPTIONED)
+        runtime.usage.record(tenant, CACHED if outcome.cached else CAPTIONED)
         return outcome_body(outcome, settings.model.name)
 
     def available() -> Overloaded | None:

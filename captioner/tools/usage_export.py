@@ -3,9 +3,10 @@ tenant per day, for billing, from the counters every replica keeps in Redis (gua
 
 One row per day (UTC) and tenant that sent anything, oldest first: ``date``, ``tenant``, ``images`` (counted against
 the daily quota: admitted, less those the server failed), then how they went: ``captioned``, ``cached``,
-``rejected`` (4xx), ``failed`` (5xx), ``quota_exceeded`` (refused at the door, not in ``images``). Days are kept
-400 days. The Redis is the one the servers use, per the same config (``jobs.redis_url``, else
-``rate_limit.redis_url``, else ``cache.redis_url``); without one there is nothing to export (each replica counted alone).
+``rejected`` (4xx), ``failed`` (5xx), ``quota_exceeded`` (refused at the door, not in ``images``). A day's counts
+are kept 400 days. The Redis is the one the servers use, per the same config (``jobs.redis_url``, else
+``rate_limit.redis_url``, else ``cache.redis_url``); without one there is nothing to export (each replica counted
+alone).
 """
 
 from __future__ import annotations

@@ -323,6 +323,11 @@ def test_the_daily_quota_is_shared_by_the_replicas_and_usage_export_reads_it(
 
     out = tmp_path / "usage.jsonl"
     today = now.strftime("%Y-%m-%d")
+
+    def counted(counter: str) -> bytes:  # counts are written in the background, off the request's path
+        return redis.command("HGET", f"captioner:usage:{today}", f"quota:{counter}")
+
+    wait_for(lambda: counted("quota_exceeded").startswith(b"$1\r\n1") and counted("rejected").startswith(b"$1\r\n2"))
     env = with_repo_on_path({**os.environ, "CAPTIONER_CACHE__REDIS_URL": redis.url})
     args = [sys.executable, "-m", "captioner", "usage", "export", "--since", today, "--format", "jsonl", "--out"]
     done = subprocess.run([*args, str(out)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)

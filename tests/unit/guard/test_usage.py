@@ -59,11 +59,11 @@ def test_the_quota_refuses_with_retry_after_until_midnight_and_counts_by_tenant_
 
     async def scenario() -> None:
         await usage.admit(web)
-        await usage.record("web", CAPTIONED)
+        usage.record("web", CAPTIONED)
         await usage.admit(web)
-        await usage.record("web", FAILED)  # the server's fault: the image is given back
+        usage.record("web", FAILED)  # the server's fault: the image is given back
         await usage.admit(web)
-        await usage.record("web", CACHED)
+        usage.record("web", CACHED)
         with pytest.raises(QuotaExceeded) as refused:
             await usage.admit(web)
         assert (refused.value.status_code, refused.value.code) == (429, "quota_exceeded")
