@@ -147,6 +147,12 @@ class TenantUsage:
         if outcome == FAILED:
             self._count(day, tenant, IMAGES, -1)
 
+    def give_back(self, tenant: str | None) -> None:
+        """An admitted image that was no new work after all (a replayed ``Idempotency-Key``: the first request's job
+        answers it): it leaves the quota and the counts."""
+        if tenant is not None:
+            self._count(utc_day(self._clock()), tenant, IMAGES, -1)
+
     def _count(self, day: str, tenant: str, counter: str, delta: int) -> None:
         self.local.add(day, tenant, counter, delta)
         if self.shared is None:

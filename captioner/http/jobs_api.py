@@ -109,7 +109,8 @@ async def accept_job(request: Request, runtime: Runtime) -> Response:
         raise
     job = submitted.job
     if submitted.replayed:
-        place.cancel()  # the first request's job, counted when it was accepted
+        place.cancel()  # the first request's job, counted when it was accepted (its quota and usage too)
+        runtime.usage.give_back(tenant.name if tenant else None)
     else:
         place.bind(job.job_id, len(parsed.image or b""))
     body = {"status": "processing", "job_id": job.job_id, "estimated_time_seconds": runtime.jobs.estimate_s()}

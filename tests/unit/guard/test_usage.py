@@ -68,13 +68,17 @@ def test_the_quota_refuses_with_retry_after_until_midnight_and_counts_by_tenant_
             await usage.admit(web)
         assert (refused.value.status_code, refused.value.code) == (429, "quota_exceeded")
         assert refused.value.headers["Retry-After"] == "3600"  # one hour to midnight UTC
+        usage.give_back("web")  # a replayed Idempotency-Key: no new work
+        await usage.admit(web)
+        with pytest.raises(QuotaExceeded):
+            await usage.admit(web)
         clock.advance(3600)  # midnight
         await usage.admit(web)
         await usage.admit(None)  # auth off: nothing counted, nothing refused
 
     asyncio.run(scenario())
     text = generate_latest(metrics.registry).decode()
-    for outcome, count in ((CAPTIONED, 1), (FAILED, 1), (CACHED, 1), (REFUSED, 1)):
+    for outcome, count in ((CAPTIONED, 1), (FAILED, 1), (CACHED, 1), (REFUSED, 2)):
         assert metric_value(text, "captioner_tenant_images_total", f'tenant="web",outcome="{outcome}"') == count
 
 
