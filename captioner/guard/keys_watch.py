@@ -54,13 +54,15 @@ def _signature(path: Path) -> Signature | None:
 
 
 class KeysFileWatch:
-    def __init__(self, keys: TenantKeys, auth: AuthSettings, *, on_reload: Callable[[bool], None] = lambda ok: None):
-        self.keys = keys
+    """The keys of ``auth`` (read here: a bad file stops start-up), kept equal to the keys file."""
+
+    def __init__(self, auth: AuthSettings, *, on_reload: Callable[[bool], None] = lambda ok: None) -> None:
         self.auth = auth
         self.path = Path(auth.keys_file)
         self._on_reload = on_reload  # True: a new table is in force; False: a file was refused
         # Taken before the start-up read: a change during that read is seen by the first poll.
         self._seen = _signature(self.path)
+        self.keys = build_keys(auth)
 
     async def run(self) -> None:
         """Poll the file's stat; re-read it when it changed. Runs until cancelled."""

@@ -13,7 +13,6 @@ from captioner.guard.admission import AdmissionBudget
 from captioner.guard.job_quota import JobQuota
 from captioner.guard.keys_watch import KeysFileWatch, build_keys
 from captioner.guard.shared_limiter import SharedRateLimiter
-from captioner.guard.tenants import TenantKeys
 from captioner.guard.usage import TenantUsage
 from captioner.jobs.manager import JobManager
 from captioner.jobs.relay import JobRelay
@@ -38,13 +37,14 @@ def build_runtime(settings: Settings, metrics: Metrics, role: str) -> Runtime:
     outbound = build_outbound(settings, metrics)
     admission = AdmissionBudget.from_settings(settings, metrics)
     jobs = JobManager.from_settings(settings, metrics)
-    keys = build_keys(settings.auth)  # a bad entry, or keys file, stops start-up here, named
+    keys_watch = _keys_watch(settings, metrics)
     runtime = Runtime(
         settings=settings,
         metrics=metrics,
         role=role,
-        keys=keys,
-        keys_watch=_keys_watch(settings, keys, metrics),
+        # A bad entry, or keys file, stops start-up here, named.
+        keys=keys_watch.keys if keys_watch is not None else build_keys(settings.auth),
+        keys_watch=keys_watch,
         usage=TenantUsage.from_settings(settings, metrics),
         limiter=SharedRateLimiter.from_settings(settings, metrics),
         admission=admission,
@@ -77,11 +77,11 @@ def build_runtime(settings: Settings, metrics: Metrics, role: str) -> Runtime:
     return runtime
 
 
-def _keys_watch(settings: Settings, keys: TenantKeys, metrics: Metrics) -> KeysFileWatch | None:
+def _keys_watch(settings: Settings, metrics: Metrics) -> KeysFileWatch | None:
     if not settings.auth.keys_file:
         return None
     return KeysFileWatch(
-        keys, settings.auth, on_reload=lambda ok: metrics.keys_file_reloads.labels("loaded" if ok else "refused").inc()
+        settings.auth, on_reload=lambda ok: metrics.keys_file_reloads.labels("loaded" if ok else "refused").inc()
     )
 
 

@@ -15,6 +15,7 @@ from captioner.errors import Unauthorized
 from captioner.guard.keys_file import KeysFileError, parse_keys_file
 from captioner.guard.keys_watch import KeysFileWatch, build_keys
 from captioner.guard.tenants import ADMIN, CAPTION, JOBS
+from tests.support.waits import async_wait_for
 
 KEY = "web-secret-key"
 
@@ -103,9 +104,9 @@ def test_the_watch_swaps_a_good_file_in_and_keeps_the_keys_on_a_bad_one(
     path = tmp_path / "keys.yaml"
     path.write_text(GOOD)
     auth = AuthSettings(api_keys=["config-key"], keys_file=str(path))
-    keys = build_keys(auth)
     results: list[bool] = []
-    watch = KeysFileWatch(keys, auth, on_reload=results.append)
+    watch = KeysFileWatch(auth, on_reload=results.append)
+    keys = watch.keys
     assert keys.authenticate(f"Bearer {KEY}").tenant.name == "web"
     assert keys.authenticate("Bearer config-key").tenant.name == "default"  # auth.api_keys stay beside the file
 
@@ -126,3 +127,22 @@ def test_the_watch_swaps_a_good_file_in_and_keeps_the_keys_on_a_bad_one(
 def test_a_missing_keys_file_stops_start_up_naming_it(tmp_path: Path) -> None:
     with pytest.raises(KeysFileError, match="cannot be read"):
         build_keys(AuthSettings(keys_file=str(tmp_path / "absent.yaml")))
+
+
+def test_the_poll_notices_a_changed_file_and_reads_it(tmp_path: Path) -> None:
+    path = tmp_path / "keys.yaml"
+    path.write_text(GOOD)
+    watch = KeysFileWatch(AuthSettings(keys_file=str(path), keys_file_poll_s=0.01))
+
+    async def scenario() -> None:
+        polling = asyncio.create_task(watch.run())
+        try:
+            staged = tmp_path / "keys.new"  # replaced as a ConfigMap volume or a deploy tool does: a rename
+            staged.write_text(f"tenants:\n  - {{name: web, keys: ['{entry('polled')}'], scopes: [caption]}}\n")
+            staged.replace(path)
+            await async_wait_for(lambda: "web" in watch.keys.tenants and "ops" not in watch.keys.tenants)
+            assert watch.keys.authenticate("Bearer polled").tenant.name == "web"
+        finally:
+            polling.cancel()
+
+    asyncio.run(scenario())
