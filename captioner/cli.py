@@ -18,6 +18,7 @@ from captioner.tools.feedback_export import add_feedback_commands
 from captioner.tools.models.command import add_models_command
 from captioner.tools.optimize.command import add_optimize_command
 from captioner.tools.train.command import add_train_commands
+from captioner.tools.usage_export import add_usage_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_feedback_commands,
         add_drift_commands,
         add_cascade_commands,
+        add_usage_commands,
     ):
         add_tool_commands(commands)
     return parser

@@ -81,7 +81,7 @@ class Unauthorized(CaptionerError):
 class Forbidden(CaptionerError):
     status_code = 403
     code = "forbidden"
-    default_message = "this endpoint needs an admin key (auth.admin_keys)"
+    default_message = "this key may not call this endpoint (its tenant lacks the scope)"
 
 
 class NotFound(CaptionerError):
@@ -103,6 +103,14 @@ class RateLimited(_RetryableError):
     status_code = 429
     code = "rate_limited"
     default_message = "rate limit exceeded"
+
+
+class QuotaExceeded(_RetryableError):
+    """The tenant's daily image quota (``max_images_per_day``) is spent; Retry-After: until it resets (UTC midnight)."""
+
+    status_code = 429
+    code = "quota_exceeded"
+    default_message = "the daily image quota is spent"
 
 
 class Overloaded(_RetryableError):

@@ -114,7 +114,7 @@ def check_exposure(settings: Settings) -> None:
     An open replica is an open GPU, URL fetcher and job store for anyone who can reach the port.
     """
     auth = settings.auth
-    if auth.api_keys or auth.admin_keys or auth.allow_anonymous or is_loopback(settings.server.host):
+    if auth.api_keys or auth.admin_keys or auth.keys_file or auth.allow_anonymous or is_loopback(settings.server.host):
         return
     raise ConfigError(
         f"config: server.host is {settings.server.host}, which other machines can reach, and auth.api_keys is empty: "

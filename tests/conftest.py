@@ -42,6 +42,7 @@ LONG_FIRST = [  # by measured time per file (--durations), longest first
     "system/test_watchdog.py",
     "system/test_hf_client.py",
     "system/test_shared_rate_limit.py",
+    "system/test_tenants.py",
     "system/test_worker_release.py",
     "system/test_evaluate.py",
     "system/test_hardening.py",

@@ -95,7 +95,7 @@ class Unauthorized(ApiError):
 
 
 class Forbidden(ApiError):
-    """This key may not use that endpoint (the drift endpoints need an admin key)."""
+    """This key may not use that endpoint: its tenant lacks the scope (the drift and variants endpoints need admin)."""
 
 
 class NotFound(ApiError):
@@ -104,6 +104,10 @@ class NotFound(ApiError):
 
 class RateLimited(ApiError):
     """This key's rate limit, still exceeded after the retries allowed; ``retry_after_s`` says when to return."""
+
+
+class QuotaExceeded(ApiError):
+    """This key's tenant spent its daily image quota; ``retry_after_s`` is the time until it resets (UTC midnight)."""
 
 
 class Overloaded(ApiError):
@@ -135,6 +139,7 @@ ERRORS: dict[str, tuple[type[ApiError], int]] = {
     "forbidden": (Forbidden, 403),
     "not_found": (NotFound, 404),
     "rate_limited": (RateLimited, 429),
+    "quota_exceeded": (QuotaExceeded, 429),
     "overloaded": (Overloaded, 503),
     "timeout": (RequestTimeout, 504),
     "model_error": (ModelError, 500),

@@ -103,6 +103,10 @@ class CacheSettings:
     redis_url: str = ""
     # Per Redis command; past it (or while Redis is down) the cache goes local-only instead of waiting.
     redis_timeout_s: float = setting(0.25, gt=0)
+    # Whose answers a tenant may be served from the cache (serving/privacy.py; docs/operations.md, "Tenants"):
+    # global: everyone's (the saving), but "cached": true only for an image this tenant sent before; tenant: only
+    # its own, so not even the time of a hit tells one tenant what another sent.
+    scope: str = setting("global", choices=("global", "tenant"))
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,11 @@ class AuthSettings:
     # Keys (same forms as api_keys) that may also read operator endpoints: the drift report and reference,
     # which summarise every caller's traffic. With auth on and no admin keys, those endpoints answer 403.
     admin_keys: list[str] = field(default_factory=list)
+    # A YAML file of tenants (name, key hashes, scopes, limits: guard/keys_file.py), re-read when it changes and on
+    # SIGHUP; "" = only api_keys (tenant "default") and admin_keys (tenant "admin").
+    keys_file: str = ""
+    # How often the keys file's stat is looked at (a read only when it changed).
+    keys_file_poll_s: float = setting(1.0, gt=0)
 
 
 @dataclass(frozen=True)
@@ -162,6 +171,17 @@ class RateLimitSettings:
     redis_timeout_s: float = setting(0.1, gt=0)
     # Redis unreachable: true falls back to this replica's own buckets; false refuses with 503 overloaded.
     fail_open: bool = True
+
+
+@dataclass(frozen=True)
+class ContentSettings:
+    """Words no caption may contain (serving/content_filter.py): whole words or phrases, case-insensitive."""
+
+    blocked_words: list[str] = field(default_factory=list)
+    # One word or phrase per line ("#" starts a comment), added to blocked_words; read at start-up.
+    blocked_words_file: str = ""
+    # Answered when every caption of an image was blocked.
+    fallback_caption: str = "an image"
 
 
 @dataclass(frozen=True)

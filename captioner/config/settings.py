@@ -17,6 +17,7 @@ from captioner.config.sections import (
     CacheSettings,
     CanarySettings,
     CascadeSettings,
+    ContentSettings,
     DriftSettings,
     FeedbackSettings,
     GateSettings,
@@ -54,6 +55,7 @@ class Settings:
     canary: CanarySettings = field(default_factory=CanarySettings)
     feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
     cascade: CascadeSettings = field(default_factory=CascadeSettings)
+    content: ContentSettings = field(default_factory=ContentSettings)
     # A/B variants (top-level `models:` list); empty means one variant, "default", made of `model`.
     models: tuple[VariantSettings, ...] = ()
     # Where the settings came from, for the start-up log line; not a config key.
@@ -179,6 +181,11 @@ def _check_cross_field(settings: Settings) -> None:
     if webhook and not webhook.startswith(("http://", "https://")):
         # The value is not echoed: a webhook URL often carries a token.
         raise ConfigError("config: drift.webhook_url must be an http(s) URL or empty")
+    content = settings.content
+    if not content.fallback_caption.strip():
+        raise ConfigError("config: content.fallback_caption must not be empty (it is what a blocked answer says)")
+    if any(not word.strip() for word in content.blocked_words):
+        raise ConfigError("config: content.blocked_words entries must not be empty")
     gen = settings.generation
     if gen.num_captions > gen.max_num_captions:
         raise ConfigError(

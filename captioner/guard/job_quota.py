@@ -5,7 +5,8 @@ waits in the queue holding its input (an image of up to ``max_body_bytes``, or j
 that from growing without limit, both checked when the job is accepted:
 
 - per caller (API key, or client address without auth): at most ``jobs.max_running_per_principal`` outstanding
-  jobs (auto: half the budget); past it 429 ``rate_limited`` + Retry-After, decided from the request head, before
+  jobs (auto: half the budget; a keys-file tenant's ``max_running_jobs`` where it sets one); past it 429
+  ``rate_limited`` + Retry-After, decided from the request head, before
   the body is read. One caller can't fill the queue, nor hold every ticket the jobs take when they run;
 - in all: the images held by outstanding jobs at most ``max_in_flight x max_body_bytes`` bytes (the same as the
   requests in flight may hold); past it 503 ``overloaded``.
@@ -86,14 +87,16 @@ class JobQuota:
     def outstanding(self, principal: str) -> int:
         return self._counts.get(principal, 0)
 
-    async def reserve(self, principal: str, is_open: IsOpen) -> Reservation:
-        """A place for one more job of ``principal``, or ``RateLimited`` (429) when it has its cap already."""
-        if self.outstanding(principal) >= self.per_principal:
+    async def reserve(self, principal: str, is_open: IsOpen, limit: int | None = None) -> Reservation:
+        """A place for one more job of ``principal``, or ``RateLimited`` (429) when it has its cap already.
+        ``limit``: the caller's own cap (a tenant's ``max_running_jobs``); None or 0: ``per_principal``."""
+        cap = limit or self.per_principal
+        if self.outstanding(principal) >= cap:
             await self._refresh(is_open)
-        if self.outstanding(principal) >= self.per_principal:
+        if self.outstanding(principal) >= cap:
             self._on_refused("principal_jobs")
             raise RateLimited(
-                f"at most {self.per_principal} async jobs may be outstanding per caller; retry later",
+                f"at most {cap} async jobs may be outstanding per caller; retry later",
                 retry_after_s=self._retry_after_s(),
             )
         self._counts[principal] = self.outstanding(principal) + 1

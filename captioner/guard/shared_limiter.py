@@ -16,7 +16,9 @@ then costs no network time at all):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from captioner.config import Settings
 from captioner.errors import Overloaded, RateLimited
@@ -26,27 +28,44 @@ from captioner.shared_state.redis_client import RedisClient, RedisUnavailable
 from captioner.shared_state.redis_rate_limit import RedisTokenBucket
 
 
+@dataclass(frozen=True)
+class RateLimit:
+    """A caller's token bucket: ``rate_per_s`` (0: no limit) and ``burst`` (0: ``max(1, ceil(rate))``)."""
+
+    rate_per_s: float
+    burst: int
+
+    @property
+    def capacity(self) -> int:
+        return self.burst if self.burst > 0 else max(1, math.ceil(self.rate_per_s))
+
+
 class SharedRateLimiter:
+    """Token buckets per caller, each with the caller's own limit (a tenant's, else ``default``)."""
+
     def __init__(
         self,
-        local: RateLimiter,
+        default: RateLimit,
         shared: RedisTokenBucket | None = None,
         *,
         fail_open: bool = True,
         on_fallback: Callable[[str], None] = lambda action: None,
     ) -> None:
-        self.local = local
-        self.shared = shared if local.enabled else None
+        self.default = default
+        self.shared = shared
         self.fail_open = fail_open
         self._on_fallback = on_fallback
+        # This replica's buckets, one limiter per distinct limit (a handful: the config's and the tenants').
+        self._locals: dict[RateLimit, RateLimiter] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings, metrics: Metrics) -> SharedRateLimiter:
         config = settings.rate_limit
-        local = RateLimiter.from_settings(config)
+        default = RateLimit(config.per_key_rps, config.burst)
         url = config.redis_url or settings.cache.redis_url
-        if not local.enabled or not url:
-            return cls(local)
+        # A keys file may give a tenant a rate at any time: its buckets are shared as soon as there is a Redis.
+        if not url or not (default.rate_per_s > 0 or settings.auth.keys_file):
+            return cls(default)
         metrics.rate_limit_backend_up.set(1)
         client = RedisClient(
             url,
@@ -54,30 +73,40 @@ class SharedRateLimiter:
             timeout_s=config.redis_timeout_s,
             on_state=lambda up: metrics.rate_limit_backend_up.set(1 if up else 0),
         )
-        shared = RedisTokenBucket(client, rate_per_s=local.rate, capacity=local.capacity)
         return cls(
-            local,
-            shared,
+            default,
+            RedisTokenBucket(client),
             fail_open=config.fail_open,
             on_fallback=lambda action: metrics.rate_limit_fallbacks.labels(action).inc(),
         )
 
     @property
     def enabled(self) -> bool:
-        return self.local.enabled
+        """Whether callers without a limit of their own are limited."""
+        return self.default.rate_per_s > 0
 
-    async def check(self, principal: str) -> None:
-        """Take one token for ``principal``, or raise ``RateLimited`` (429) / ``Overloaded`` (503, fail-closed)."""
+    def local(self, limit: RateLimit) -> RateLimiter:
+        limiter = self._locals.get(limit)
+        if limiter is None:
+            limiter = self._locals[limit] = RateLimiter(limit.rate_per_s, limit.burst)
+        return limiter
+
+    async def check(self, principal: str, limit: RateLimit | None = None) -> None:
+        """Take one token for ``principal`` under ``limit`` (None: the default), or raise ``RateLimited`` (429) /
+        ``Overloaded`` (503, fail-closed). A limit of rate 0 costs nothing: no bucket, no call."""
+        limit = limit or self.default
+        if not limit.rate_per_s > 0:
+            return
         key = bucket_key(principal)
         if self.shared is None:
-            self.local.check(key)
+            self.local(limit).check(key)
             return
         try:
-            wait_s = await self.shared.take(key)
+            wait_s = await self.shared.take(key, rate_per_s=limit.rate_per_s, capacity=limit.capacity)
         except RedisUnavailable:
             if self.fail_open:
                 self._on_fallback("local")
-                self.local.check(key)
+                self.local(limit).check(key)
                 return
             self._on_fallback("refused")
             retry_in_s = self.shared.client.breaker.retry_in_s

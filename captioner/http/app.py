@@ -13,7 +13,6 @@ from starlette.types import Scope
 from captioner.config import Settings
 from captioner.guard.admission import AdmissionGate
 from captioner.guard.api_guard import ApiGuard
-from captioner.guard.api_keys import ApiKeys
 from captioner.http import paths
 from captioner.http.access_log import RequestObserver
 from captioner.http.body import BodyDeadline
@@ -59,7 +58,7 @@ def create_app(
                 keys=runtime.keys,
                 limiter=runtime.limiter,
                 protects=paths.is_protected,
-                admin_keys=ApiKeys.admins(settings.auth),
+                scope_of=paths.scope_of,  # 403 for a tenant without the endpoint's scope
             ),
             # After the keys (a stranger takes no ticket), before the body is read (a refusal costs nothing).
             Middleware(AdmissionGate, budget=runtime.admission, admits=_takes_work),

@@ -15,8 +15,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from captioner.config import Settings
-from captioner.errors import InvalidRequest
-from captioner.guard.caller import api_key_of, principal_of
+from captioner.errors import CaptionerError, InvalidRequest
+from captioner.guard.caller import api_key_of, principal_of, tenant_of
+from captioner.guard.usage import CACHED, CAPTIONED, outcome_of
 from captioner.http.access_log import request_record
 from captioner.http.assignment import assignment_key
 from captioner.http.inputs import CaptionRequest, parse_api_request
@@ -42,14 +43,43 @@ async def caption(request: Request) -> Response:
 
 
 async def caption_sync(request: Request, parse: RequestParser) -> CaptionOutcome:
-    """A synchronous caption: admission (before the body is read: under overload the cheapest answer is the
-    best one), parsing, then the use case; a client that leaves while its image waits cancels its work."""
+    """A synchronous caption: admission and the tenant's daily quota (before the body is read: under overload the
+    cheapest answer is the best one), parsing, then the use case; a client that leaves while its image waits
+    cancels its work. How it went is counted in the tenant's usage (guard/usage.py)."""
     started = time.monotonic()
     runtime = runtime_of(request)
     use_case = runtime.use_case
     key = idempotency_key(request)  # 422 when malformed; a relayed request is deduplicated on it
     assignment = assignment_key(request)  # 422 when malformed; else the image decides the variant
     use_case.admit()
+    tenant = tenant_of(request.scope)
+    await runtime.usage.admit(tenant)  # 429 quota_exceeded: the tenant's daily images are spent
+    tenant_name = tenant.name if tenant is not None else None
+    try:
+        outcome = await _caption(request, parse, started, key, assignment, tenant_name)
+    except CaptionerError as exc:
+        runtime.usage.record(tenant_name, outcome_of(exc.status_code))
+        raise
+    except ClientDisconnect:
+        raise  # nobody to answer, nothing to count
+    except Exception:
+        runtime.usage.record(tenant_name, outcome_of(500))
+        raise
+    runtime.usage.record(tenant_name, CACHED if outcome.cached else CAPTIONED)
+    if runtime.settings.feedback.enabled:  # a rating of this image by this caller may count (feedback/served.py)
+        runtime.feedback.served.remember(principal_of(request.scope), outcome.image_sha256, outcome.variant)
+    return outcome
+
+
+async def _caption(
+    request: Request,
+    parse: RequestParser,
+    started: float,
+    key: str | None,
+    assignment: str | None,
+    tenant: str | None,
+) -> CaptionOutcome:
+    runtime = runtime_of(request)
     parsed = await parse(request, runtime.settings)
     if parsed.callback_url is not None:
         raise InvalidRequest("callback_url is for mode=async (a synchronous answer needs no callback)")
@@ -63,9 +93,10 @@ async def caption_sync(request: Request, parse: RequestParser) -> CaptionOutcome
         api_key=api_key_of(request.scope),
         idempotency_key=key,
         assignment_key=assignment,
+        tenant=tenant,
     )
     record.image_bytes = len(parsed.image) if parsed.image is not None else None
-    pending = await use_case.look_up(command)
+    pending = await runtime.use_case.look_up(command)
     if pending.hit is not None:
         outcome = pending.hit
     else:
@@ -74,6 +105,7 @@ async def caption_sync(request: Request, parse: RequestParser) -> CaptionOutcome
         finally:
             record.image_bytes = pending.image_bytes  # a URL's image is known once fetched
     record.note_outcome(outcome)
+    return outcome
     if runtime.settings.feedback.enabled:  # a rating of this image by this caller may count (feedback/served.py)
         runtime.feedback.served.remember(principal_of(request.scope), outcome.image_sha256, outcome.variant)
     return outcome

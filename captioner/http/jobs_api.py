@@ -18,8 +18,9 @@ import re
 from starlette.requests import Request
 from starlette.responses import Response
 
-from captioner.errors import InvalidRequest, Overloaded
-from captioner.guard.caller import api_key_of, principal_of
+from captioner.errors import CaptionerError, InvalidRequest, Overloaded
+from captioner.guard.caller import api_key_of, principal_of, tenant_of
+from captioner.guard.usage import outcome_of
 from captioner.http import paths
 from captioner.http.assignment import assignment_key
 from captioner.http.inputs import CaptionRequest, parse_api_request
@@ -67,17 +68,20 @@ def job_request(
         if runtime.callbacks is None:
             raise InvalidRequest("callback_url needs jobs.callback_secret set on the server (callbacks are signed)")
         runtime.callbacks.check(parsed.callback_url)  # 400 url_not_allowed for what could never be called
+    tenant = tenant_of(request.scope)
     return JobRequest.new(
         api_key_of(request.scope), parsed.num_captions, image=parsed.image, url=parsed.url,
-        callback_url=parsed.callback_url, assignment_key=assignment,
+        callback_url=parsed.callback_url, assignment_key=assignment, tenant=tenant.name if tenant else None,
     )  # fmt: skip
 
 
 async def accept_job(request: Request, runtime: Runtime) -> Response:
     """Queue the request as a job; 202 with its id and a time estimate.
 
-    The caller's outstanding jobs are counted first (429 at ``jobs.max_running_per_principal``, before the body
-    is read), and the images waiting in the queue are bounded (503): ``guard/job_quota.py``.
+    The caller's outstanding jobs are counted first (429 at ``jobs.max_running_per_principal``, or its tenant's
+    ``max_running_jobs``, before the body is read), then the image against its tenant's daily quota (429
+    ``quota_exceeded``: guard/usage.py), and the images waiting in the queue are bounded (503):
+    ``guard/job_quota.py``.
     """
     key = idempotency_key(request)
     assignment = assignment_key(request)  # 422 before anything is read, like a malformed Idempotency-Key
@@ -86,19 +90,27 @@ async def accept_job(request: Request, runtime: Runtime) -> Response:
         job = await runtime.jobs.queue.get(job_id)
         return job is not None and job.status == "processing"
 
-    place = await runtime.job_quota.reserve(principal_of(request.scope), is_open)
+    tenant = tenant_of(request.scope)
+    limit = tenant.max_running_jobs if tenant is not None else None
+    place = await runtime.job_quota.reserve(principal_of(request.scope), is_open, limit)
+    counted = False  # against the tenant's daily quota: its outcome is then counted too, here or by the worker
     try:
         if runtime.draining:
             raise Overloaded("the server is shutting down", retry_after_s=1)
+        await runtime.usage.admit(tenant)
+        counted = True
         parsed = await parse_api_request(request, runtime.settings)
         await runtime.job_quota.check_bytes(len(parsed.image or b""), is_open)
         submitted = await runtime.jobs.submit(job_request(request, runtime, parsed, assignment), idempotency_key=key)
-    except BaseException:
+    except BaseException as exc:
         place.cancel()
+        if counted and isinstance(exc, CaptionerError):
+            runtime.usage.record(tenant.name if tenant else None, outcome_of(exc.status_code))
         raise
     job = submitted.job
     if submitted.replayed:
-        place.cancel()  # the first request's job, counted when it was accepted
+        place.cancel()  # the first request's job, counted when it was accepted (its quota and usage too)
+        runtime.usage.give_back(tenant.name if tenant else None)
     else:
         place.bind(job.job_id, len(parsed.image or b""))
     body = {"status": "processing", "job_id": job.job_id, "estimated_time_seconds": runtime.jobs.estimate_s()}

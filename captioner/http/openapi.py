@@ -6,7 +6,8 @@ allows is not refused for its form (only for its content: an image that doesn't 
 ``tests/unit/http/test_schemathesis.py`` fuzzes the server from the document it serves to hold both ways.
 
 - Fields present only when their feature is on: ``url`` (``url_input.enabled``), ``callback_url``
-  (``jobs.callback_secret``), the bearer security scheme and 401/403 (``auth.api_keys`` or ``auth.admin_keys``).
+  (``jobs.callback_secret``), the bearer security scheme and 401/403 (``auth.api_keys``, ``auth.admin_keys`` or
+  ``auth.keys_file``).
 - Bodies are closed (``additionalProperties: false``; Hugging Face's ``{"inputs"}`` excepted, whose clients send
   more), base64 fields carry the exact pattern ``decode_base64`` accepts, and parameters their ranges.
 - What JSON Schema can't say is in the descriptions: ``callback_url`` only with ``mode=async``, a feedback
@@ -60,7 +61,7 @@ def _errors(settings: Settings) -> dict[str, dict[str, Any]]:
             "unauthorized: no, or no valid, Authorization: Bearer <key>",
             headers={"WWW-Authenticate": {"required": True, "schema": {"const": "Bearer"}}},
         ),
-        "403": _error("forbidden: this needs an admin key (auth.admin_keys)"),
+        "403": _error("forbidden: the key's tenant lacks this endpoint's scope (caption, jobs, feedback or admin)"),
         "408": _error(
             "timeout: the body did not arrive within limits.body_timeout_s (the connection is closed)",
             headers={"Connection": {"schema": {"const": "close"}}},
@@ -69,7 +70,8 @@ def _errors(settings: Settings) -> dict[str, dict[str, Any]]:
         "415": _error("unsupported_media_type: a Content-Type not listed, or an image format not decoded"),
         "422": _error("invalid_request: a missing, malformed, repeated or unknown parameter or field"),
         "429": _error(
-            "rate_limited: over the caller's rate limit (or, mode=async, jobs.max_running_per_principal)",
+            "rate_limited: over the caller's rate limit (or, mode=async, its outstanding jobs' cap); quota_exceeded: "
+            "its tenant's daily images are spent (Retry-After: seconds until midnight UTC, when the quota resets)",
             headers=_RETRY_AFTER,
         ),
         "500": _error("model_error"),
@@ -87,7 +89,7 @@ def _errors(settings: Settings) -> dict[str, dict[str, Any]]:
 
 
 def _auth_on(settings: Settings) -> bool:
-    return bool(settings.auth.api_keys or settings.auth.admin_keys)
+    return bool(settings.auth.api_keys or settings.auth.admin_keys or settings.auth.keys_file)
 
 
 def _pick(errors: dict[str, dict[str, Any]], *statuses: str) -> dict[str, dict[str, Any]]:
@@ -198,7 +200,7 @@ def _caption_operation(settings: Settings, errors: dict[str, dict[str, Any]]) ->
                 },
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobAccepted"}}},
             },
-            **_pick(errors, "400", "401", "408", "413", "415", "422", "429", "500", "503", "504"),
+            **_pick(errors, "400", "401", "403", "408", "413", "415", "422", "429", "500", "503", "504"),
         },
     }
 
@@ -210,8 +212,7 @@ def _get(summary: str, operation_id: str, responses: dict[str, Any], **more: Any
 def openapi_schema(settings: Settings) -> dict[str, Any]:
     errors = _errors(settings)
     status_only = {"type": "object", "properties": {"status": {"type": "string"}}, "required": ["status"]}
-    gated = _pick(errors, "401", "429", "503")  # the gate's answers (keys, rate limits) to any API request
-    admin = _pick(errors, "401", "403", "429", "503")
+    gated = _pick(errors, "401", "403", "429", "503")  # the gate's answers (keys, scopes, rate limits)
     page = {
         "description": "the page; its CSS and JS are under /static/",
         "headers": {
@@ -258,11 +259,13 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
             paths.INDEX: {
                 **_get("The web page", "web_page", {"200": page}),
                 "post": hf_api.openapi_operation(
-                    _pick(errors, "400", "401", "408", "413", "415", "422", "429", "500", "503", "504")
+                    _pick(errors, "400", "401", "403", "408", "413", "415", "422", "429", "500", "503", "504")
                 ),
             },
             paths.FEEDBACK: {
-                "post": feedback_api.openapi_operation(_pick(errors, "401", "408", "413", "415", "422", "429", "503"))
+                "post": feedback_api.openapi_operation(
+                    _pick(errors, "401", "403", "408", "413", "415", "422", "429", "503")
+                )
             },
             paths.HEALTHZ: _get(
                 "Liveness",
@@ -309,7 +312,7 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                         "feature: psi (null until min_window observations), alert, reference_n, window_n",
                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DriftReport"}}},
                     },
-                    **admin,
+                    **gated,
                 },
             ),
             paths.DRIFT_REFERENCE: _get(
@@ -321,7 +324,7 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                         "content": {"application/json": {"schema": {"type": "object", "required": ["features"]}}},
                     },
                     "404": _error("not_found: drift monitoring is off (drift.enabled: false)"),
-                    **admin,
+                    **gated,
                 },
             ),
             paths.VARIANTS: _get(

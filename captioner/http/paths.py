@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from urllib.parse import parse_qs
+
+from starlette.types import Scope
+
+from captioner.guard import tenants
+
 # Everything under this prefix goes through the API gate (keys, rate limits), and POST / (Hugging Face's
 # image-to-text convention); the rest is open.
 API_PREFIX = "/api/"
@@ -30,3 +36,33 @@ ADMITTED = frozenset({("POST", CAPTION), ("POST", HF_IMAGE_TO_TEXT), ("POST", FE
 def is_protected(method: str, path: str) -> bool:
     """Whether a request must pass the API gate (keys, rate limits)."""
     return path.startswith(API_PREFIX) or (method == "POST" and path == HF_IMAGE_TO_TEXT)
+
+
+# The scope a tenant needs for each endpoint (guard/tenants.py). Everything that describes the models or summarises
+# every caller's traffic is admin's: the variants (model names, revisions, weights, live figures) and drift.
+SCOPES = {
+    ("POST", CAPTION): tenants.CAPTION,  # ?mode=async: jobs (scope_of)
+    ("POST", HF_IMAGE_TO_TEXT): tenants.CAPTION,
+    ("GET", JOB): tenants.JOBS,
+    ("POST", FEEDBACK): tenants.FEEDBACK,
+    ("GET", VARIANTS): tenants.ADMIN,
+    ("GET", DRIFT): tenants.ADMIN,
+    ("GET", DRIFT_REFERENCE): tenants.ADMIN,
+}
+_JOB_PREFIX = CAPTION + "/"
+
+
+def scope_of(scope: Scope) -> str | None:
+    """The scope the request's endpoint needs; None for a path that is no endpoint (it is answered 404)."""
+    method, path = scope["method"], scope["path"]
+    if method == "GET" and path.startswith(_JOB_PREFIX) and "/" not in path[len(_JOB_PREFIX) :]:
+        return tenants.JOBS
+    needed = SCOPES.get((method, path))
+    if method == "POST" and path == CAPTION and "async" in _query(scope).get("mode", ()):
+        return tenants.JOBS
+    return needed
+
+
+def _query(scope: Scope) -> dict[str, list[str]]:
+    raw = scope.get("query_string", b"")
+    return parse_qs(raw.decode("latin-1")) if raw else {}

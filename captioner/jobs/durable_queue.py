@@ -53,7 +53,7 @@ def encode_request(request: JobRequest, *, spent: int = 0, lost: int = 0) -> byt
     return orjson.dumps({
         "owner": request.owner, "num_captions": request.num_captions, "url": request.url,
         "callback_url": request.callback_url, "image": request.image is not None,
-        "assignment_key": request.assignment_key, "deadline": request.deadline,
+        "assignment_key": request.assignment_key, "deadline": request.deadline, "tenant": request.tenant,
         "spent": spent, "lost": lost,
     })  # fmt: skip
 
@@ -75,7 +75,7 @@ def decode_request(job_id: str, payload: bytes, image: bytes | None) -> Decoded:
             job_id, data["owner"], int(data["num_captions"]), image=image if data["image"] else None,
             url=data["url"], callback_url=data["callback_url"],
             assignment_key=data.get("assignment_key"),  # absent from entries written before it existed
-            deadline=None if deadline is None else float(deadline),
+            deadline=None if deadline is None else float(deadline), tenant=data.get("tenant"),
         )  # fmt: skip
         spent, lost = int(data.get("spent", 0)), int(data.get("lost", 0))
     except (ValueError, KeyError, TypeError, AttributeError):

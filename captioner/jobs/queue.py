@@ -43,6 +43,7 @@ class JobRequest:
     # Wall-clock seconds (time.time()): replicas share no monotonic clock. A relayed sync request's deadline:
     # past it the caller has its 504 already, so no worker runs the job. None for an async job.
     deadline: float | None = None
+    tenant: str | None = None  # the owner's tenant (guard/tenants.py): whose usage and cache privacy it is
 
     @classmethod
     def new(
@@ -55,11 +56,12 @@ class JobRequest:
         callback_url: str | None = None,
         assignment_key: str | None = None,
         deadline: float | None = None,
+        tenant: str | None = None,
     ) -> JobRequest:
         """A request for a new job, under a fresh random id."""
         return cls(
             secrets.token_hex(16), owner, num_captions, image=image, url=url, callback_url=callback_url,
-            assignment_key=assignment_key, deadline=deadline,
+            assignment_key=assignment_key, deadline=deadline, tenant=tenant,
         )  # fmt: skip
 
     def expired(self, now: float) -> bool:

@@ -24,7 +24,7 @@ class JobRelay:
         deadline = time.time() + (command.deadline - time.monotonic())
         request = JobRequest.new(
             command.api_key, command.num_captions, image=command.image, url=command.url,
-            assignment_key=command.assignment_key, deadline=deadline,
+            assignment_key=command.assignment_key, deadline=deadline, tenant=command.tenant,
         )  # fmt: skip
         job = (await self.jobs.submit(request, idempotency_key=command.idempotency_key)).job
         ended = await self.jobs.wait(job.job_id, principal=job.owner, deadline=command.deadline)

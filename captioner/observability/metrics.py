@@ -242,6 +242,28 @@ class Metrics:
         self.drift_psi_threshold = Gauge(
             "captioner_drift_psi_threshold", "drift.psi_alert: a PSI above it is drift worth a look.", registry=r
         )
+        # Tenants (guard/usage.py): images per tenant by outcome (captioned, cached, rejected: a 4xx, failed: a 5xx,
+        # quota_exceeded), labelled by the keys file's names, never by a key; and keys-file reloads.
+        self.tenant_images = Counter(
+            "captioner_tenant_images", "Images sent by each tenant, by outcome.", ["tenant", "outcome"], registry=r
+        )
+        self.keys_file_reloads = Counter(
+            "captioner_keys_file_reloads", "Keys-file reads, by result (loaded, refused).", ["result"], registry=r
+        )
+        self.usage_backend_errors = Counter(
+            "captioner_usage_backend_errors",
+            "Usage counter (Redis) calls that failed; the quota was then decided by this replica's own counts.",
+            registry=r,
+        )
+        # Content filtering (serving/content_filter.py): captions dropped for a blocked word.
+        self.filtered_captions = Counter(
+            "captioner_filtered_captions", "Captions dropped for a blocked word (content.blocked_words).", registry=r
+        )
+        self.filtered_fallbacks = Counter(
+            "captioner_filtered_fallbacks",
+            "Answers whose every caption was blocked, answered with content.fallback_caption instead.",
+            registry=r,
+        )
         self._drift = _DriftCollector()
         r.register(self._drift)
         self.gpu = gpu if gpu is not None else GpuCollector()

@@ -10,9 +10,10 @@ from __future__ import annotations
 from captioner.config import Settings, check_role
 from captioner.feedback.collector import build_feedback
 from captioner.guard.admission import AdmissionBudget
-from captioner.guard.api_keys import ApiKeys
 from captioner.guard.job_quota import JobQuota
+from captioner.guard.keys_watch import KeysFileWatch, build_keys
 from captioner.guard.shared_limiter import SharedRateLimiter
+from captioner.guard.usage import TenantUsage
 from captioner.jobs.manager import JobManager
 from captioner.jobs.relay import JobRelay
 from captioner.observability.metrics import Metrics
@@ -22,6 +23,8 @@ from captioner.rollout.drift_alert import FLEET_EPISODE_KEY, DriftAlert
 from captioner.rollout.drift_watch import DriftWatch
 from captioner.rollout.registry_source import RegistrySource
 from captioner.runtime.state import ROLE_API, Runtime
+from captioner.serving.content_filter import ContentFilter, Filtered
+from captioner.serving.privacy import CachePrivacy
 from captioner.serving.use_case import CaptionUseCase
 from captioner.shared_state.fleet_episode import RedisFleetEpisode
 from captioner.shared_state.redis_client import RedisClient
@@ -34,11 +37,15 @@ def build_runtime(settings: Settings, metrics: Metrics, role: str) -> Runtime:
     outbound = build_outbound(settings, metrics)
     admission = AdmissionBudget.from_settings(settings, metrics)
     jobs = JobManager.from_settings(settings, metrics)
+    keys_watch = _keys_watch(settings, metrics)
     runtime = Runtime(
         settings=settings,
         metrics=metrics,
         role=role,
-        keys=ApiKeys.from_settings(settings.auth),  # a bad entry stops start-up here, naming its position
+        # A bad entry, or keys file, stops start-up here, named.
+        keys=keys_watch.keys if keys_watch is not None else build_keys(settings.auth),
+        keys_watch=keys_watch,
+        usage=TenantUsage.from_settings(settings, metrics),
         limiter=SharedRateLimiter.from_settings(settings, metrics),
         admission=admission,
         job_quota=JobQuota.from_settings(settings, admission),
@@ -54,8 +61,28 @@ def build_runtime(settings: Settings, metrics: Metrics, role: str) -> Runtime:
         runtime.drift_alert = DriftAlert(runtime.drift, outbound.webhook, metrics, fleet=_drift_episode(settings))
     # An api replica has no model: its captions are made by the workers, through the job queue.
     relay = JobRelay(jobs) if role == ROLE_API else None
-    runtime.use_case = CaptionUseCase(runtime, outbound.fetcher.fetch, relay)
+
+    def filtered(result: Filtered) -> None:
+        metrics.filtered_captions.inc(result.dropped)
+        if result.fallback:
+            metrics.filtered_fallbacks.inc()
+
+    runtime.use_case = CaptionUseCase(
+        runtime,
+        outbound.fetcher.fetch,
+        relay,
+        privacy=CachePrivacy.from_settings(settings),
+        content=ContentFilter.from_settings(settings.content, filtered),  # an unreadable word file stops start-up
+    )
     return runtime
+
+
+def _keys_watch(settings: Settings, metrics: Metrics) -> KeysFileWatch | None:
+    if not settings.auth.keys_file:
+        return None
+    return KeysFileWatch(
+        settings.auth, on_reload=lambda ok: metrics.keys_file_reloads.labels("loaded" if ok else "refused").inc()
+    )
 
 
 # How long the fleet's drift episode outlives the last replica that still alerts: longer than a webhook call

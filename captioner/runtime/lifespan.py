@@ -1,5 +1,6 @@
 """Start-up and shutdown: load and warm the model in the background (not on an ``api``-role replica), then
-consume the job queue; reload on SIGHUP; drain on the way out (jobs first: they need the batcher).
+consume the job queue; reload on SIGHUP (the keys file, and the variants); drain on the way out (jobs first: they
+need the batcher).
 
 Once the variants are up, two watches run beside the traffic: the registry's aliases (when ``registry.path``
 is set) and the canary analysis. They stop first at shutdown.
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from captioner.config import ConfigError, Settings
 from captioner.errors import Overloaded
+from captioner.guard.usage import CACHED, CAPTIONED, outcome_of
 from captioner.jobs.queue import JobRequest
 from captioner.jobs.worker import RETRYABLE
 from captioner.rollout.canary import CANARY_VARIANT
@@ -46,14 +48,15 @@ def lifespan(
         if runtime.drift_alert is not None:
             runtime.drift_alert.start(runtime.loop)
         watches: list[asyncio.Task[None]] = []
+        if runtime.keys_watch is not None:  # every role: a key added or removed applies without a restart
+            watches.append(asyncio.create_task(runtime.keys_watch.run(), name="captioner-keys-file"))
         loader = None
         if not runtime.serves_model:
             runtime.ready = True  # nothing to load: jobs are captioned by the worker replicas
             logger.info("ready: role api, no model here (workers consume the job queue)", extra={"role": "api"})
         else:
             loader = asyncio.create_task(_load(runtime, load_model, on_fatal, watches), name="captioner-load")
-            if reload_settings is not None:
-                _on_sighup(runtime, reload_settings)
+        _on_sighup(runtime, reload_settings if runtime.serves_model else None)
         try:
             yield
         finally:
@@ -72,6 +75,8 @@ def lifespan(
             if runtime.canary is not None:
                 await runtime.canary.aclose()
             await runtime.limiter.aclose()
+            await runtime.usage.aclose()
+            await runtime.use_case.privacy.aclose()
             await runtime.feedback.aclose()
             if runtime.drift_alert is not None:
                 await runtime.drift_alert.aclose()
@@ -141,8 +146,10 @@ def _start_worker(runtime: Runtime) -> None:
         # work, so it skips the use case's admission (a drain finishes it rather than refusing it).
         command = CaptionCommand(
             request.image, request.url, request.num_captions, deadline, api_key=request.owner,
-            assignment_key=request.assignment_key,
+            assignment_key=request.assignment_key, tenant=request.tenant,
         )  # fmt: skip
+        # An async job's usage is counted here, where it ends; a relayed sync request's by the replica it came to.
+        tenant = request.tenant if request.deadline is None else None
         try:
             async with await runtime.admission.acquire_waiting():
                 outcome = await runtime.use_case.caption(command)
@@ -151,10 +158,12 @@ def _start_worker(runtime: Runtime) -> None:
             # after all (a final timeout, its last attempt), the quota's look-up finds that when the caller is at
             # the cap (guard/job_quota.py).
             raise
-        except BaseException:
+        except BaseException as exc:
             runtime.job_quota.ended(request.job_id)
+            runtime.usage.record(tenant, outcome_of(getattr(exc, "status_code", 500)))
             raise
         runtime.job_quota.ended(request.job_id)
+        runtime.usage.record(tenant, CACHED if outcome.cached else CAPTIONED)
         return outcome_body(outcome, settings.model.name)
 
     def available() -> Overloaded | None:
@@ -192,8 +201,17 @@ def _start_watches(runtime: Runtime, pool: VariantPool, watches: list[asyncio.Ta
         )
 
 
-def _on_sighup(runtime: Runtime, reload_settings: Callable[[], Settings]) -> None:
+def _on_sighup(runtime: Runtime, reload_settings: Callable[[], Settings] | None) -> None:
+    """SIGHUP: the keys file is read again (when there is one), and the config's `models` (where a model is
+    served); nothing else."""
+    if runtime.keys_watch is None and reload_settings is None:
+        return
+
     async def reload() -> None:
+        if runtime.keys_watch is not None:
+            await runtime.keys_watch.reload()  # a bad file is logged and refused there
+        if reload_settings is None:
+            return
         try:
             new = await asyncio.to_thread(reload_settings)
             await runtime.reload(new)

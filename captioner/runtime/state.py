@@ -20,9 +20,11 @@ from captioner.config import Settings, to_dict
 from captioner.errors import Overloaded
 from captioner.feedback.collector import Feedback
 from captioner.guard.admission import AdmissionBudget
-from captioner.guard.api_keys import ApiKeys
 from captioner.guard.job_quota import JobQuota
+from captioner.guard.keys_watch import KeysFileWatch
 from captioner.guard.shared_limiter import SharedRateLimiter
+from captioner.guard.tenants import TenantKeys
+from captioner.guard.usage import TenantUsage
 from captioner.jobs.manager import JobManager
 from captioner.observability.metrics import Metrics
 from captioner.outbound.build import Outbound
@@ -47,7 +49,9 @@ class Runtime:
     settings: Settings
     metrics: Metrics
     role: str  # serve --role: all (accept and caption), api (accept, no model), worker (caption the queue)
-    keys: ApiKeys
+    keys: TenantKeys  # the keys in force, by tenant (swapped whole when the keys file changes)
+    keys_watch: KeysFileWatch | None  # auth.keys_file set: re-reads it when it changes, and on SIGHUP
+    usage: TenantUsage  # per-tenant daily quota and usage counters
     limiter: SharedRateLimiter
     admission: AdmissionBudget  # requests and running jobs accepted and not yet answered (503 past it)
     job_quota: JobQuota  # async jobs this replica accepted that have not ended: per caller, and their bytes

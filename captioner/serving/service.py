@@ -250,7 +250,8 @@ class CaptionService:
             return Overloaded(retry_after_s=batcher.retry_after_s())
         return None
 
-    def key_for(self, image_sha256: str, num_captions: int) -> str:
+    def key_for(self, image_sha256: str, num_captions: int, key_scope: str | None = None) -> str:
+        """The answer's cache key; ``key_scope`` (a tenant, with ``cache.scope: tenant``) keeps its entries apart."""
         # The settings part of the key is the same for every request: build it once per num_captions, so the
         # cache-hit path hashes nothing but the image.
         settings_key = self._settings_keys.get(num_captions)
@@ -258,19 +259,27 @@ class CaptionService:
             generation = {**self._generation, "num_captions": num_captions}
             settings_key = cache_key("", model_id=self._model_id, generation=generation)
             self._settings_keys[num_captions] = settings_key
+        if key_scope is not None:
+            return f"{settings_key}:{key_scope}:{image_sha256}"
         return f"{settings_key}:{image_sha256}"
 
-    def cached(self, image_sha256: str, num_captions: int) -> CaptionOutcome | None:
+    def cached(self, image_sha256: str, num_captions: int, key_scope: str | None = None) -> CaptionOutcome | None:
         """The answer from the in-process cache, without waiting for anything; None on a miss.
 
         The cache-hit fast path: it costs a dict lookup, so the caller can skip the machinery (disconnect
         watcher, single-flight, shared cache) that only a miss needs.
         """
-        hit = self.cache.peek(self.key_for(image_sha256, num_captions))
+        hit = self.cache.peek(self.key_for(image_sha256, num_captions, key_scope))
         return None if hit is None else self._outcome(hit, image_sha256)
 
     async def caption(
-        self, data: bytes, num_captions: int, *, deadline: float | None = None, image_sha256: str | None = None
+        self,
+        data: bytes,
+        num_captions: int,
+        *,
+        deadline: float | None = None,
+        image_sha256: str | None = None,
+        key_scope: str | None = None,
     ) -> CaptionOutcome:
         """Captions for one image; 504 if inference can't start by ``deadline`` (a ``time.monotonic()`` instant).
 
@@ -281,7 +290,7 @@ class CaptionService:
         self._idle.clear()
         try:
             digest = image_sha256 or await self.sha256(data)
-            key = self.key_for(digest, num_captions)
+            key = self.key_for(digest, num_captions, key_scope)
             lookup = await self.cache.get_or_compute(key, lambda: self._compute(data, num_captions, deadline))
         except CaptionerError as exc:
             if exc.status_code >= 500:  # the variant's failure; a 4xx is the caller's

@@ -12,6 +12,10 @@ all call ``CaptionUseCase``, so each answers the same way:
 3. ``Pending.run()``: the variant's service (single-flight cache, preprocessing, batcher, model), or, with no
    model in this process, the relay through the job queue.
 
+Every answer a model side gives, hit or not, then passes two checks before it leaves: ``cached`` as the caller's
+tenant may see it (serving/privacy.py, ``cache.scope``), and the blocked words (serving/content_filter.py). A relayed
+answer had both on the worker that made it.
+
 ``caption(command)`` does 2 and 3 for work accepted already (the job worker). HTTP does them one
 by one: it parses between 1 and 2, and on a hit it skips the disconnect watcher that only a miss needs.
 """
@@ -20,12 +24,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
 from captioner.errors import Overloaded
 from captioner.serving.assignment import sticky_key
+from captioner.serving.content_filter import ContentFilter
 from captioner.serving.outcome import CaptionOutcome
+from captioner.serving.privacy import CachePrivacy
 
 if TYPE_CHECKING:  # types only: an api-role replica (a relay) never imports the model side
     from captioner.serving.service import CaptionService
@@ -46,6 +52,7 @@ class CaptionCommand:
     api_key: str | None = None  # the caller's key principal ("key:<id>"), when auth is on: a relayed job's owner
     idempotency_key: str | None = None  # a relayed request is deduplicated on it
     assignment_key: str | None = None  # X-Assignment-Key: keeps one end user on one variant (never the API key)
+    tenant: str | None = None  # the caller's tenant (guard/tenants.py); None with auth off
 
     @classmethod
     def within(cls, timeout_s: float, **fields: object) -> CaptionCommand:
@@ -87,10 +94,20 @@ class Pending:
 
 
 class CaptionUseCase:
-    def __init__(self, status: ServingStatus, fetch_url: FetchUrl, relay: Relay | None = None) -> None:
+    def __init__(
+        self,
+        status: ServingStatus,
+        fetch_url: FetchUrl,
+        relay: Relay | None = None,
+        *,
+        privacy: CachePrivacy | None = None,
+        content: ContentFilter | None = None,
+    ) -> None:
         self._status = status
         self._fetch_url = fetch_url
         self._relay = relay
+        self.privacy = privacy or CachePrivacy("global")
+        self._content = content
 
     def admit(self) -> None:
         """Refuse (503) before anything is read when no work can be taken: draining, loading, or every variant's
@@ -115,7 +132,9 @@ class CaptionUseCase:
         if command.image is None:
             return Pending(lambda pending: self._fetch_and_caption(command, pending), None, None)
         digest, service = await self._route(command.image, command)
-        hit = service.cached(digest, command.num_captions)
+        hit = service.cached(digest, command.num_captions, self.privacy.key_scope(command.tenant))
+        if hit is not None:
+            hit = await self._answer(service, digest, command, hit)
         image = command.image
         return Pending(lambda _: self._caption(service, image, digest, command), hit, len(image))
 
@@ -151,6 +170,20 @@ class CaptionUseCase:
             raise refusal
         return digest, chosen
 
-    @staticmethod
-    async def _caption(service: CaptionService, image: bytes, digest: str, command: CaptionCommand) -> CaptionOutcome:
-        return await service.caption(image, command.num_captions, deadline=command.deadline, image_sha256=digest)
+    async def _caption(
+        self, service: CaptionService, image: bytes, digest: str, command: CaptionCommand
+    ) -> CaptionOutcome:
+        key_scope = self.privacy.key_scope(command.tenant)
+        outcome = await service.caption(
+            image, command.num_captions, deadline=command.deadline, image_sha256=digest, key_scope=key_scope
+        )
+        return await self._answer(service, digest, command, outcome)
+
+    async def _answer(
+        self, service: CaptionService, digest: str, command: CaptionCommand, outcome: CaptionOutcome
+    ) -> CaptionOutcome:
+        """The outcome as it may leave: ``cached`` as the tenant may see it, no blocked word."""
+        key = service.key_for(digest, command.num_captions, self.privacy.key_scope(command.tenant))
+        outcome = await self.privacy.disclose(command.tenant, key, outcome)
+        captions = self._content.apply(outcome.captions) if self._content is not None else None
+        return outcome if captions is None else replace(outcome, captions=captions)

@@ -45,21 +45,37 @@ return {0, string.format('%.17g', (1 - 1e-9 - tokens) / rate)}
 """
 
 
+def _arguments(rate_per_s: float, capacity: int) -> list[str | int | float]:
+    if not rate_per_s > 0 or capacity < 1:
+        raise ValueError("a shared token bucket needs rate_per_s > 0 and capacity >= 1")
+    expiry_ms = math.ceil(capacity / rate_per_s * 1000) + 1000  # full again by then: forgetting it is exact
+    return [repr(float(rate_per_s)), capacity, expiry_ms]
+
+
 class RedisTokenBucket:
-    def __init__(self, client: RedisClient, *, rate_per_s: float, capacity: int, prefix: str = KEY_PREFIX) -> None:
-        if not rate_per_s > 0 or capacity < 1:
-            raise ValueError("a shared token bucket needs rate_per_s > 0 and capacity >= 1")
+    def __init__(
+        self,
+        client: RedisClient,
+        *,
+        rate_per_s: float | None = None,
+        capacity: int | None = None,
+        prefix: str = KEY_PREFIX,
+    ) -> None:
+        """``rate_per_s`` and ``capacity``: every bucket's limit; None: each ``take`` names its own."""
         self.client = client
         self._prefix = prefix
-        expiry_ms = math.ceil(capacity / rate_per_s * 1000) + 1000  # full again by then: forgetting it is exact
-        self._args: list[str | int | float] = [repr(float(rate_per_s)), capacity, expiry_ms]
+        self._args = None if rate_per_s is None or capacity is None else _arguments(rate_per_s, capacity)
         self._take = client.script("rate_limit", _TAKE)
 
-    async def take(self, key: str) -> float | None:
-        """Take a token from ``key``'s bucket: None if taken, else the seconds until one is there.
+    async def take(self, key: str, *, rate_per_s: float | None = None, capacity: int | None = None) -> float | None:
+        """Take a token from ``key``'s bucket: None if taken, else the seconds until one is there. ``rate_per_s`` and
+        ``capacity``: this caller's own limit (a tenant's), instead of the bucket's.
 
         Raises ``RedisUnavailable`` when Redis can't answer."""
-        taken, wait = await self._take([self._prefix + key], self._args)
+        args = self._args if rate_per_s is None or capacity is None else _arguments(rate_per_s, capacity)
+        if args is None:
+            raise ValueError("this bucket has no limit of its own: name rate_per_s and capacity")
+        taken, wait = await self._take([self._prefix + key], args)
         return None if int(taken) == 1 else float(wait)
 
     async def aclose(self) -> None:

@@ -41,7 +41,9 @@ EDGES: dict[str, set[str]] = {
     "runtime": BASE
     | {"observability", "model", "guard", "serving", "jobs", "rollout", "feedback", "outbound", "shared_state"},
     "http": BASE | {"observability", "model", "guard", "serving", "jobs", "feedback", "outbound", "runtime"},
-    "tools": BASE | {"observability", "model", "registry", "serving", "rollout", "feedback", "client"},
+    # guard, shared_state: `usage export` reads the tenants' usage counters where the servers keep them (Redis).
+    "tools": BASE
+    | {"observability", "model", "registry", "serving", "rollout", "feedback", "client", "guard", "shared_state"},
     # Entry points.
     "__init__": set(),
     "__main__": {"cli"},

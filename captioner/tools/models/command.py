@@ -81,7 +81,7 @@ def add_models_command(commands: Any) -> None:
     comparing = action("compare", compare, "production and canary side by side (registry scores, live figures)")
     comparing.add_argument("name")
     comparing.add_argument("--server", metavar="URL", help="also show a running server's live figures")
-    comparing.add_argument("--api-key", help="API key for --server (default: $CAPTIONER_API_KEY)")
+    comparing.add_argument("--api-key", help="an admin-scope API key for --server (default: $CAPTIONER_API_KEY)")
 
 
 def _run(args: argparse.Namespace, run: Callable[[argparse.Namespace, Registry, Settings], int]) -> int:

@@ -190,3 +190,15 @@ def test_bad_cascade_settings_are_refused_naming_the_key(env: dict[str, str], me
 def test_a_cascade_first_model_from_the_registry_is_accepted() -> None:
     env = {"CAPTIONER_CASCADE__FIRST": "registry:student@3", "CAPTIONER_REGISTRY__PATH": "reg"}
     assert load_settings(None, env).cascade.first == "registry:student@3"
+
+
+def test_tenant_keys_default_to_the_contract_and_are_checked() -> None:
+    s = load_settings(None, {})
+    assert (s.auth.keys_file, s.cache.scope) == ("", "global")
+    assert (s.content.blocked_words, s.content.blocked_words_file) == ([], "")
+    with pytest.raises(ConfigError, match=r"cache\.scope must be one of global, tenant"):
+        load_settings(None, {"CAPTIONER_CACHE__SCOPE": "everyone"})
+    with pytest.raises(ConfigError, match=r"content\.fallback_caption must not be empty"):
+        load_settings(None, {"CAPTIONER_CONTENT__FALLBACK_CAPTION": "' '"})
+    words = load_settings(None, {"CAPTIONER_CONTENT__BLOCKED_WORDS": "[cat, hot dog]"}).content.blocked_words
+    assert words == ["cat", "hot dog"]

@@ -54,11 +54,20 @@ class FakeService:
     def overload(self) -> Overloaded | None:
         return None
 
-    def cached(self, image_sha256: str, num_captions: int) -> CaptionOutcome | None:
+    def cached(self, image_sha256: str, num_captions: int, key_scope: str | None = None) -> CaptionOutcome | None:
         return None
 
+    def key_for(self, image_sha256: str, num_captions: int, key_scope: str | None = None) -> str:
+        return f"{num_captions}:{key_scope}:{image_sha256}"
+
     async def caption(
-        self, data: bytes, num_captions: int, *, deadline: float | None = None, image_sha256: str | None = None
+        self,
+        data: bytes,
+        num_captions: int,
+        *,
+        deadline: float | None = None,
+        image_sha256: str | None = None,
+        key_scope: str | None = None,
     ) -> CaptionOutcome:
         assert image_sha256 is not None
         return CaptionOutcome([Caption("x", 0.5)], False, image_sha256, info=None, variant=self.variant)
