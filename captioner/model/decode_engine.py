@@ -201,7 +201,9 @@ class DecodeEngine:
         block.images = ImageKeys.concat([block.images, joining.images])
         block.tokens = torch.cat([block.tokens, joining.tokens])
 
-    def _choose(self, block: _Block, logits: torch.Tensor, restarts: list[_Live], joining: bool = False) -> list[Answer]:
+    def _choose(
+        self, block: _Block, logits: torch.Tensor, restarts: list[_Live], joining: bool = False
+    ) -> list[Answer]:
         """Each image's search takes this step's scores; ended images leave, the rest keep the rows they continue."""
         width, vocab = block.width, logits.shape[-1]
         now = time.perf_counter()

@@ -102,7 +102,8 @@ class TextDecoder:
     def _split(self, states: torch.Tensor, linear: Any) -> torch.Tensor:
         """``[rows, tokens, hidden]`` through ``linear``, as ``[rows, heads, tokens, head_dim]``."""
         rows, tokens = states.shape[:2]
-        return linear(states).view(rows, tokens, self._heads, self._head_dim).transpose(1, 2)
+        projected: torch.Tensor = linear(states)
+        return projected.view(rows, tokens, self._heads, self._head_dim).transpose(1, 2)
 
     @torch.inference_mode()
     def image_keys(self, image_embeds: torch.Tensor) -> ImageKeys:
@@ -119,9 +120,7 @@ class TextDecoder:
         rows, length = prompt_ids.shape
         dtype = self._embeddings.word_embeddings.weight.dtype
         empty = torch.empty(rows, self._heads, 0, self._head_dim, device=prompt_ids.device, dtype=dtype)
-        cache = RowCache(
-            [empty] * len(self._layers), [empty] * len(self._layers), torch.zeros(rows, dtype=torch.long)
-        )
+        cache = RowCache([empty] * len(self._layers), [empty] * len(self._layers), torch.zeros(rows, dtype=torch.long))
         positions = torch.arange(length, device=prompt_ids.device).expand(rows, -1)
         return self._forward(prompt_ids, positions, cache, images, width=1)
 

@@ -14,21 +14,30 @@ import signal
 import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from captioner.config import GenerationSettings, ModelSettings
 from captioner.model import heap
 from captioner.model.device_errors import is_fatal_device_error
 from captioner.model.protocol import CaptionJob
 
+if TYPE_CHECKING:
+    from captioner.model.blip import BlipCaptioner
+
 # The exit status after a fatal device error (EX_SOFTWARE); the server's supervisor names it in its log.
 EXIT_DEVICE_ERROR = 70
 
 
 def child_main(
-    conn: Connection, model_dir: str, model: ModelSettings, generation: GenerationSettings, max_pixels: int
+    conn: Connection,
+    model_dir: str,
+    model: ModelSettings,
+    generation: GenerationSettings,
+    max_pixels: int,
+    decode_conn: Connection | None = None,
 ) -> None:
-    """The child: load, say what was loaded, then answer batches until told to stop or the parent goes."""
+    """The child: load, say what was loaded, then answer batches until told to stop or the parent goes.
+    With ``decode_conn`` (``batching.mode: continuous``) its main loop is the decode loop (decode_child.py)."""
     # Ctrl-C reaches the whole process group; the parent decides when the model stops (after its drain).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -47,7 +56,12 @@ def child_main(
         "untrained": captioner.untrained,
     }
     conn.send(("ok", info, ""))
-    slab: Any = None
+    control = ControlRequests(captioner, conn)
+    if decode_conn is not None:
+        from captioner.model.decode_child import decode_main
+
+        decode_main(captioner, control, decode_conn)
+        return
     while True:
         try:
             message = conn.recv()
@@ -55,12 +69,25 @@ def child_main(
             return  # the server is gone
         if message[0] == "stop":
             return
+        control.answer(message)
+
+
+class ControlRequests:
+    """The requests the server's ``_call`` makes (batch, warm_up, measure_batch_limit), each answered on ``conn``."""
+
+    def __init__(self, captioner: BlipCaptioner, conn: Connection) -> None:
+        self._captioner = captioner
+        self.conn = conn
+        self._slab: Any = None
+
+    def answer(self, message: tuple[Any, ...]) -> None:
+        captioner, conn = self._captioner, self.conn
         try:
             if message[0] == "batch":
                 _, size, counts, handed = message
                 if handed is not None:  # the parent's shared batch buffer, new or grown (process_worker.py)
-                    slab = handed
-                pixels = slab[:size]
+                    self._slab = handed
+                pixels = self._slab[:size]
                 result: Any = captioner.caption_batch([CaptionJob(pixels[i], n) for i, n in enumerate(counts)])
             elif message[0] == "measure_batch_limit":  # batching.auto_batch_size, on the child's device
                 result = captioner.measure_batch_limit(message[1])
