@@ -79,12 +79,17 @@ async def test_arrivals_beyond_the_row_bound_wait_until_rows_free_up(model: Scri
     await asyncio.gather(*waiting)
 
 
-async def test_a_request_for_more_captions_than_beams_takes_more_rows(model: ScriptedDecoding, clock: FakeClock) -> None:
+async def test_a_request_for_more_captions_than_beams_takes_more_rows(
+    model: ScriptedDecoding, clock: FakeClock
+) -> None:
     batcher = make(model, clock, max_rows=6)
-    asyncio.ensure_future(batcher(job(num_captions=5)))
-    asyncio.ensure_future(batcher(job()))
+    callers = [asyncio.ensure_future(batcher(job(num_captions=5))), asyncio.ensure_future(batcher(job()))]
     await settle()
     assert list(model.joined) == [1]  # 5 + 3 rows > 6
+    model.finish(1)
+    await settle()
+    model.finish(2)
+    await asyncio.gather(*callers)
 
 
 async def test_a_cancelled_caller_leaves_the_running_set_and_frees_its_rows(
@@ -119,24 +124,29 @@ async def test_a_queued_request_past_its_deadline_never_reaches_the_model(
     model: ScriptedDecoding, clock: FakeClock
 ) -> None:
     batcher = make(model, clock, max_rows=3)
-    asyncio.ensure_future(batcher(job(), timeout_s=60))
+    live = asyncio.ensure_future(batcher(job(), timeout_s=60))
     queued = asyncio.ensure_future(batcher(job(), timeout_s=5))
     await settle()
     await clock.advance(5)
     with pytest.raises(RequestTimeout):
         await queued
     model.finish(1)
-    await settle()
+    await live
     assert list(model.joined) == [1]
 
 
 async def test_the_queue_is_bounded(model: ScriptedDecoding, clock: FakeClock) -> None:
     batcher = make(model, clock, max_rows=3, max_queue=1)
-    asyncio.ensure_future(batcher(job()))
+    live = asyncio.ensure_future(batcher(job()))
     await settle()
-    batcher.submit(job())
+    queued = batcher.submit(job())
     with pytest.raises(Overloaded):
         batcher.submit(job())
+    model.finish(1)
+    await live
+    await settle()
+    model.finish(2)
+    await queued
 
 
 async def test_a_failure_reaches_only_its_request_as_a_model_error(model: ScriptedDecoding, clock: FakeClock) -> None:
