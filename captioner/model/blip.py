@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from transformers import BlipForConditionalGeneration, BlipProcessor
 
 from captioner.config import GenerationSettings, ModelSettings
 from captioner.model import acceleration, budgets, device_jpeg, static_decoding
+from captioner.model.captions import rank_captions
 from captioner.model.folder_quantization import folder_quantization
 from captioner.model.preprocessing import ImagePreprocessor, PreparedImage
 from captioner.model.protocol import Caption, CaptionJob, DecodeSink, StepDecoding
@@ -34,8 +34,6 @@ from captioner.model.weights import is_untrained
 logger = logging.getLogger("captioner.model")
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# Confidence never reaches 0: the contract says (0, 1], and a log-likelihood of -inf is still "very unsure".
-_MIN_CONFIDENCE = 1e-12
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -49,18 +47,6 @@ def resolve_dtype(requested: str, device: torch.device, autocast: str = "none") 
         # Autocast computes in half precision from float32 weights.
         return torch.float16 if device.type == "cuda" and autocast == "none" else torch.float32
     return _DTYPES[requested]
-
-
-def rank_captions(texts: Sequence[str], scores: Sequence[float]) -> list[Caption]:
-    """One image's returned sequences as captions: distinct non-empty texts (spaces normalised), best first, each
-    with ``exp(score)`` as its confidence."""
-    seen: dict[str, float] = {}
-    for raw, score in zip(texts, scores, strict=True):
-        text = " ".join(raw.split())
-        if text and text not in seen:
-            seen[text] = max(_MIN_CONFIDENCE, min(1.0, math.exp(score)))
-    ranked = sorted(seen.items(), key=lambda item: item[1], reverse=True)
-    return [Caption(text, confidence) for text, confidence in ranked]
 
 
 J = TypeVar("J")

@@ -17,20 +17,15 @@ import os
 import traceback
 from collections.abc import Sequence
 from multiprocessing.connection import Connection, wait
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from captioner.model.decode_engine import Answer, DecodeEngine
+from captioner.model.child_control import EXIT_DEVICE_ERROR, ControlRequests
+from captioner.model.decode_engine import Answer, DecodeEngine, StepModel
 from captioner.model.decode_loop import Message, run_decode_loop
 from captioner.model.protocol import CaptionJob, DecodeProgress
 
-if TYPE_CHECKING:
-    from captioner.model.blip import BlipCaptioner
-    from captioner.model.process_child import ControlRequests
 
-
-def decode_main(captioner: BlipCaptioner, control: ControlRequests, decode_conn: Connection) -> None:
-    from captioner.model.process_child import EXIT_DEVICE_ERROR
-
+def decode_main(captioner: StepModel, control: ControlRequests, decode_conn: Connection) -> None:
     inbox = _Inbox(control, decode_conn)
     try:
         run_decode_loop(DecodeEngine(captioner), inbox.take, inbox.emit)

@@ -18,17 +18,39 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
+from captioner.config import GenerationSettings
 from captioner.model.beam_rules import BeamSearch, Candidate, GreedySearch, SearchRules, wider_beams
-from captioner.model.blip import BlipCaptioner, rank_captions
+from captioner.model.captions import rank_captions
 from captioner.model.decode_step import ImageKeys, RowCache, TextDecoder
 from captioner.model.protocol import Caption, CaptionJob
 
 Search = BeamSearch | GreedySearch
+
+
+class StepModel(Protocol):
+    """What the engine needs of a loaded model (``BlipCaptioner``)."""
+
+    @property
+    def model(self) -> Any: ...
+
+    @property
+    def generation(self) -> GenerationSettings: ...
+
+    def beams_for(self, num_captions: int) -> int: ...
+
+    def decoder_prompt(self) -> torch.Tensor: ...
+
+    def autocast(self) -> AbstractContextManager[Any]: ...
+
+    def image_embeds(self, jobs: Sequence[CaptionJob]) -> torch.Tensor: ...
+
+    def decode_tokens(self, sequences: Sequence[Sequence[int]]) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -73,7 +95,7 @@ class _Block:
 class DecodeEngine:
     """The running set over one loaded ``BlipCaptioner``; every method runs on the one thread that owns it."""
 
-    def __init__(self, captioner: BlipCaptioner) -> None:
+    def __init__(self, captioner: StepModel) -> None:
         self._captioner = captioner
         self._decoder = TextDecoder(captioner.model)
         config = captioner.model.config.text_config

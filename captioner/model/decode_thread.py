@@ -6,15 +6,11 @@ import logging
 import queue
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from captioner.errors import ModelError
-from captioner.model.decode_engine import Answer, DecodeEngine
+from captioner.model.decode_engine import Answer, DecodeEngine, StepModel
 from captioner.model.decode_loop import Message, join_message, leave_message, run_decode_loop
 from captioner.model.protocol import CaptionJob, DecodeProgress, DecodeSink
-
-if TYPE_CHECKING:
-    from captioner.model.blip import BlipCaptioner
 
 logger = logging.getLogger("captioner.decode")
 
@@ -34,9 +30,9 @@ def deliver(sink: DecodeSink, answers: list[Answer], progress: DecodeProgress | 
 
 
 class ThreadDecoding:
-    """The ``StepDecoding`` of a ``BlipCaptioner`` in this process."""
+    """The ``StepDecoding`` of a ``StepModel`` in this process."""
 
-    def __init__(self, captioner: BlipCaptioner, sink: DecodeSink) -> None:
+    def __init__(self, captioner: StepModel, sink: DecodeSink) -> None:
         self._inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
         self._engine = DecodeEngine(captioner)
         self._sink = sink

@@ -53,8 +53,9 @@ from captioner.config import GenerationSettings, HealthSettings, ModelSettings
 from captioner.errors import ModelUnavailable
 from captioner.model import acceleration
 from captioner.model.blip import Preprocessing
+from captioner.model.child_control import EXIT_DEVICE_ERROR
 from captioner.model.preprocessing import ImagePreprocessor
-from captioner.model.process_child import EXIT_DEVICE_ERROR, child_main
+from captioner.model.process_child import child_main
 from captioner.model.process_decoding import ProcessDecoding
 from captioner.model.protocol import Caption, CaptionJob, DecodeSink, ModelListener, StepDecoding
 from captioner.model.spawn import start_without_main
