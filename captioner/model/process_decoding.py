@@ -162,13 +162,17 @@ class ProcessDecoding:
                 self._idle_check()
         if progress is not None:
             self._sink.progress(DecodeProgress(rows=progress[0], steps=progress[1]))
+        errors: dict[tuple[str, str], DecodeProcessError] = {}  # one failure of many requests: one error
         for request_id, captions, error, first_token_s in delivered:
             if error is None:
                 self._sink.finished(request_id, captions, first_token_s)
-            else:
+                continue
+            failure = errors.get(tuple(error))
+            if failure is None:
                 message, detail = error
-                logger.error("the model process failed a request: %s\n%s", message, detail)
-                self._sink.failed(request_id, DecodeProcessError(message))
+                logger.error("the model process failed decoding: %s\n%s", message, detail)
+                failure = errors[tuple(error)] = DecodeProcessError(message)
+            self._sink.failed(request_id, failure)
 
     def _child_gone(self, conn: Connection) -> None:
         with self._lock:
