@@ -63,3 +63,32 @@ def test_an_async_job_is_captioned_in_continuous_mode(continuous: LiveServer) ->
     assert accepted.status_code == 202, accepted.text
     done = job_result(continuous, accepted.json()["job_id"])
     assert done.status_code == 200 and done.json()["status"] == "success"
+
+
+def test_each_ab_variant_decodes_in_its_own_running_set(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import yaml
+
+    from captioner.config import load_settings
+
+    config = tmp_path / "config.yaml"
+    model = {"path": str(tiny_model_dir), "name": "test/tiny-blip", "device": "cpu", "worker": "thread"}
+    variants = [{"variant": "a", "weight": 50}, {"variant": "b", "weight": 50, "name": "test/tiny-b"}]
+    sections = {"model": model, "models": variants, "batching": {"mode": "continuous"}, "cache": {"max_entries": 0}}
+    sections["feedback"] = {"path": str(tmp_path / "feedback")}  # never the working directory
+    config.write_text(yaml.safe_dump(sections))
+    with LiveServer(load_settings(config, {})) as server:
+        served: set[str] = set()
+        for seed in range(40):
+            response = httpx.post(
+                server.url + CAPTION,
+                content=photo(900 + seed),
+                headers={"Content-Type": "image/png", "X-Request-ID": f"user-{seed}"},
+                timeout=60,
+            )
+            assert response.status_code == 200, response.text
+            served.add(response.json()["variant"])
+            if served == {"a", "b"}:
+                break
+        assert served == {"a", "b"}
+        for variant in served:
+            assert server.metric("captioner_decode_steps_total", f'variant="{variant}"') > 0
