@@ -76,7 +76,8 @@ class _Live:
     request_id: int
     num_captions: int
     search: Search
-    image: ImageKeys  # this image's keys alone (kept for a wider search)
+    admitted_with: ImageKeys  # the keys of the images it was admitted with (shared, not copied)
+    image_index: int  # its place among them: for a wider search
     arrived: float
     first_token_s: float = 0.0
 
@@ -141,7 +142,8 @@ class DecodeEngine:
                 r.request_id,
                 r.job.num_captions,
                 self._search(self._captioner.beams_for(r.job.num_captions)),
-                keys.select(torch.tensor([i], device=embeds.device)),
+                keys,
+                i,
                 now,
             )
             for i, r in enumerate(requests)
@@ -174,7 +176,7 @@ class DecodeEngine:
                 answers += self._choose(block, logits, restarts)
         self.steps += 1
         if restarts:
-            answers += self._start(restarts, ImageKeys.concat([live.image for live in restarts]))
+            answers += self._start(restarts, _own_keys(restarts))
         return answers
 
     # -- internals ---------------------------------------------------------------------------------
@@ -198,17 +200,18 @@ class DecodeEngine:
         for width, indices in by_width.items():
             # Every beam of a new image starts from the prompt: its row, repeated (as generate expands the batch).
             rows = torch.tensor(indices, device=device).repeat_interleave(width)
+            everyone = indices == list(range(len(lives)))
             joining = _Block(
                 width,
                 [lives[i] for i in indices],
                 cache.select(rows),
-                keys.select(torch.tensor(indices, device=device)),
+                keys if everyone else keys.select(torch.tensor(indices, device=device)),
             )
             answers += self._choose(joining, logits.index_select(0, rows), restarts, joining=True)
             if joining.lives:
                 self._merge(joining)
-        if restarts:  # a new image can't need a wider search before its first token: never in practice
-            answers += self._start(restarts, ImageKeys.concat([live.image for live in restarts]))
+        if restarts:  # a search over by its first token (max_length), short of captions: wider at once
+            answers += self._start(restarts, _own_keys(restarts))
         return answers
 
     def _merge(self, joining: _Block) -> None:
@@ -323,6 +326,16 @@ class DecodeEngine:
         seen = scores.gather(1, ids)
         penalty = self._repetition_penalty
         return scores.scatter(1, ids, torch.where(seen < 0, seen * penalty, seen / penalty))
+
+
+def _own_keys(lives: list[_Live]) -> ImageKeys:
+    """These images' keys, in order, for a new search (a wider one)."""
+    parts = []
+    for live in lives:
+        source = live.admitted_with
+        index = torch.tensor([live.image_index], device=source.keys[0].device)
+        parts.append(source.select(index))
+    return ImageKeys.concat(parts)
 
 
 def _beam(live: _Live) -> BeamSearch:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import torch
 
+from captioner.model import decode_engine
 from captioner.model.blip import BlipCaptioner
 from captioner.model.decode_engine import Answer, DecodeEngine, DecodeRequest
 from captioner.model.protocol import Caption, CaptionJob, DecodeProgress
@@ -100,6 +101,27 @@ def test_staggered_continuous_decoding_gives_static_batchings_captions(tiny_mode
     static = model.caption_batch(jobs)
     got = run_staggered(DecodeEngine(model), jobs)
     for index in range(IMAGES):
+        assert_same(static[index], got.captions[index])
+
+
+def test_an_image_short_of_distinct_captions_is_searched_again_wider_as_in_static_mode(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One generated token and five captions wanted: some images' beams end at once (the end token decodes to
+    # nothing), leaving fewer than five distinct captions, so both modes search those images again, wider.
+    model = captioner(tiny_model_dir, max_length=5, min_length=0, max_num_captions=5)
+    widened: list[int] = []
+    original = decode_engine._own_keys
+    monkeypatch.setattr(decode_engine, "_own_keys", lambda lives: widened.append(len(lives)) or original(lives))
+    jobs = jobs_for(model, [5] * 12)
+    static = model.caption_batch(jobs)
+    engine = DecodeEngine(model)
+    got = Collected()
+    got.take(engine.admit([DecodeRequest(i, job) for i, job in enumerate(jobs)]))
+    while not engine.idle:
+        got.take(engine.step())
+    assert widened, "no image needed a wider search: this case no longer covers it"
+    for index in range(len(jobs)):
         assert_same(static[index], got.captions[index])
 
 
