@@ -27,7 +27,7 @@ import torch
 from captioner.config import GenerationSettings
 from captioner.model.beam_rules import BeamSearch, Candidate, GreedySearch, SearchRules, wider_beams
 from captioner.model.captions import rank_captions
-from captioner.model.decode_step import ImageKeys, RowCache, TextDecoder
+from captioner.model.decode_step import ImageKeys, ImagePool, RowCache, TextDecoder
 from captioner.model.protocol import Caption, CaptionJob
 
 Search = BeamSearch | GreedySearch
@@ -89,7 +89,7 @@ class _Block:
     width: int
     lives: list[_Live] = field(default_factory=list)
     cache: RowCache | None = None
-    images: ImageKeys | None = None
+    images: ImagePool | None = None
     tokens: torch.Tensor | None = None  # [rows]: the token each row feeds at the next step
 
 
@@ -205,7 +205,7 @@ class DecodeEngine:
                 width,
                 [lives[i] for i in indices],
                 cache.select(rows),
-                keys if everyone else keys.select(torch.tensor(indices, device=device)),
+                ImagePool(keys if everyone else keys.select(torch.tensor(indices, device=device))),
             )
             answers += self._choose(joining, logits.index_select(0, rows), restarts, joining=True)
             if joining.lives:
@@ -223,7 +223,7 @@ class DecodeEngine:
         assert joining.images is not None and block.tokens is not None and joining.tokens is not None
         block.lives += joining.lives
         block.cache = RowCache.concat([block.cache, joining.cache])
-        block.images = ImageKeys.concat([block.images, joining.images])
+        block.images.append(joining.images.view)
         block.tokens = torch.cat([block.tokens, joining.tokens])
 
     def _choose(
@@ -285,7 +285,7 @@ class DecodeEngine:
             block.cache = block.cache.select(torch.tensor(rows))
         images = [position[id(live)] for live, _ in kept]
         if len(images) != len(block.lives):
-            block.images = block.images.select(torch.tensor(images, device=block.images.keys[0].device))
+            block.images.keep(images)
         if tokens is None:  # rows leaving between steps: the survivors feed what they had chosen
             assert block.tokens is not None
             tokens = block.tokens.index_select(0, torch.tensor(rows, device=block.tokens.device))

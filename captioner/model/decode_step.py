@@ -45,6 +45,57 @@ class ImageKeys:
         )
 
 
+class ImagePool:
+    """The image keys of a block's images, one slot each, so that images joining and leaving copy only their own
+    keys (the keys are big: every layer's keys and values of every image token, 7 MiB an image for the small
+    model). A joining image's keys go into the next free slot (the pool doubles when full); a leaving image's slot
+    is only marked free, and the pool is compacted (the live slots copied, in order) once free slots outnumber the
+    live ones, which bounds the cross-attention spent on free slots to the live ones' (``_attend_image``)."""
+
+    def __init__(self, keys: ImageKeys) -> None:
+        self._keys = keys
+        self.used = keys.images  # slots handed out so far (live or freed); the pool's first ``used`` slots
+        self.slots: list[int] = list(range(self.used))  # the live images' slots, increasing (the block's order)
+
+    @property
+    def view(self) -> ImageKeys:
+        return ImageKeys([k[: self.used] for k in self._keys.keys], [v[: self.used] for v in self._keys.values])
+
+    def live_index(self) -> torch.Tensor | None:
+        """The live slots among the used ones, or None when every used slot is live (no scatter needed)."""
+        if len(self.slots) == self.used:
+            return None
+        return torch.tensor(self.slots, device=self._keys.keys[0].device)
+
+    def append(self, keys: ImageKeys) -> None:
+        count, capacity = keys.images, self._keys.images
+        if self.used + count > capacity:
+            grown = max(2 * capacity, self.used + count)
+            self._keys = ImageKeys(
+                [_grow(k, self.used, grown) for k in self._keys.keys],
+                [_grow(v, self.used, grown) for v in self._keys.values],
+            )
+        for pool, new in zip(self._keys.keys + self._keys.values, keys.keys + keys.values, strict=True):
+            pool[self.used : self.used + count].copy_(new)
+        self.slots += range(self.used, self.used + count)
+        self.used += count
+
+    def keep(self, kept: list[int]) -> None:
+        """Only the images at these positions (in the block's order) stay."""
+        self.slots = [self.slots[i] for i in kept]
+        if len(self.slots) * 2 < self.used:
+            index = torch.tensor(self.slots, device=self._keys.keys[0].device)
+            self._keys = self._keys.select(index)
+            self.used = len(self.slots)
+            self.slots = list(range(self.used))
+
+
+def _grow(tensor: torch.Tensor, used: int, capacity: int) -> torch.Tensor:
+    grown = tensor.new_empty((capacity, *tensor.shape[1:]))
+    grown[:used].copy_(tensor[:used])
+    return grown
+
+
 @dataclass
 class RowCache:
     """Each layer's self-attention keys and values, ``[rows, heads, columns, head_dim]``, left-padded: row ``r``'s
@@ -126,14 +177,20 @@ class TextDecoder:
 
     @torch.inference_mode()
     def step(
-        self, tokens: torch.Tensor, cache: RowCache, images: ImageKeys, width: int
+        self, tokens: torch.Tensor, cache: RowCache, images: ImagePool, width: int
     ) -> tuple[torch.Tensor, RowCache]:
         """One token per row (``[rows]``), each at its row's own position: the next logits and the longer cache."""
         positions = cache.fed.to(tokens.device).unsqueeze(1)
-        return self._forward(tokens.unsqueeze(1), positions, cache, images, width)
+        return self._forward(tokens.unsqueeze(1), positions, cache, images.view, width, images.live_index())
 
     def _forward(
-        self, ids: torch.Tensor, positions: torch.Tensor, cache: RowCache, images: ImageKeys, width: int
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        cache: RowCache,
+        images: ImageKeys,
+        width: int,
+        slots: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, RowCache]:
         hidden = self._embeddings(input_ids=ids, position_ids=positions)
         new_tokens = ids.shape[1]
@@ -148,7 +205,7 @@ class TextDecoder:
             values.append(value)
             attended = layer.attention.output(self._merge(_attend(query, key, value, mask)), hidden)
             cross = layer.crossattention.self
-            context = _attend_image(self._split(attended, cross.query), images, index, width)
+            context = _attend_image(self._split(attended, cross.query), images, index, width, slots)
             crossed = layer.crossattention.output(self._merge(context), attended)
             hidden = layer.feed_forward_chunk(crossed)
         logits = self._head(hidden[:, -1:, :])[:, -1, :]
@@ -183,11 +240,20 @@ def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: t
     return torch.matmul(probs, value)
 
 
-def _attend_image(query: torch.Tensor, images: ImageKeys, layer: int, width: int) -> torch.Tensor:
-    """Cross-attention: the ``width`` beams of each image (consecutive rows) attend to that image's tokens."""
+def _attend_image(
+    query: torch.Tensor, images: ImageKeys, layer: int, width: int, slots: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cross-attention: the ``width`` beams of each image (consecutive rows) attend to that image's tokens.
+    ``slots``: where each image's keys are among ``images`` (None: image ``i`` is entry ``i``); the queries are
+    spread over every entry (zeros for the free ones, whose results are dropped) rather than copying keys."""
     rows, heads, tokens, head_dim = query.shape
     count = rows // width
     grouped = query.view(count, width, heads, tokens, head_dim).transpose(1, 2).reshape(count, heads, -1, head_dim)
+    if slots is not None:
+        spread = grouped.new_zeros((images.images, *grouped.shape[1:]))
+        grouped = spread.index_copy_(0, slots, grouped)
     scores = torch.matmul(grouped, images.keys[layer].transpose(-1, -2)) / math.sqrt(head_dim)
     context = torch.matmul(torch.softmax(scores, dim=-1), images.values[layer])
+    if slots is not None:
+        context = context.index_select(0, slots)
     return context.view(count, heads, width, tokens, head_dim).transpose(1, 2).reshape(rows, heads, tokens, head_dim)
