@@ -1,6 +1,7 @@
 """``batching.mode: continuous`` with the model in its own process (``model.worker: process``): the child runs the
 decode loop; images cross in a shared slab, answers come back as they end; a child killed mid-decode fails the
-requests it held (ModelProcessDied), is respawned, and decodes again; the server end to end, metrics included."""
+requests it held (ModelProcessDied), is respawned, and decodes again; so is a stuck one, by the watchdog; the server
+end to end, metrics included."""
 
 from __future__ import annotations
 
@@ -122,3 +123,31 @@ def test_server_in_continuous_mode_with_the_process_worker(tiny_model_dir: Path,
         assert answer.json()["captions"][0]["text"] == captions[0].text
     steps = re.search(r'^captioner_decode_steps_total\{variant="default"\} (\S+)$', metrics, re.MULTILINE)
     assert steps is not None and float(steps.group(1)) > 0
+
+
+def test_a_stuck_child_holding_requests_is_killed_by_the_watchdog_and_respawned(
+    tiny_model_dir: Path, jobs: list[CaptionJob]
+) -> None:
+    settings = tiny_settings(tiny_model_dir, health={"respawn_backoff_s": 0.05, "watchdog_s": 1.0})
+    captioner = ProcessCaptioner(
+        tiny_model_dir,
+        settings.model,
+        settings.generation,
+        settings.limits.max_pixels,
+        health=settings.health,
+        decode_slots=SLOTS,
+    )
+    try:
+        sink = Sink()
+        decoding = captioner.start_decoding(sink)
+        assert captioner.pid is not None
+        os.kill(captioner.pid, signal.SIGSTOP)  # stuck, not dead: only the watchdog can tell
+        for request_id, job in enumerate(jobs):
+            decoding.join(request_id, job)
+        wait_for(lambda: len(sink.errors) == len(jobs), "the watchdog to fail the requests the stuck child held")
+        assert all(isinstance(e, ModelProcessDied) for e in sink.errors.values())
+        wait_for(lambda: captioner.up and captioner.respawns == 1, "the respawn")
+        decoding.join(100, jobs[0])
+        wait_for(lambda: 100 in sink.captions, "an answer from the new child")
+    finally:
+        captioner.close()
