@@ -16,6 +16,7 @@ An image whose beams decode to fewer distinct captions than it asked for is sear
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
@@ -29,6 +30,8 @@ from captioner.model.beam_rules import BeamSearch, Candidate, GreedySearch, Sear
 from captioner.model.captions import rank_captions
 from captioner.model.decode_step import ImageKeys, ImagePool, RowCache, TextDecoder
 from captioner.model.protocol import Caption, CaptionJob
+
+logger = logging.getLogger("captioner.decode")
 
 Search = BeamSearch | GreedySearch
 
@@ -109,6 +112,12 @@ class DecodeEngine:
             length_penalty=gen.length_penalty,
             early_stopping=_early_stopping(captioner.model),
         )
+        ignored = unsupported_generation_options(captioner.model.text_decoder.generation_config)
+        if ignored:
+            logger.warning(
+                "batching.mode: continuous ignores the model's generation config %s; its captions may differ from "
+                "static mode's", ", ".join(ignored)
+            )  # fmt: skip
         self._min_length = gen.min_length
         self._repetition_penalty = gen.repetition_penalty
         self._pad_token_id = int(config.pad_token_id)
@@ -234,7 +243,7 @@ class DecodeEngine:
         now = time.perf_counter()
         if joining:
             for live in block.lives:
-                live.first_token_s = now - live.arrived
+                live.first_token_s = live.first_token_s or now - live.arrived  # a wider search keeps its first
         kept: list[tuple[_Live, list[int]]] = []
         tokens: list[int] = []
         answers: list[Answer] = []
@@ -351,6 +360,32 @@ def _histories(search: Any) -> list[list[int]]:
 
 
 def _early_stopping(model: Any) -> bool | str:
-    """The model's own ``generation_config.early_stopping`` (generate's default when the call doesn't set it)."""
-    value = getattr(model.generation_config, "early_stopping", False)
+    """The decoder's own ``generation_config.early_stopping`` (generate's default when the call doesn't set it)."""
+    value = getattr(model.text_decoder.generation_config, "early_stopping", False)
     return value if value == "never" else bool(value)
+
+
+# Generation options a model folder's generation_config.json may set that the step-by-step search does not apply
+# (static mode's generate would): their "off" values.
+_UNSUPPORTED_OFF: dict[str, Any] = {
+    "no_repeat_ngram_size": (None, 0),
+    "encoder_no_repeat_ngram_size": (None, 0),
+    "bad_words_ids": (None,),
+    "force_words_ids": (None,),
+    "forced_bos_token_id": (None,),
+    "forced_eos_token_id": (None,),
+    "suppress_tokens": (None,),
+    "begin_suppress_tokens": (None,),
+    "sequence_bias": (None,),
+    "exponential_decay_length_penalty": (None,),
+    "min_new_tokens": (None, 0),
+    "max_new_tokens": (None,),
+    "num_beam_groups": (None, 1),
+    "diversity_penalty": (None, 0.0),
+    "renormalize_logits": (None, False),
+}
+
+
+def unsupported_generation_options(config: Any) -> list[str]:
+    """The options set in ``config`` that continuous decoding would ignore."""
+    return [name for name, off in _UNSUPPORTED_OFF.items() if getattr(config, name, None) not in off]
