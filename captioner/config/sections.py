@@ -76,6 +76,10 @@ class BatchingSettings:
     # Without a GPU, max_batch_size stays as configured.
     auto_batch_size: bool = False
     max_auto_batch_size: int = setting(128, ge=1)
+    # static: a batch of up to max_batch_size images per generate(). continuous: decoding steps over a running set
+    # of sequences that images join between steps and leave when they end (at most max_batch_size x num_beams
+    # rows); max_wait_ms and auto_batch_size then don't apply (docs/configuration.md).
+    mode: str = setting("static", choices=("static", "continuous"))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,16 +25,15 @@ from transformers import BlipForConditionalGeneration, BlipProcessor
 
 from captioner.config import GenerationSettings, ModelSettings
 from captioner.model import acceleration, budgets, device_jpeg, static_decoding
+from captioner.model.captions import rank_captions
 from captioner.model.folder_quantization import folder_quantization
 from captioner.model.preprocessing import ImagePreprocessor, PreparedImage
-from captioner.model.protocol import Caption, CaptionJob
+from captioner.model.protocol import Caption, CaptionJob, DecodeSink, StepDecoding
 from captioner.model.weights import is_untrained
 
 logger = logging.getLogger("captioner.model")
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# Confidence never reaches 0: the contract says (0, 1], and a log-likelihood of -inf is still "very unsure".
-_MIN_CONFIDENCE = 1e-12
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -205,10 +203,52 @@ class BlipCaptioner(Preprocessing):
             threads, cores, model * 1000, other * 1000,
         )  # fmt: skip
 
+    # -- what continuous batching (decode_engine.py) runs the decoder with ----------------------------------
+
+    @property
+    def model(self) -> Any:
+        return self._model
+
+    @property
+    def generation(self) -> GenerationSettings:
+        return self._generation
+
+    def beams_for(self, num_captions: int) -> int:
+        """The beams a request runs with: the configured search, wider when it asks for more captions."""
+        return max(self._generation.num_beams, num_captions)
+
+    def decoder_prompt(self) -> torch.Tensor:
+        """``[1, prompt_len]``: the tokens BLIP's generate feeds the decoder (bos, the prompt, no final [SEP])."""
+        ids = self._prompt_ids[:, :-1].clone()
+        ids[:, 0] = self._model.config.text_config.bos_token_id
+        return ids
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self._autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self._device.type, dtype=self._autocast)
+
+    @torch.inference_mode()
+    def image_embeds(self, jobs: Sequence[CaptionJob]) -> torch.Tensor:
+        """The vision tower's output for these images, ``[images, tokens, hidden]``."""
+        pixel_values = self._to_device(self._pixels(jobs))
+        with self.autocast():
+            return self._model.vision_model(pixel_values=pixel_values)[0]  # type: ignore[no-any-return]
+
+    def decode_tokens(self, sequences: Sequence[Sequence[int]]) -> list[str]:
+        texts: list[str] = self._processor.batch_decode([list(s) for s in sequences], skip_special_tokens=True)
+        return texts
+
+    def start_decoding(self, sink: DecodeSink) -> StepDecoding:
+        """``batching.mode: continuous`` in this process: a thread of its own runs the decoding steps."""
+        from captioner.model.decode_thread import ThreadDecoding
+
+        return ThreadDecoding(self, sink)
+
     # -- internals ---------------------------------------------------------------------------------
 
     def _beams_for(self, num_captions: int) -> int:
-        return max(self._generation.num_beams, num_captions)
+        return self.beams_for(num_captions)
 
     def _caption_batch(self, jobs: Sequence[CaptionJob]) -> list[list[Caption]]:
         pixels = self._pixels(jobs)
@@ -287,16 +327,10 @@ class BlipCaptioner(Preprocessing):
             )
         texts = self._processor.batch_decode(out.sequences[:, self._prompt_len :], skip_special_tokens=True)
         scores = self._sequence_scores(out)
-        captions: list[list[Caption]] = []
-        for image in range(batch):
-            seen: dict[str, float] = {}
-            for k in range(image * beams, (image + 1) * beams):
-                text = " ".join(texts[k].split())
-                if text and text not in seen:
-                    seen[text] = max(_MIN_CONFIDENCE, min(1.0, math.exp(scores[k])))
-            ranked = sorted(seen.items(), key=lambda item: item[1], reverse=True)
-            captions.append([Caption(text, confidence) for text, confidence in ranked])
-        return captions
+        return [
+            rank_captions(texts[image * beams : (image + 1) * beams], scores[image * beams : (image + 1) * beams])
+            for image in range(batch)
+        ]
 
     def _sequence_scores(self, out: Any) -> list[float]:
         if getattr(out, "sequences_scores", None) is not None:

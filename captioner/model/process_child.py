@@ -9,26 +9,25 @@ process gets a new one.
 
 from __future__ import annotations
 
-import os
 import signal
 import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
 
 from captioner.config import GenerationSettings, ModelSettings
-from captioner.model import heap
-from captioner.model.device_errors import is_fatal_device_error
-from captioner.model.protocol import CaptionJob
-
-# The exit status after a fatal device error (EX_SOFTWARE); the server's supervisor names it in its log.
-EXIT_DEVICE_ERROR = 70
+from captioner.model.child_control import ControlRequests
 
 
 def child_main(
-    conn: Connection, model_dir: str, model: ModelSettings, generation: GenerationSettings, max_pixels: int
+    conn: Connection,
+    model_dir: str,
+    model: ModelSettings,
+    generation: GenerationSettings,
+    max_pixels: int,
+    decode_conn: Connection | None = None,
 ) -> None:
-    """The child: load, say what was loaded, then answer batches until told to stop or the parent goes."""
+    """The child: load, say what was loaded, then answer batches until told to stop or the parent goes.
+    With ``decode_conn`` (``batching.mode: continuous``) its main loop is the decode loop (decode_child.py)."""
     # Ctrl-C reaches the whole process group; the parent decides when the model stops (after its drain).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -47,7 +46,12 @@ def child_main(
         "untrained": captioner.untrained,
     }
     conn.send(("ok", info, ""))
-    slab: Any = None
+    control = ControlRequests(captioner, conn)
+    if decode_conn is not None:
+        from captioner.model.decode_child import decode_main
+
+        decode_main(captioner, control, decode_conn)
+        return
     while True:
         try:
             message = conn.recv()
@@ -55,24 +59,4 @@ def child_main(
             return  # the server is gone
         if message[0] == "stop":
             return
-        try:
-            if message[0] == "batch":
-                _, size, counts, handed = message
-                if handed is not None:  # the parent's shared batch buffer, new or grown (process_worker.py)
-                    slab = handed
-                pixels = slab[:size]
-                result: Any = captioner.caption_batch([CaptionJob(pixels[i], n) for i, n in enumerate(counts)])
-            elif message[0] == "measure_batch_limit":  # batching.auto_batch_size, on the child's device
-                result = captioner.measure_batch_limit(message[1])
-            elif message[0] == "warm_up":
-                captioner.warm_up()
-                heap.settle()  # what the model left on the heap is here for good: out of the GC's way
-                result = None
-            else:
-                raise ValueError(f"unknown request {message[0]!r}")
-        except Exception as exc:
-            conn.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
-            if is_fatal_device_error(exc):
-                os._exit(EXIT_DEVICE_ERROR)  # no clean-up: it would touch the broken context, and may hang
-        else:
-            conn.send(("ok", result, ""))
+        control.answer(message)

@@ -53,9 +53,11 @@ from captioner.config import GenerationSettings, HealthSettings, ModelSettings
 from captioner.errors import ModelUnavailable
 from captioner.model import acceleration
 from captioner.model.blip import Preprocessing
+from captioner.model.child_control import EXIT_DEVICE_ERROR
 from captioner.model.preprocessing import ImagePreprocessor
-from captioner.model.process_child import EXIT_DEVICE_ERROR, child_main
-from captioner.model.protocol import Caption, CaptionJob, ModelListener
+from captioner.model.process_child import child_main
+from captioner.model.process_decoding import ProcessDecoding
+from captioner.model.protocol import Caption, CaptionJob, DecodeSink, ModelListener, StepDecoding
 from captioner.model.spawn import start_without_main
 from captioner.model.watchdog import BatchWatchdog
 
@@ -83,6 +85,7 @@ class _Child:
     conn: Connection
     started: float
     slab: torch.Tensor | None = None  # the shared batch buffer this child holds (sent with its first batch)
+    decode_conn: Connection | None = None  # batching.mode: continuous: joins, leaves and answers (decode_child.py)
 
 
 class ProcessCaptioner(Preprocessing):
@@ -97,7 +100,10 @@ class ProcessCaptioner(Preprocessing):
         *,
         health: HealthSettings | None = None,
         start_timeout_s: float = 900.0,
+        decode_slots: int = 0,
     ) -> None:
+        """``decode_slots`` > 0: ``batching.mode: continuous``, the child runs the decode loop and holds at most
+        that many requests at a time (process_decoding.py)."""
         # spawn, not fork: a forked child can't use CUDA, and must not inherit the server's threads and sockets.
         self._context = torch.multiprocessing.get_context("spawn")
         self._child_args = (str(model_dir), model, generation, max_pixels)
@@ -113,6 +119,8 @@ class ProcessCaptioner(Preprocessing):
         self._retry_at = 0.0  # while down: when the next respawn is due (for Retry-After)
         self._spawning: _Child | None = None
         self._listener: ModelListener | None = None
+        self._decode_slots = decode_slots
+        self._decoding: ProcessDecoding | None = None
         self.respawns = 0
         self._supervisor = threading.Thread(target=self._supervise, name="captioner-model-supervisor", daemon=True)
         self._child, info = self._spawn()
@@ -152,6 +160,21 @@ class ProcessCaptioner(Preprocessing):
         """``batching.auto_batch_size``: the child measures its device's memory (None off a GPU)."""
         size: int | None = self._call(lambda _: ("measure_batch_limit", limit))
         return size
+
+    def start_decoding(self, sink: DecodeSink) -> StepDecoding:
+        """``batching.mode: continuous``: the child's decode loop, reached through its decode pipe."""
+        if not self._decode_slots:
+            raise ValueError("this model process was not started for continuous decoding (batching.mode)")
+        decoding = ProcessDecoding(
+            sink,
+            slots=self._decode_slots,
+            watchdog=self._watchdog,
+            unavailable=self._unavailable,
+            died=ModelProcessDied,
+        )
+        self._decoding = decoding
+        decoding.attach(self._child.decode_conn if self._up else None)
+        return decoding
 
     def caption_batch(self, jobs: Sequence[CaptionJob]) -> list[list[Caption]]:
         if not jobs:
@@ -218,15 +241,20 @@ class ProcessCaptioner(Preprocessing):
     def _spawn(self) -> tuple[_Child, dict[str, Any]]:
         """Start a child and wait for its model to load; kills it and raises ``ModelProcessError`` if it can't."""
         parent_end, child_end = self._context.Pipe()
+        decode_parent = decode_child = None
+        if self._decode_slots:
+            decode_parent, decode_child = self._context.Pipe()
         process = self._context.Process(
             target=child_main,
-            args=(child_end, *self._child_args),
+            args=(child_end, *self._child_args, decode_child),
             name="captioner-model",
             daemon=True,  # never outlives the server
         )
         start_without_main(process)
         child_end.close()
-        child = _Child(process, parent_end, time.monotonic())
+        if decode_child is not None:
+            decode_child.close()
+        child = _Child(process, parent_end, time.monotonic(), decode_conn=decode_parent)
         self._spawning = child
         try:
             if self._closing.is_set():
@@ -329,7 +357,11 @@ class ProcessCaptioner(Preprocessing):
                     _kill(new, 10.0)
                     return False
                 old, self._child, self._up = self._child, new, True
+            if self._decoding is not None:
+                self._decoding.attach(new.decode_conn)
             old.conn.close()
+            if old.decode_conn is not None:
+                old.decode_conn.close()
             self.respawns += 1
             logger.warning("model process respawned and warmed up (pid %s)", new.process.pid)
             self._notify("model_up")
@@ -380,6 +412,8 @@ def _kill(child: _Child, timeout_s: float) -> None:
         child.process.kill()
         child.process.join(timeout_s)
     child.conn.close()
+    if child.decode_conn is not None:
+        child.decode_conn.close()
 
 
 def _describe_exit(code: int | None) -> str:

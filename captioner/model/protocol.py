@@ -67,3 +67,36 @@ class ModelListener(Protocol):
 
     def model_stalled(self, reason: str, retry_in_s: float) -> None:
         """The watchdog found the model stuck with a batch in flight (``health.watchdog_s``): down, and killed."""
+
+
+@dataclass(frozen=True)
+class DecodeProgress:
+    """The decode loop's counters, sent with its answers (``captioner_decode_rows``, ``..._steps_total``)."""
+
+    rows: int  # sequences (beams) in the running set now
+    steps: int  # decoding steps since the loop started
+
+
+class DecodeSink(Protocol):
+    """Where continuous decoding (``batching.mode: continuous``) reports; called from the decoding thread (or the
+    thread that reads the model process), never from the event loop."""
+
+    def finished(self, request_id: int, captions: list[Caption], first_token_s: float) -> None:
+        """A request's captions; ``first_token_s``: from its arrival at the decoder to its first token."""
+
+    def failed(self, request_id: int, error: BaseException) -> None: ...
+
+    def progress(self, progress: DecodeProgress) -> None: ...
+
+
+class StepDecoding(Protocol):
+    """The model side of continuous batching: images join and leave a running set of decoding sequences.
+    ``join`` and ``leave`` never block; each joined request gets exactly one ``finished`` or ``failed``, unless it
+    left first (then none)."""
+
+    def join(self, request_id: int, job: CaptionJob) -> None: ...
+
+    def leave(self, request_id: int) -> None: ...
+
+    def close(self) -> None:
+        """Stop decoding; requests still live fail."""

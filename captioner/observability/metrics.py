@@ -60,6 +60,20 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        # batching.mode: continuous (serving/continuous_batcher.py).
+        self.decode_rows = Gauge(
+            "captioner_decode_rows", "Sequences (beams) in the continuous decoder's running set.", variant, registry=r
+        )
+        self.decode_steps = Counter(
+            "captioner_decode_steps", "Decoding steps of the continuous decoder's running set.", variant, registry=r
+        )
+        self.decode_first_token_seconds = Histogram(
+            "captioner_decode_first_token_seconds",
+            "Continuous decoding: from a request's arrival at the model to its first token.",
+            variant,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.variant_requests = Counter(
             "captioner_variant_requests",
             "Successful caption requests, by the A/B variant that answered and whether it was a cache hit.",

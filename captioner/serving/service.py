@@ -22,14 +22,17 @@ import orjson
 
 from captioner.config import DEFAULT_VARIANT, Settings
 from captioner.errors import CaptionerError, ModelLost, ModelUnavailable, Overloaded, RequestTimeout
+from captioner.model.decode_loop import running_set_rows
 from captioner.model.device_errors import is_fatal_device_error
 from captioner.model.preprocessing import ImageInfo, PreparedImage
 from captioner.model.process_worker import ModelProcessDied
-from captioner.model.protocol import Caption, Captioner, CaptionJob
+from captioner.model.protocol import Caption, Captioner, CaptionJob, DecodeSink, StepDecoding
 from captioner.observability.metrics import Metrics
 from captioner.serving.batcher import Batcher, BatchInfo
 from captioner.serving.cache import CaptionCache, Lookup, cache_key
 from captioner.serving.cascade import ACCEPTED, FIRST_UNAVAILABLE, OUTCOMES, answered, decide, key_part
+from captioner.serving.continuous_batcher import ContinuousBatcher
+from captioner.serving.decode_counters import DecodeCounters, decode_error
 from captioner.serving.hashing import INLINE_HASH_BYTES, sha256_hex, sha256_off_loop
 from captioner.serving.health import ModelHealth, OnFatal
 from captioner.serving.live_stats import VariantStats
@@ -172,14 +175,26 @@ class CaptionService:
         )
         self._preprocess_slots = asyncio.Semaphore(2 * settings.server.preprocess_workers)
         batching = settings.batching
-        self.batcher: Batcher[CaptionJob, _Inferred] = Batcher(
-            self._run_batch,
-            max_batch_size=batching.max_batch_size,
-            max_wait_s=batching.max_wait_ms / 1000,
-            max_queue=batching.max_queue,
-            request_timeout_s=batching.request_timeout_s,
-            on_batch=self._observe_batch,
-        )
+        self.batcher: Batcher[CaptionJob, _Inferred] | ContinuousBatcher
+        if batching.mode == "continuous":
+            self.batcher = ContinuousBatcher(
+                self._start_decoding,
+                rows_for=lambda job: max(gen.num_beams, job.num_captions),
+                max_rows=running_set_rows(batching.max_batch_size, gen.num_beams),
+                max_queue=batching.max_queue,
+                request_timeout_s=batching.request_timeout_s,
+                observer=DecodeCounters(metrics, variant, self),
+                map_error=decode_error(settings.health.respawn_backoff_s),
+            )
+        else:
+            self.batcher = Batcher(
+                self._run_batch,
+                max_batch_size=batching.max_batch_size,
+                max_wait_s=batching.max_wait_ms / 1000,
+                max_queue=batching.max_queue,
+                request_timeout_s=batching.request_timeout_s,
+                on_batch=self._observe_batch,
+            )
         # Read by /readyz (through the variant pool); refuses model work while the model can't take it.
         self.health = ModelHealth(variant, metrics, settings.health, probe=self._probe, on_fatal=on_fatal)
         self._device_failed = False  # set on the model thread by a fatal device error (see _timed_batch)
@@ -202,10 +217,20 @@ class CaptionService:
         # batching.auto_batch_size: the model measures what its device's memory holds (only BlipCaptioner on a
         # GPU can; elsewhere max_batch_size stays as configured).
         measure = getattr(self.captioner, "measure_batch_limit", None)
-        if batching.auto_batch_size and callable(measure):
+        if batching.auto_batch_size and callable(measure) and isinstance(self.batcher, Batcher):
             size = await loop.run_in_executor(self._model_pool, measure, batching.max_auto_batch_size)
             if isinstance(size, int) and size >= 1:
                 self.batcher.max_batch_size = size
+
+    def _start_decoding(self, sink: DecodeSink) -> StepDecoding:
+        """``batching.mode: continuous``: the model's own decode loop (a thread here, or the model process)."""
+        start = getattr(self.captioner, "start_decoding", None)
+        if not callable(start):
+            raise TypeError(
+                f"batching.mode: continuous needs a model that decodes step by step, not {self.captioner!r}"
+            )
+        decoding: StepDecoding = start(sink)
+        return decoding
 
     async def _probe(self) -> None:
         """The health probe: the warm-up image through the model, on the model thread, nothing else."""
@@ -396,7 +421,11 @@ class CaptionService:
             timeout_s = deadline - time.monotonic()
             if timeout_s <= 0:
                 raise RequestTimeout()
-        inferred = await self.batcher(CaptionJob.of(prepared, num_captions), timeout_s=timeout_s)
+        job = CaptionJob.of(prepared, num_captions)
+        if isinstance(self.batcher, ContinuousBatcher):
+            decoded = await self.batcher(job, timeout_s=timeout_s)
+            return _Computed(decoded.captions, prepared.info, decoded.running)
+        inferred = await self.batcher(job, timeout_s=timeout_s)
         return _Computed(inferred.captions, prepared.info, inferred.batch_size)
 
     def _preprocess(self, data: bytes, observe: bool = True) -> PreparedImage:

@@ -1,4 +1,5 @@
-"""Test doubles: a batcher model gated by an asyncio.Event, a captioner whose captions are its images' bytes (for
+"""Test doubles: a batcher model gated by an asyncio.Event, continuous batching's model side answering when told, a
+captioner whose captions are its images' bytes (for
 tests that need control of timing or faults, never HTTP tests), and the slice of NVML the GPU metrics read.
 
 The fake clock is ``tests.support.clock.FakeClock``."""
@@ -111,3 +112,32 @@ class FakeNvml:
         if self.fail_queries is not None:
             raise self.fail_queries
         return self.memory[handle]
+
+
+class ScriptedDecoding:
+    """A fake ``StepDecoding`` (continuous batching's model side): records joins and leaves; the test answers."""
+
+    def __init__(self) -> None:
+        self.sink: Any = None
+        self.joined: dict[int, Any] = {}  # request id -> job, in join order
+        self.left: list[int] = []
+        self.closed = False
+
+    def start(self, sink: Any) -> ScriptedDecoding:
+        self.sink = sink
+        return self
+
+    def join(self, request_id: int, job: Any) -> None:
+        self.joined[request_id] = job
+
+    def leave(self, request_id: int) -> None:
+        self.left.append(request_id)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def live(self) -> list[int]:
+        return [i for i in self.joined if i not in self.left]
+
+    def finish(self, request_id: int, text: str = "a caption") -> None:
+        self.sink.finished(request_id, [Caption(text, 0.5)], 0.01)

@@ -126,3 +126,32 @@ def test_a_drain_that_cannot_finish_still_exits_at_the_deadline(tiny_model_dir: 
         assert "Traceback" not in log
         for future in stuck:  # cut off, not left hanging
             assert isinstance(future.exception(timeout=PROBE_S), httpx.TransportError)
+
+
+def test_sigterm_in_continuous_mode_finishes_the_live_sequences_then_exits_0(tiny_model_dir: Path) -> None:
+    """``batching.mode: continuous``: the requests decoding in the model process's running set when SIGTERM
+    arrives are finished and answered; new ones are refused; the process exits 0."""
+    env = {
+        "CAPTIONER_BATCHING__MODE": "continuous",
+        "CAPTIONER_BATCHING__REQUEST_TIMEOUT_S": str(int(DRAIN_TIMEOUT_S)),
+        "CAPTIONER_SERVER__DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S),
+        # Long searches (300 tokens, 8 beams): still decoding while we probe the drain.
+        "CAPTIONER_GENERATION__NUM_BEAMS": "8",
+        "CAPTIONER_GENERATION__MIN_LENGTH": "300",
+        "CAPTIONER_GENERATION__MAX_LENGTH": "300",
+        "CAPTIONER_HEALTH__WATCHDOG_S": "0",
+    }
+    with ServerProcess(tiny_model_dir, env=env) as server, ThreadPoolExecutor(IN_FLIGHT) as pool:
+        accepted = [pool.submit(post, server.url, photo(700 + i)) for i in range(IN_FLIGHT)]
+        # Live = in the running set: every beam of every request is a row.
+        wait_for(lambda: server.metric("captioner_decode_rows") == 8 * IN_FLIGHT, "the requests to decode", PROBE_S)
+        assert not any(f.done() for f in accepted)
+        os.kill(server.pid, signal.SIGTERM)
+        wait_for(lambda: server.probe("/readyz").status_code == 503, "/readyz 503", PROBE_S)
+        refused = post(server.url, photo(750))
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "overloaded", refused.text
+        responses = [f.result(timeout=DRAIN_TIMEOUT_S) for f in accepted]
+        assert [r.status_code for r in responses] == [200] * IN_FLIGHT, [r.text for r in responses]
+        assert all(r.json()["captions"] for r in responses)
+        assert server.process is not None
+        assert server.process.wait(timeout=DRAIN_TIMEOUT_S) == 0, server.log()
