@@ -215,31 +215,26 @@ class ContinuousBatcher:
             decoding.join(request_id, pending.item)
 
     def _drop_dead_queued(self, now: float) -> None:
-        if not any(p.future.done() or now >= p.deadline for p in self._queue):
-            return
-        kept: deque[_Pending] = deque()
-        for pending in self._queue:
-            if pending.future.done():
-                self.stats.cancelled += 1
-            elif now >= pending.deadline:
-                self.stats.expired += 1
-                pending.future.set_exception(RequestTimeout())
-            else:
-                kept.append(pending)
-        self._queue = kept
+        if any(p.future.done() or now >= p.deadline for p in self._queue):
+            self._queue = deque(p for p in self._queue if not self._ended_early(p, now))
 
     def _drop_dead_live(self, now: float) -> None:
         for request_id, pending in list(self._live.items()):
-            if pending.future.done():
-                self.stats.cancelled += 1
-            elif now >= pending.deadline:
-                self.stats.expired += 1
-                pending.future.set_exception(RequestTimeout())
-            else:
-                continue
-            self._release(request_id)
-            if self._decoding is not None:
-                self._decoding.leave(request_id)
+            if self._ended_early(pending, now):
+                self._release(request_id)
+                if self._decoding is not None:
+                    self._decoding.leave(request_id)
+
+    def _ended_early(self, pending: _Pending, now: float) -> bool:
+        """True for a request whose caller went away or whose deadline passed (counted; the late one told so)."""
+        if pending.future.done():
+            self.stats.cancelled += 1
+            return True
+        if now >= pending.deadline:
+            self.stats.expired += 1
+            pending.future.set_exception(RequestTimeout())
+            return True
+        return False
 
     def _release(self, request_id: int) -> _Pending | None:
         pending = self._live.pop(request_id, None)

@@ -10,7 +10,14 @@ import pytest
 
 from captioner.errors import ModelError
 from captioner.model.decode_engine import Answer, DecodeRequest
-from captioner.model.decode_loop import Message, join_message, leave_message, run_decode_loop
+from captioner.model.decode_loop import (
+    IMMEDIATE,
+    JoinPolicy,
+    Message,
+    join_message,
+    leave_message,
+    run_decode_loop,
+)
 from captioner.model.protocol import CaptionJob, DecodeProgress
 
 
@@ -20,6 +27,7 @@ class ScriptedEngine:
     def __init__(self, steps_to_end: int = 2) -> None:
         self.live: dict[int, int] = {}
         self.admitted: list[list[int]] = []
+        self.steps_at_admission: list[int] = []
         self.left: list[set[int]] = []
         self.steps = 0
         self.steps_to_end = steps_to_end
@@ -38,6 +46,7 @@ class ScriptedEngine:
         if not requests:
             return []
         self.admitted.append([r.request_id for r in requests])
+        self.steps_at_admission.append(self.steps)
         if self.fail_admit is not None:
             raise self.fail_admit
         for r in requests:
@@ -70,7 +79,9 @@ class ScriptedEngine:
 JOB: Any = CaptionJob(pixel_values=None)  # type: ignore[arg-type]  # the scripted engine never looks
 
 
-def run(engine: ScriptedEngine, inbox: list[Sequence[Message] | None]) -> tuple[list[Answer], list[DecodeProgress]]:
+def run(
+    engine: ScriptedEngine, inbox: list[Sequence[Message] | None], policy: JoinPolicy = IMMEDIATE
+) -> tuple[list[Answer], list[DecodeProgress]]:
     """Feed ``inbox`` one ``take`` at a time (empty once it runs out while busy; stop once it runs out idle)."""
     answers: list[Answer] = []
     reports: list[DecodeProgress] = []
@@ -87,7 +98,7 @@ def run(engine: ScriptedEngine, inbox: list[Sequence[Message] | None]) -> tuple[
         if progress is not None:
             reports.append(progress)
 
-    run_decode_loop(engine, take, emit)  # type: ignore[arg-type]
+    run_decode_loop(engine, take, emit, policy)  # type: ignore[arg-type]
     return answers, reports
 
 
@@ -147,3 +158,39 @@ def test_a_fatal_device_error_is_raised_once_its_answers_are_out() -> None:
         run_decode_loop(engine, take, lambda batch, _: answers.extend(batch))  # type: ignore[arg-type]
     assert raised.value is fatal
     assert [(a.request_id, a.error) for a in answers] == [(1, fatal)]
+
+
+# ------------------------------------------------------------------------------------------ the join policy
+
+
+def test_an_idle_set_admits_at_once_a_busy_one_groups_arrivals_or_waits_a_few_steps() -> None:
+    policy = JoinPolicy(min_images=3, max_wait_steps=2)
+    assert policy.admit_now(waiting=1, waited_steps=0, idle=True)
+    assert not policy.admit_now(waiting=2, waited_steps=1, idle=False)
+    assert policy.admit_now(waiting=3, waited_steps=0, idle=False)  # a group
+    assert policy.admit_now(waiting=1, waited_steps=2, idle=False)  # waited long enough
+    assert not policy.admit_now(waiting=0, waited_steps=9, idle=True)  # nothing to admit
+
+
+def test_arrivals_during_decoding_join_together() -> None:
+    engine = ScriptedEngine(steps_to_end=10)
+    inbox: list[Sequence[Message] | None] = [[join_message(1, JOB)], [join_message(2, JOB)], [join_message(3, JOB)]]
+    answers, _ = run(engine, inbox, JoinPolicy(min_images=2, max_wait_steps=5))
+    assert engine.admitted == [[1], [2, 3]]  # 1 into the idle set; 2 waited one step for 3
+    assert sorted(a.request_id for a in answers) == [1, 2, 3]
+
+
+def test_a_lone_arrival_joins_after_max_wait_steps() -> None:
+    engine = ScriptedEngine(steps_to_end=10)
+    answers, _ = run(engine, [[join_message(1, JOB)], [join_message(2, JOB)]], JoinPolicy(4, max_wait_steps=3))
+    assert engine.admitted == [[1], [2]] and sorted(a.request_id for a in answers) == [1, 2]
+    assert engine.steps_at_admission == [0, 4]  # 2 arrived before step 2 and waited steps 2, 3 and 4
+
+
+def test_a_waiting_arrival_that_leaves_never_reaches_the_model_and_stop_fails_the_waiting_too() -> None:
+    engine = ScriptedEngine(steps_to_end=100)
+    policy = JoinPolicy(min_images=4, max_wait_steps=50)
+    answers, _ = run(engine, [[join_message(1, JOB)], [join_message(2, JOB)], [leave_message(2), join_message(3, JOB)],
+                              None], policy)  # fmt: skip
+    assert engine.admitted == [[1]]
+    assert {a.request_id for a in answers} == {1, 3} and all(isinstance(a.error, ModelError) for a in answers)
