@@ -137,11 +137,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     s = p["server"]
     batching = {"max_batch_size": chosen or s["max_batch"], "max_queue": 8 * s["max_batch"],
                 "request_timeout_s": 60}  # fmt: skip
-    for model in ({"jpeg_decode": "device", "worker": "thread"}, {"jpeg_decode": "cpu"}):  # device needs thread
+    # Device JPEG decoding needs the thread worker; both batching modes (issue 23) on the default worker.
+    for model, mode in (({"jpeg_decode": "device", "worker": "thread"}, "static"), ({"jpeg_decode": "cpu"}, "static"),
+                        ({"jpeg_decode": "cpu"}, "continuous")):  # fmt: skip
         served = phase(
-            f"our server {model}", 2 * s["seconds"] + 60, gpu_phases.server, model_dir, device=device, model=model,
-            batching=batching, concurrency=s["concurrency"], rate=s["rate"], seconds=s["seconds"],
-            warmup_s=s["warmup_s"],
+            f"our server {model} batching.mode {mode}", 2 * s["seconds"] + 60, gpu_phases.server, model_dir,
+            device=device, model=model, batching={**batching, "mode": mode}, concurrency=s["concurrency"],
+            rate=s["rate"], seconds=s["seconds"], warmup_s=s["warmup_s"],
         )  # fmt: skip
         results["server"].append(served)
         save()
@@ -213,7 +215,8 @@ def render(results: dict[str, Any]) -> str:
             continue
         c, o = run["closed"], run["open"]
         lines += ["", (
-            f"Our server {run['model']} (max_batch_size {run['batching']['max_batch_size']}): "
+            f"Our server {run['model']} (batching.mode {run['batching'].get('mode', 'static')}, max_batch_size "
+            f"{run['batching']['max_batch_size']}): "
             f"{_fmt(c['throughput_rps'])} img/s at {c['concurrency']} clients (p99 {_fmt(c['p99_ms'], ',.0f')} ms, "
             f"mean batch {_fmt(c.get('mean_batch_size'))}); at {_fmt(o['offered_rps'], ',.0f')} img/s offered: "
             f"{_fmt(o['throughput_rps'])} served, p50 {_fmt(o['p50_ms'], ',.0f')} ms, p99 "

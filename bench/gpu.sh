@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # GPU benchmark for a lent H200, one command of at most ~9.5 minutes, no network needed (see bench/gpu.py):
+#   (our server runs in both batching modes, static and continuous: issue 23)
 #   bench/gpu.sh                  every GPU option on/off, JPEG decoding, auto batch size, our server, fine-tune
 #   bench/gpu.sh --dry-run        the same phases on the CPU with the tiny model (checks the script anywhere)
 #   bench/gpu.sh --docs           also write the figures into docs/benchmarks.md's gpu block
