@@ -152,6 +152,9 @@ async def _caption_with(settings: Settings, folder: Path, paths: list[Path], bat
     """Each path's top caption and its confidence from the model in ``folder``, and its model time per image."""
     model_settings = settings.replace("model", path=str(folder), name=folder.resolve().name)
     model_settings = model_settings.replace("cache", max_entries=0, redis_url="")
+    # Model time per image is read from the static batcher's inference series (continuous mode has none): the
+    # captions are the same in both modes (tests/integration/model/test_continuous_parity.py).
+    model_settings = model_settings.replace("batching", mode="static")
     backend = await open_backend(
         model_settings, server=None, api_key=None, num_captions=1, batch_size=batch_size, concurrency=1
     )
