@@ -65,6 +65,29 @@ def should_flush(*, queued: int, first_arrival: float, now: float, max_batch_siz
     return queued >= max_batch_size or now - first_arrival >= max_wait_s
 
 
+def submission_refusal(
+    *, closing: bool, queued: int, max_queue: int, retry_after_s: Callable[[], float]
+) -> Overloaded | None:
+    """Why a batcher (static or continuous) refuses one more request now: draining, or its queue is full."""
+    if closing:
+        return Overloaded("the server is shutting down", retry_after_s=1)
+    if queued >= max_queue:
+        return Overloaded(retry_after_s=retry_after_s())
+    return None
+
+
+async def await_submitted(future: asyncio.Future[R], wakeup: asyncio.Event) -> R:
+    """Wait for a submitted request. Cancelling the caller cancels the request, and ``wakeup`` makes the scheduler
+    drop it now (from the queue, or the running set) rather than at the next arrival."""
+    try:
+        return await future
+    finally:
+        if not future.done():
+            future.cancel()
+        if future.cancelled():  # (cancelling the caller cancels the future it awaits, too)
+            wakeup.set()
+
+
 @dataclass
 class _Pending(Generic[T, R]):
     item: T
@@ -138,10 +161,11 @@ class Batcher(Generic[T, R]):
 
     def submit(self, item: T, *, timeout_s: float | None = None) -> asyncio.Future[R]:
         """Queue one request; the returned future resolves to its result (or its error)."""
-        if self._closing:
-            raise Overloaded("the server is shutting down", retry_after_s=1)
-        if len(self._queue) >= self.max_queue:
-            raise Overloaded(retry_after_s=self.retry_after_s())
+        refusal = submission_refusal(
+            closing=self._closing, queued=len(self._queue), max_queue=self.max_queue, retry_after_s=self.retry_after_s
+        )
+        if refusal is not None:
+            raise refusal
         now = self._clock.now()
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         timeout = self.request_timeout_s if timeout_s is None else timeout_s
@@ -151,14 +175,7 @@ class Batcher(Generic[T, R]):
 
     async def __call__(self, item: T, *, timeout_s: float | None = None) -> R:
         """Submit and wait. Cancelling the caller cancels the request, which then never reaches the model."""
-        future = self.submit(item, timeout_s=timeout_s)
-        try:
-            return await future
-        finally:
-            if not future.done():
-                future.cancel()
-            if future.cancelled():  # (cancelling the caller cancels the future it awaits, too)
-                self._wakeup.set()  # the scheduler drops it from the queue now, not at the next arrival
+        return await await_submitted(self.submit(item, timeout_s=timeout_s), self._wakeup)
 
     def retry_after_s(self) -> float:
         """A fair guess at when a full queue will have room: the batches ahead, at the wait deadline each."""

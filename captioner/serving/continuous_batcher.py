@@ -25,7 +25,7 @@ from typing import Protocol
 
 from captioner.errors import CaptionerError, ModelError, Overloaded, RequestTimeout
 from captioner.model.protocol import Caption, CaptionJob, DecodeProgress, DecodeSink, StepDecoding
-from captioner.serving.batcher import BatcherStats, Clock, MonotonicClock
+from captioner.serving.batcher import BatcherStats, Clock, MonotonicClock, await_submitted, submission_refusal
 from captioner.serving.decode_admission import admissible
 
 logger = logging.getLogger("captioner.batcher")
@@ -107,10 +107,11 @@ class ContinuousBatcher:
             self._task = loop.create_task(self._schedule(), name="captioner-continuous")
 
     def submit(self, item: CaptionJob, *, timeout_s: float | None = None) -> asyncio.Future[Decoded]:
-        if self._closing:
-            raise Overloaded("the server is shutting down", retry_after_s=1)
-        if len(self._queue) >= self.max_queue:
-            raise Overloaded(retry_after_s=self.retry_after_s())
+        refusal = submission_refusal(
+            closing=self._closing, queued=len(self._queue), max_queue=self.max_queue, retry_after_s=self.retry_after_s
+        )
+        if refusal is not None:
+            raise refusal
         now = self._clock.now()
         future: asyncio.Future[Decoded] = asyncio.get_running_loop().create_future()
         timeout = self.request_timeout_s if timeout_s is None else timeout_s
@@ -119,14 +120,7 @@ class ContinuousBatcher:
         return future
 
     async def __call__(self, item: CaptionJob, *, timeout_s: float | None = None) -> Decoded:
-        future = self.submit(item, timeout_s=timeout_s)
-        try:
-            return await future
-        finally:
-            if not future.done():
-                future.cancel()
-            if future.cancelled():
-                self._wakeup.set()  # the scheduler drops it (queued) or takes it out of the running set now
+        return await await_submitted(self.submit(item, timeout_s=timeout_s), self._wakeup)
 
     def retry_after_s(self) -> float:
         return 1.0
