@@ -180,3 +180,13 @@ class TenantUsage:
 def outcome_of(status_code: int) -> str:
     """The usage outcome of an error answer: the caller's (4xx) or the server's (5xx)."""
     return FAILED if status_code >= 500 else REJECTED
+
+
+def answered_outcome(cached: bool) -> str:
+    """The usage outcome of a caption answer: from the cache (as the caller was told) or computed."""
+    return CACHED if cached else CAPTIONED
+
+
+def failed_outcome(error: BaseException) -> str:
+    """The usage outcome of a request that ended in ``error``: its status code's (a CaptionerError's), else 500's."""
+    return outcome_of(getattr(error, "status_code", 500))

@@ -15,9 +15,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from captioner.config import Settings
-from captioner.errors import CaptionerError, InvalidRequest
+from captioner.errors import InvalidRequest
 from captioner.guard.caller import api_key_of, principal_of, tenant_of
-from captioner.guard.usage import CACHED, CAPTIONED, outcome_of
+from captioner.guard.usage import answered_outcome, failed_outcome
 from captioner.http.access_log import request_record
 from captioner.http.assignment import assignment_key
 from captioner.http.inputs import CaptionRequest, parse_api_request
@@ -57,15 +57,12 @@ async def caption_sync(request: Request, parse: RequestParser) -> CaptionOutcome
     tenant_name = tenant.name if tenant is not None else None
     try:
         outcome = await _caption(request, parse, started, key, assignment, tenant_name)
-    except CaptionerError as exc:
-        runtime.usage.record(tenant_name, outcome_of(exc.status_code))
-        raise
     except ClientDisconnect:
         raise  # nobody to answer, nothing to count
-    except Exception:
-        runtime.usage.record(tenant_name, outcome_of(500))
+    except Exception as exc:
+        runtime.usage.record(tenant_name, failed_outcome(exc))
         raise
-    runtime.usage.record(tenant_name, CACHED if outcome.cached else CAPTIONED)
+    runtime.usage.record(tenant_name, answered_outcome(outcome.cached))
     if runtime.settings.feedback.enabled:  # a rating of this image by this caller may count (feedback/served.py)
         runtime.feedback.served.remember(principal_of(request.scope), outcome.image_sha256, outcome.variant)
     return outcome
@@ -105,9 +102,6 @@ async def _caption(
         finally:
             record.image_bytes = pending.image_bytes  # a URL's image is known once fetched
     record.note_outcome(outcome)
-    return outcome
-    if runtime.settings.feedback.enabled:  # a rating of this image by this caller may count (feedback/served.py)
-        runtime.feedback.served.remember(principal_of(request.scope), outcome.image_sha256, outcome.variant)
     return outcome
 
 

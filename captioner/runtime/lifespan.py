@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from captioner.config import ConfigError, Settings
 from captioner.errors import Overloaded
-from captioner.guard.usage import CACHED, CAPTIONED, outcome_of
+from captioner.guard.usage import answered_outcome, failed_outcome
 from captioner.jobs.queue import JobRequest
 from captioner.jobs.worker import RETRYABLE
 from captioner.rollout.canary import CANARY_VARIANT
@@ -160,10 +160,10 @@ def _start_worker(runtime: Runtime) -> None:
             raise
         except BaseException as exc:
             runtime.job_quota.ended(request.job_id)
-            runtime.usage.record(tenant, outcome_of(getattr(exc, "status_code", 500)))
+            runtime.usage.record(tenant, failed_outcome(exc))
             raise
         runtime.job_quota.ended(request.job_id)
-        runtime.usage.record(tenant, CACHED if outcome.cached else CAPTIONED)
+        runtime.usage.record(tenant, answered_outcome(outcome.cached))
         return outcome_body(outcome, settings.model.name)
 
     def available() -> Overloaded | None:
