@@ -247,9 +247,6 @@ class BlipCaptioner(Preprocessing):
 
     # -- internals ---------------------------------------------------------------------------------
 
-    def _beams_for(self, num_captions: int) -> int:
-        return self.beams_for(num_captions)
-
     def _caption_batch(self, jobs: Sequence[CaptionJob]) -> list[list[Caption]]:
         pixels = self._pixels(jobs)
         results: list[list[Caption] | None] = [None] * len(jobs)
@@ -257,14 +254,14 @@ class BlipCaptioner(Preprocessing):
         # every other request in the batch keeps exactly the configured search (and its exact captions).
         groups: dict[int, list[int]] = {}
         for index, job in enumerate(jobs):
-            groups.setdefault(self._beams_for(job.num_captions), []).append(index)
+            groups.setdefault(self.beams_for(job.num_captions), []).append(index)
         for beams, indices in groups.items():
             tensors = [pixels[i] for i in indices]
             for i, captions in zip(indices, self._generate(tensors, beams), strict=True):
                 results[i] = captions[: jobs[i].num_captions]
         # Beams that decode to the same text leave an image short of distinct captions: widen its search.
         for index, job in enumerate(jobs):
-            beams = self._beams_for(job.num_captions)
+            beams = self.beams_for(job.num_captions)
             while len(results[index] or []) < job.num_captions and beams < 4 * job.num_captions + 4:
                 beams *= 2
                 results[index] = self._generate([pixels[index]], beams)[0][: job.num_captions]
@@ -306,10 +303,7 @@ class BlipCaptioner(Preprocessing):
             extra["cache"] = static_decoding.new_cache(self._model, max_length=gen.max_length)
         pixel_values = self._to_device(tensors)
         rows = pixel_values.shape[0]
-        autocast: Any = contextlib.nullcontext()
-        if self._autocast is not None:
-            autocast = torch.autocast(self._device.type, dtype=self._autocast)
-        with autocast:
+        with self.autocast():
             out: Any = self._model.generate(
                 pixel_values=pixel_values,
                 input_ids=self._prompt_ids.expand(rows, -1).clone(),
