@@ -29,6 +29,7 @@ from captioner.config import GenerationSettings
 from captioner.model.beam_rules import BeamSearch, Candidate, GreedySearch, SearchRules, wider_beams
 from captioner.model.captions import rank_captions
 from captioner.model.decode_step import ImageKeys, ImagePool, RowCache, TextDecoder
+from captioner.model.generation_options import early_stopping_of, unsupported_generation_options
 from captioner.model.protocol import Caption, CaptionJob
 
 logger = logging.getLogger("captioner.decode")
@@ -110,7 +111,7 @@ class DecodeEngine:
             prompt_length=int(self._prompt.shape[1]),
             eos_token_id=int(config.sep_token_id),
             length_penalty=gen.length_penalty,
-            early_stopping=_early_stopping(captioner.model),
+            early_stopping=early_stopping_of(captioner.model),
         )
         ignored = unsupported_generation_options(captioner.model.text_decoder.generation_config)
         if ignored:
@@ -357,35 +358,3 @@ def _histories(search: Any) -> list[list[int]]:
     if isinstance(search, BeamSearch):
         return [list(beam.tokens) for beam in search.running]
     return [list(search.tokens)]
-
-
-def _early_stopping(model: Any) -> bool | str:
-    """The decoder's own ``generation_config.early_stopping`` (generate's default when the call doesn't set it)."""
-    value = getattr(model.text_decoder.generation_config, "early_stopping", False)
-    return value if value == "never" else bool(value)
-
-
-# Generation options a model folder's generation_config.json may set that the step-by-step search does not apply
-# (static mode's generate would): their "off" values.
-_UNSUPPORTED_OFF: dict[str, Any] = {
-    "no_repeat_ngram_size": (None, 0),
-    "encoder_no_repeat_ngram_size": (None, 0),
-    "bad_words_ids": (None,),
-    "force_words_ids": (None,),
-    "forced_bos_token_id": (None,),
-    "forced_eos_token_id": (None,),
-    "suppress_tokens": (None,),
-    "begin_suppress_tokens": (None,),
-    "sequence_bias": (None,),
-    "exponential_decay_length_penalty": (None,),
-    "min_new_tokens": (None, 0),
-    "max_new_tokens": (None,),
-    "num_beam_groups": (None, 1),
-    "diversity_penalty": (None, 0.0),
-    "renormalize_logits": (None, False),
-}
-
-
-def unsupported_generation_options(config: Any) -> list[str]:
-    """The options set in ``config`` that continuous decoding would ignore."""
-    return [name for name, off in _UNSUPPORTED_OFF.items() if getattr(config, name, None) not in off]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import GenerationConfig
 
-from captioner.model.decode_engine import unsupported_generation_options
+from captioner.model.generation_options import unsupported_generation_options
 
 
 def test_defaults_are_all_supported_and_set_options_it_does_not_apply_are_named() -> None:
